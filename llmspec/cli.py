@@ -1,0 +1,179 @@
+"""The ``llmspec`` command line: one command, one verb per job.
+
+Exit status: 0 success, 1 the input was bad (a spec, an artifact, a prompt), 2 usage.
+Verbs whose output is data take ``--json``. Heavy packages (torch, transformers) are imported
+only by the verbs that need them, so validating and estimating work from the base install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from llmspec.errors import SpecError
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE = 0, 1, 2
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from llmspec.loader import load_spec
+
+    results = []
+    status = EXIT_OK
+    for path in args.specs:
+        try:
+            spec = load_spec(Path(path))
+        except SpecError as err:
+            status = EXIT_BAD_INPUT
+            results.append(
+                {
+                    "path": path,
+                    "valid": False,
+                    "problems": [
+                        {
+                            "line": p.line,
+                            "column": p.column,
+                            "field": ".".join(map(str, p.path)),
+                            "message": p.message,
+                            "text": str(p),
+                        }
+                        for p in err.problems
+                    ],
+                }
+            )
+            if not args.json:
+                print(err, file=sys.stderr)
+        else:
+            results.append({"path": path, "valid": True, "name": spec.name})
+            if not args.json:
+                print(f"{path}: ok ({spec.name}, {spec.architecture}, {spec.objective.type})")
+    if args.json:
+        _print_json(results)
+    return status
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from llmspec.files import write_atomic
+    from llmspec.schema import json_schema_text
+
+    text = json_schema_text()
+    if args.output:
+        write_atomic(args.output, text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from llmspec.estimate import estimate
+    from llmspec.loader import load_spec
+
+    spec = load_spec(Path(args.spec))
+    try:
+        result = estimate(spec, batch_size=args.batch_size, seq_len=args.seq_len, gpus=args.gpus)
+    except ValueError as err:
+        print(f"llmspec estimate: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.json:
+        _print_json(result.to_json())
+    else:
+        print(result.render())
+    return EXIT_OK
+
+
+def cmd_codegen(args: argparse.Namespace) -> int:
+    from llmspec.build import codegen_command
+
+    return codegen_command(args.spec, args.output)
+
+
+def cmd_import_hf(args: argparse.Namespace) -> int:
+    from llmspec.hf_import import import_hf_command
+
+    return import_hf_command(args.hf_dir, args.output, args.force)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from llmspec import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="llmspec",
+        description="A declarative, spec-driven model compiler for transformer language models.",
+        epilog="Exit status: 0 success, 1 bad input (spec, artifact, prompt), 2 usage.",
+    )
+    parser.add_argument("--version", action="version", version=f"llmspec {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    def verb(name: str, handler: Callable[[argparse.Namespace], int], help: str) -> Any:
+        sub = verbs.add_parser(name, help=help, description=help)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    p = verb("validate", cmd_validate, "check specs; report every problem with its place")
+    p.add_argument("specs", nargs="+", metavar="SPEC")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    p = verb("schema", cmd_schema, "print the JSON Schema of the spec language")
+    p.add_argument("-o", "--output", metavar="FILE", help="write it to FILE instead")
+
+    p = verb("estimate", cmd_estimate, "parameters, memory and FLOPs of a spec (no torch)")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--batch-size", type=_positive, default=1, metavar="B")
+    p.add_argument(
+        "--seq-len", type=_positive, default=None, metavar="S", help="default: context length"
+    )
+    p.add_argument("--gpus", type=_positive, default=1, metavar="N", help="devices for sharding")
+    p.add_argument("--json", action="store_true", help="print the estimate as JSON")
+
+    p = verb("codegen", cmd_codegen, "generate the PyTorch source of a spec")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+
+    p = verb(
+        "import-hf",
+        cmd_import_hf,
+        "convert a local Hugging Face model directory into spec.yaml + weights.safetensors",
+    )
+    p.add_argument("hf_dir", metavar="HF_DIR")
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
+    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except SpecError as err:
+        print(err, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        sys.stderr.close()
+        return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
