@@ -65,6 +65,12 @@ def _strip(annotation: Any) -> Any:
     return annotation
 
 
+def _model_of(annotation: Any) -> Any:
+    """The one type behind ``Annotated[...]`` and ``X | None`` (``generation`` is optional)."""
+    members = _union_members(annotation)
+    return _strip(members[0]) if len(members) == 1 else _strip(annotation)
+
+
 def _walk(loc: tuple[Any, ...]) -> tuple[Path, list[Any]]:
     """Follow a pydantic error location through the spec's types.
 
@@ -102,6 +108,9 @@ def _literal_values(annotation: Any) -> list[str]:
     return []
 
 
+_RANGE_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+
+
 def _problem_for(error: Any, located: Located) -> Problem:
     kind = error["type"]
     path, seen = _walk(tuple(error["loc"]))
@@ -114,7 +123,7 @@ def _problem_for(error: Any, located: Located) -> Problem:
         line, column = located.position(path[:-1])
         return Problem(located.source, line, column, path, message)
     if kind in ("extra_forbidden", "unexpected_keyword_argument"):
-        parent = _fields_of(_strip(seen[-2])) if len(seen) >= 2 else None
+        parent = _fields_of(_model_of(seen[-2])) if len(seen) >= 2 else None
         options = sorted(parent) if parent else []
         hint = _did_you_mean(path[-1], options)
         message = f"unknown key {path[-1]!r}{hint}" + (
@@ -147,6 +156,8 @@ def _problem_for(error: Any, located: Located) -> Problem:
         message = f"expected a number, got {_describe(given)}"
     elif kind in ("string_type",):
         message = f"expected text, got {_describe(given)}"
+    elif kind in _RANGE_ERRORS:
+        message = f"{message.replace('Input should be', 'must be')}, got {_describe(given)}"
     elif kind == "string_pattern_mismatch" and path == ("name",):
         message = (
             f"{given!r} is not a valid name: use lowercase letters, digits, '-' and '_', "
@@ -182,7 +193,9 @@ def _valid_sections(data: dict[str, Any], failed: set[str]) -> tuple[Any, frozen
             continue
         if name in data:
             try:
-                values[name] = _adapter(name, field).validate_python(data[name], strict=True)
+                # Each section's own config decides strictness (generation is lax); a
+                # top-level scalar that is wrong in strict mode already failed above.
+                values[name] = _adapter(name, field).validate_python(data[name])
             except ValidationError:
                 continue
         elif not field.is_required():
@@ -233,10 +246,19 @@ def validate(located: Located) -> ModelSpec:
     return spec
 
 
-def _read(source: str | FilePath) -> tuple[str | bytes, str]:
-    """(text, name for messages) of a spec given as a path or as YAML text."""
+def _is_file(text: str) -> bool:
+    try:
+        return FilePath(text).is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return False
+
+
+def _read(source: str | bytes | FilePath) -> tuple[str | bytes, str]:
+    """(text, name for messages) of a spec given as a path or as YAML text (str or bytes)."""
+    if isinstance(source, bytes):
+        return source, "<string>"
     is_path = isinstance(source, FilePath) or (
-        "\n" not in source and (source.endswith(SPEC_SUFFIXES) or FilePath(source).is_file())
+        "\n" not in source and (source.endswith(SPEC_SUFFIXES) or _is_file(source))
     )
     if not is_path:
         return str(source), "<string>"
@@ -261,11 +283,11 @@ def _read(source: str | FilePath) -> tuple[str | bytes, str]:
         raise SpecError([Problem(name, 0, 0, (), f"cannot read: {err.strerror}")]) from None
 
 
-def load_spec(source: str | FilePath) -> ModelSpec:
+def load_spec(source: str | bytes | FilePath) -> ModelSpec:
     """Load and validate a spec.
 
     ``source`` is a :class:`pathlib.Path`, a path string (one line, naming an existing file or
-    ending in .yaml/.yml), or the YAML text itself. Raises :class:`SpecError` listing every
+    ending in .yaml/.yml), or the YAML text itself (``bytes`` must be UTF-8). Raises :class:`SpecError` listing every
     problem as ``file:line:col: field.path: message``.
     """
     text, name = _read(source)

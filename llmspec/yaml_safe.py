@@ -197,9 +197,10 @@ def load_yaml(text: str | bytes, source: str = "<string>") -> Located:
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise SpecError(
-                [Problem(source, 0, 0, (), f"not UTF-8 text (byte {err.start}); save it as UTF-8")]
-            ) from None
+            line = text.count(b"\n", 0, err.start) + 1
+            column = err.start - (text.rfind(b"\n", 0, err.start) + 1) + 1
+            message = f"not UTF-8 text (byte {err.start}); save it as UTF-8"
+            raise SpecError([Problem(source, line, column, (), message)]) from None
     builder = _Builder(source)
     try:
         return builder.build(text)
@@ -208,6 +209,13 @@ def load_yaml(text: str | bytes, source: str = "<string>") -> Located:
         line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)
         message = " ".join(str(part) for part in (err.context, err.problem) if part)
         raise SpecError([Problem(source, line, column, (), f"invalid YAML: {message}")]) from None
+    except yaml.reader.ReaderError as err:
+        # A character YAML forbids (NUL, most control characters); the reader knows where.
+        line = text.count("\n", 0, err.position) + 1
+        column = err.position - (text.rfind("\n", 0, err.position) + 1) + 1
+        code = err.character if isinstance(err.character, int) else ord(err.character)
+        message = f"invalid YAML: the character U+{code:04X} is not allowed; remove it"
+        raise SpecError([Problem(source, line, column, (), message)]) from None
     except yaml.YAMLError as err:
         raise SpecError([Problem(source, 0, 0, (), f"invalid YAML: {err}")]) from None
     except RecursionError:
