@@ -283,13 +283,17 @@ DecodingStep = Annotated[
 ]
 
 
+def _greedy_chain() -> list[DecodingStep]:
+    return [Greedy()]
+
+
 class Generation(Section):
     # Decoding steps are plain dataclasses shared with the runtime; pydantic validates them
     # from mappings only in lax mode, so this section is lax (a quoted "0.7" is read as 0.7).
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
 
     max_new_tokens: PositiveInt = 64
-    chain: list[DecodingStep] = Field(default_factory=lambda: [Greedy()])
+    chain: list[DecodingStep] = Field(default_factory=lambda: _greedy_chain())
 
 
 # ----------------------------------------------------------------------------------------
