@@ -489,11 +489,12 @@ def _linear(
 def _norm(
     weights: Weights, out: dict[str, torch.Tensor], ours: str, theirs: str, bias: bool
 ) -> None:
-    key = f"{theirs}.weight" if weights.has(f"{theirs}.weight") else f"{theirs}.gamma"
-    out[f"{ours}.weight"] = weights.take(key)
-    if bias:
-        key = f"{theirs}.bias" if weights.has(f"{theirs}.bias") else f"{theirs}.beta"
-        out[f"{ours}.bias"] = weights.take(key)
+    names = (("weight", "gamma"), ("bias", "beta")) if bias else (("weight", "gamma"),)
+    for name, legacy in names:  # old BERT checkpoints call LayerNorm's parameters gamma/beta
+        key = f"{theirs}.{name}"
+        if not weights.has(key) and weights.has(f"{theirs}.{legacy}"):
+            key = f"{theirs}.{legacy}"
+        out[f"{ours}.{name}"] = weights.take(key)
 
 
 def _output_head(
@@ -1422,12 +1423,13 @@ def build_import(source: Source) -> tuple[ModelSpec, str, dict[str, torch.Tensor
         else ""
     )
     paragraphs = [
-        f"Imported by `llmspec import-hf` from {source.path.resolve()} ({architecture}, "
-        f"model_type {family}{written_by}). Weights: weights.safetensors, in llmspec's naming.",
+        f"{architecture} (model_type {family}{written_by}). Weights: weights.safetensors, "
+        "in llmspec's naming.",
         *(f"Note: {note}." for note in [*imported.notes, *vocabulary.notes]),
         *(f"Generation default not imported: {item}." for item in left_out),
     ]
-    header = [
+    header = [f"# Imported by `llmspec import-hf` from {source.path.resolve()}"]
+    header += [
         f"# {line}"
         for paragraph in paragraphs
         for line in textwrap.wrap(paragraph, 98, break_long_words=False, break_on_hyphens=False)

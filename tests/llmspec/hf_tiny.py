@@ -1,0 +1,140 @@
+"""Tiny random Hugging Face models of the five imported families, saved with save_pretrained.
+
+Built from configs (no download), seeded, in eval mode with eager attention. Each factory takes
+config overrides, so tests can vary one option at a time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+VOCAB = 320  # 256 bytes + specials fit a placeholder byte-level tokenizer
+T5_VOCAB = 400  # also room for T5's 100 sentinels
+
+
+def _save(model: Any, directory: Path) -> Any:
+    model.eval()
+    model.save_pretrained(directory)
+    return model
+
+
+def _randomize_norms(model: Any) -> None:
+    """Norms start at weight 1 and bias 0, which would hide a swapped or dropped norm."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if ("norm" in name.lower() or ".ln_" in name) and parameter.dim() == 1:
+                parameter.add_(torch.randn_like(parameter) * 0.1)
+
+
+def bert(directory: Path, *, masked_lm: bool = True, **overrides: Any) -> Any:
+    torch.manual_seed(0)
+    options: dict[str, Any] = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        attn_implementation="eager",
+    )
+    options.update(overrides)
+    config = transformers.BertConfig(**options)
+    model_class = transformers.BertForMaskedLM if masked_lm else transformers.BertModel
+    model = model_class(config)
+    _randomize_norms(model)
+    if masked_lm:
+        with torch.no_grad():
+            model.cls.predictions.bias.normal_()
+    return _save(model, directory)
+
+
+def gpt2(directory: Path, **overrides: Any) -> Any:
+    torch.manual_seed(0)
+    options: dict[str, Any] = dict(
+        vocab_size=VOCAB,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=64,
+        bos_token_id=VOCAB - 1,
+        eos_token_id=VOCAB - 1,
+        attn_implementation="eager",
+    )
+    options.update(overrides)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**options))
+    _randomize_norms(model)
+    return _save(model, directory)
+
+
+def llama(directory: Path, *, untied_head: bool = True, **overrides: Any) -> Any:
+    torch.manual_seed(0)
+    options: dict[str, Any] = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rope_theta=5000.0,
+        tie_word_embeddings=not untied_head,
+        attn_implementation="eager",
+    )
+    options.update(overrides)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**options))
+    _randomize_norms(model)
+    return _save(model, directory)
+
+
+def t5(directory: Path, *, untied_head: bool = False, **overrides: Any) -> Any:
+    """T5 v1.0 (relu, tied, rescaled) by default; ``feed_forward_proj="gated-gelu"`` and
+    ``untied_head=True`` make it v1.1 (a separate lm_head, no rescale)."""
+    torch.manual_seed(0)
+    options: dict[str, Any] = dict(
+        vocab_size=T5_VOCAB,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=20,
+        decoder_start_token_id=0,
+        attn_implementation="eager",
+    )
+    if untied_head:
+        options["tie_word_embeddings"] = False
+    options.update(overrides)
+    model = transformers.T5ForConditionalGeneration(transformers.T5Config(**options))
+    if untied_head:
+        # transformers 5 ties T5's lm_head to shared in every case; untie it as a v1.1
+        # checkpoint is (its lm_head.weight differs from shared.weight).
+        model.lm_head.weight = torch.nn.Parameter(torch.randn(T5_VOCAB, 32) * 0.5)
+    _randomize_norms(model)
+    return _save(model, directory)
+
+
+def bart(directory: Path, **overrides: Any) -> Any:
+    torch.manual_seed(0)
+    options: dict[str, Any] = dict(
+        vocab_size=VOCAB,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=64,
+        attn_implementation="eager",
+    )
+    options.update(overrides)
+    model = transformers.BartForConditionalGeneration(transformers.BartConfig(**options))
+    _randomize_norms(model)
+    with torch.no_grad():
+        model.final_logits_bias.normal_()
+    return _save(model, directory)
