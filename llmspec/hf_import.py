@@ -88,7 +88,6 @@ import re
 import shutil
 import sys
 import textwrap
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +97,7 @@ import torch
 from pydantic import ValidationError
 
 from llmspec.errors import SpecError
+from llmspec.files import publish_directory, staging_directory
 from llmspec.loader import dump_spec, load_spec
 from llmspec.spec import BYTE_LEVEL_BASE, ModelSpec
 from llmspec.tokenizer import TokenizerMismatch, byte_level, check_fits
@@ -1456,38 +1456,19 @@ def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_dir(out_dir: Path, files: dict[str, Callable[[Path], object]], force: bool) -> None:
-    """Write ``files`` into a temporary sibling of ``out_dir``, fsync, then rename it into place."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    temporary = out_dir.parent / f".{out_dir.name}.tmp-{token}"
-    old = out_dir.parent / f".{out_dir.name}.old-{token}"
-    temporary.mkdir()
+    """Write ``files`` into a staging sibling of ``out_dir``, then publish it in one step."""
+    staged = staging_directory(out_dir)
     try:
         for name, write in files.items():
-            write(temporary / name)
-            with open(temporary / name, "rb") as handle:
-                os.fsync(handle.fileno())
-        _fsync_dir(temporary)
-        if out_dir.exists():
-            _check_out_dir(out_dir, force)
-            out_dir.rename(old)
-        temporary.rename(out_dir)
-        _fsync_dir(out_dir.parent)
+            write(staged / name)
+        publish_directory(staged, out_dir, replace=force)
+    except FileExistsError:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise HFImportError(f"{out_dir}: already exists; pass --force to replace it") from None
     except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        if old.exists() and not out_dir.exists():
-            old.rename(out_dir)
+        shutil.rmtree(staged, ignore_errors=True)
         raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_out_dir(out_dir: Path, force: bool) -> None:
