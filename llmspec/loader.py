@@ -136,16 +136,22 @@ def _problem_for(error: Any, located: Located) -> Problem:
             message = f"missing 'type'; choose one of: {', '.join(tags)}"
         else:
             tag = error.get("ctx", {}).get("tag")
-            message = (
-                f"unknown type {tag!r}{_did_you_mean(tag, tags)} (choose one of: {', '.join(tags)})"
-            )
+            written = given.get("type", tag) if isinstance(given, dict) else tag
+            if isinstance(written, str):
+                message = f"unknown type {tag!r}{_did_you_mean(tag, tags)}"
+            else:  # pydantic reports str() of the value: don't present a list as a name
+                message = f"expected a type name, got {_describe(written)}"
+            message += f" (choose one of: {', '.join(tags)})"
             path = (*path, "type")
     elif kind == "literal_error":
         options = _literal_values(seen[-1])
         hint = _did_you_mean(given, options)
-        message = f"{given!r} is not one of: {', '.join(options)}{hint}"
+        shown = repr(given) if isinstance(given, str) else _describe(given)
+        message = f"{shown} is not one of: {', '.join(options)}{hint}"
     elif kind in ("model_type", "dataclass_type", "model_attributes_type", "dict_type"):
         message = f"expected a mapping of keys to values, got {_describe(given)}"
+        if isinstance(given, str) and given in _tags(_union_members(seen[-1])):
+            message += f"; write {{type: {given}}}"
     elif kind == "list_type":
         message = f"expected a list, got {_describe(given)}"
     elif kind in ("bool_type", "bool_parsing"):
@@ -287,8 +293,8 @@ def load_spec(source: str | bytes | FilePath) -> ModelSpec:
     """Load and validate a spec.
 
     ``source`` is a :class:`pathlib.Path`, a path string (one line, naming an existing file or
-    ending in .yaml/.yml), or the YAML text itself (``bytes`` must be UTF-8). Raises :class:`SpecError` listing every
-    problem as ``file:line:col: field.path: message``.
+    ending in .yaml/.yml), or the YAML text itself (``bytes`` must be UTF-8). Raises
+    :class:`SpecError` listing every problem as ``file:line:col: field.path: message``.
     """
     text, name = _read(source)
     return validate(load_yaml(text, name))

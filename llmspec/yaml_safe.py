@@ -7,7 +7,9 @@ Specs are small, reviewed files, so the loader is deliberately strict:
 * anchors and aliases are rejected, so alias bombs ("billion laughs") fail at the first
   anchor, before anything is expanded;
 * duplicate keys are rejected (YAML says the last one wins silently);
-* a size cap (:data:`MAX_BYTES`) and a nesting cap (:data:`MAX_DEPTH`);
+* a size cap (:data:`MAX_BYTES`), a nesting cap (:data:`MAX_DEPTH`) and an integer cap
+  (64 bits: sizes and counts never need more, and huge ones overflow the float arithmetic of
+  the cross-field rules);
 * one document per file;
 * plain scalars are resolved with the YAML 1.2 core schema, not PyYAML's YAML 1.1 one: only
   ``true``/``false`` are booleans (``no``, ``on``, ``yes``, ``off`` stay strings, so
@@ -31,6 +33,7 @@ from llmspec.errors import Path, Problem, SpecError
 
 MAX_BYTES = 1 << 20  # a spec is a page of text; 1 MiB is far beyond any real one
 MAX_DEPTH = 32
+MAX_INT = 1 << 63  # sizes and counts; a bigger integer is a typo (and overflows floats and ONNX)
 
 _INT = re.compile(r"[-+]?[0-9]+$")
 _OCT = re.compile(r"0o[0-7]+$")
@@ -49,11 +52,11 @@ def resolve_plain(text: str) -> Any:
     if text in ("false", "False", "FALSE"):
         return False
     if _INT.match(text):
-        return int(text)
+        return _integer(text, 10)
     if _OCT.match(text):
-        return int(text[2:], 8)
+        return _integer(text[2:], 8)
     if _HEX.match(text):
-        return int(text[2:], 16)
+        return _integer(text[2:], 16)
     if _FLOAT.match(text):
         return float(text)
     if _INF.match(text):
@@ -61,6 +64,17 @@ def resolve_plain(text: str) -> Any:
     if _NAN.match(text):
         return math.nan
     return text
+
+
+def _integer(digits: str, base: int) -> int:
+    """``int(digits, base)``, or OverflowError beyond 64 bits (checked on the length first, so
+    that a 5000-digit number costs nothing and never meets Python's int-from-text limit)."""
+    if len(digits.lstrip("+-0")) > 64:
+        raise OverflowError(digits)
+    value = int(digits, base)
+    if not -MAX_INT <= value < MAX_INT:
+        raise OverflowError(digits)
+    return value
 
 
 @dataclass
@@ -97,6 +111,8 @@ class _Builder:
 
     def fail(self, event: yaml.Event, path: Path, message: str) -> SpecError:
         line, column = _mark(event)
+        if path and path[-1] == "<key>":  # a bad key is reported at its mapping
+            path = path[:-1]
         return SpecError([Problem(self.source, line, column, path, message)])
 
     def check_node(self, event: yaml.Event, path: Path, depth: int) -> None:
@@ -108,14 +124,10 @@ class _Builder:
                 "anchors and aliases (&name, *name) are not allowed in a spec; "
                 "write the value out in full",
             )
+        # The parser gives a node a tag only when the text writes one (the non-specific '!'
+        # included, which PyYAML marks implicit and would resolve as if it were absent).
         tag = getattr(event, "tag", None)
-        implicit = getattr(event, "implicit", True)
-        explicit = (
-            tag is not None
-            and tag != "!"
-            and not (implicit[0] if isinstance(implicit, tuple) else implicit)
-        )
-        if explicit:
+        if tag is not None:
             raise self.fail(
                 event,
                 path,
@@ -133,7 +145,15 @@ class _Builder:
             self.located.values[path] = _mark(first)
         if isinstance(first, yaml.ScalarEvent):
             if first.style is None:
-                return resolve_plain(first.value)
+                try:
+                    return resolve_plain(first.value)
+                except OverflowError:
+                    text = first.value if len(first.value) <= 24 else first.value[:20] + "..."
+                    raise self.fail(
+                        first,
+                        path,
+                        f"the integer {text} is out of range; spec integers fit in 64 bits",
+                    ) from None
             return first.value
         if isinstance(first, yaml.SequenceStartEvent):
             items: list[Any] = []
@@ -194,11 +214,12 @@ def load_yaml(text: str | bytes, source: str = "<string>") -> Located:
             ]
         )
     if isinstance(text, bytes):
+        data = text
         try:
-            text = text.decode("utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError as err:
-            line = text.count(b"\n", 0, err.start) + 1
-            column = err.start - (text.rfind(b"\n", 0, err.start) + 1) + 1
+            line = data.count(b"\n", 0, err.start) + 1
+            column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
             message = f"not UTF-8 text (byte {err.start}); save it as UTF-8"
             raise SpecError([Problem(source, line, column, (), message)]) from None
     builder = _Builder(source)
@@ -207,7 +228,19 @@ def load_yaml(text: str | bytes, source: str = "<string>") -> Located:
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)
-        message = " ".join(str(part) for part in (err.context, err.problem) if part)
+        message = str(err.problem or "")
+        context = err.context_mark
+        if err.context and context and context is not mark:
+            # Where the unfinished construct began is often the real culprit (an unclosed
+            # '{' or quote); the problem mark is where the parser gave up.
+            message = (
+                f"{err.context} started on line {context.line + 1}, column "
+                f"{context.column + 1}: {message}"
+            )
+        elif err.context:
+            message = f"{err.context}: {message}"
+        if "'\\t'" in message:
+            message += "; indent with spaces"
         raise SpecError([Problem(source, line, column, (), f"invalid YAML: {message}")]) from None
     except yaml.reader.ReaderError as err:
         # A character YAML forbids (NUL, most control characters); the reader knows where.
