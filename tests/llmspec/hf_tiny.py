@@ -22,12 +22,17 @@ def _save(model: Any, directory: Path) -> Any:
     return model
 
 
-def _randomize_norms(model: Any) -> None:
-    """Norms start at weight 1 and bias 0, which would hide a swapped or dropped norm."""
+def _randomize(model: Any) -> None:
+    """Weights at a scale where mistakes show. transformers' init (std 0.02, zero biases, unit
+    norms) makes tiny logits and hides a dropped bias, a swapped norm or gelu-vs-tanh."""
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if ("norm" in name.lower() or ".ln_" in name) and parameter.dim() == 1:
-                parameter.add_(torch.randn_like(parameter) * 0.1)
+            if parameter.dim() >= 2:
+                parameter.normal_(0.0, 0.2)
+            elif ("norm" in name.lower() or ".ln_" in name) and name.endswith("weight"):
+                parameter.normal_(1.0, 0.1)
+            else:  # biases
+                parameter.normal_(0.0, 0.1)
 
 
 def bert(directory: Path, *, masked_lm: bool = True, **overrides: Any) -> Any:
@@ -45,10 +50,7 @@ def bert(directory: Path, *, masked_lm: bool = True, **overrides: Any) -> Any:
     config = transformers.BertConfig(**options)
     model_class = transformers.BertForMaskedLM if masked_lm else transformers.BertModel
     model = model_class(config)
-    _randomize_norms(model)
-    if masked_lm:
-        with torch.no_grad():
-            model.cls.predictions.bias.normal_()
+    _randomize(model)
     return _save(model, directory)
 
 
@@ -66,7 +68,7 @@ def gpt2(directory: Path, **overrides: Any) -> Any:
     )
     options.update(overrides)
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**options))
-    _randomize_norms(model)
+    _randomize(model)
     return _save(model, directory)
 
 
@@ -86,7 +88,7 @@ def llama(directory: Path, *, untied_head: bool = True, **overrides: Any) -> Any
     )
     options.update(overrides)
     model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**options))
-    _randomize_norms(model)
+    _randomize(model)
     return _save(model, directory)
 
 
@@ -113,8 +115,8 @@ def t5(directory: Path, *, untied_head: bool = False, **overrides: Any) -> Any:
     if untied_head:
         # transformers 5 ties T5's lm_head to shared in every case; untie it as a v1.1
         # checkpoint is (its lm_head.weight differs from shared.weight).
-        model.lm_head.weight = torch.nn.Parameter(torch.randn(T5_VOCAB, 32) * 0.5)
-    _randomize_norms(model)
+        model.lm_head.weight = torch.nn.Parameter(torch.empty(T5_VOCAB, 32))
+    _randomize(model)
     return _save(model, directory)
 
 
@@ -134,7 +136,7 @@ def bart(directory: Path, **overrides: Any) -> Any:
     )
     options.update(overrides)
     model = transformers.BartForConditionalGeneration(transformers.BartConfig(**options))
-    _randomize_norms(model)
+    _randomize(model)
     with torch.no_grad():
         model.final_logits_bias.normal_()
     return _save(model, directory)

@@ -108,8 +108,14 @@ def _hf_generate(hf: Any, ids: torch.Tensor, mask: torch.Tensor, **tokens: int) 
     """transformers' greedy search with nothing but the stop token (no forced eos etc.)."""
     from transformers import GenerationConfig
 
+    # transformers 5 sizes T5's decoder cache by num_layers, not num_decoder_layers (an
+    # IndexError when the decoder is deeper), so such a model generates without its cache.
+    layers = getattr(hf.config, "num_layers", None)
+    use_cache = getattr(hf.config, "num_decoder_layers", layers) == layers
     hf.generation_config = GenerationConfig(**tokens)
-    config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=NEW_TOKENS, **tokens)
+    config = GenerationConfig(
+        do_sample=False, num_beams=1, max_new_tokens=NEW_TOKENS, use_cache=use_cache, **tokens
+    )
     return hf.generate(input_ids=ids, attention_mask=mask, generation_config=config)
 
 
@@ -150,6 +156,7 @@ def test_decoder_only_greedy_generation_matches(variant: str, tmp_path: Path) ->
     with torch.no_grad():
         theirs = _hf_generate(hf, ids, mask, eos_token_id=eos, pad_token_id=eos)[:, ids.shape[1] :]
         mine = _greedy_decoder_only(ours, ids, mask, eos=eos, pad=eos)
+    print(f"{variant}: {mine.shape[1]} greedy tokens")
     assert mine.tolist() == theirs.tolist()
 
 
@@ -252,4 +259,5 @@ def test_encoder_decoder_greedy_generation_matches(variant: str, tmp_path: Path)
             eos=config.eos_token_id,
             pad=config.pad_token_id,
         )
+    print(f"{variant}: {mine.shape[1]} greedy tokens")
     assert mine.tolist() == theirs.tolist()
