@@ -408,3 +408,11 @@ def test_the_cli_verb(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["import-hf", str(tmp_path / "hf"), "-o", str(tmp_path / "out")]) == 0
     assert "wrote" in capsys.readouterr().err
     assert main(["validate", str(tmp_path / "out" / "spec.yaml")]) == 0
+
+
+def test_precision_is_the_stored_dtype(tmp_path: Path) -> None:
+    hf = hf_tiny.llama(tmp_path / "hf")
+    hf.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    spec, weights, _ = _import(tmp_path / "bf16", tmp_path)
+    assert spec.precision.dtype == "bf16"
+    assert {t.dtype for t in weights.values()} == {torch.bfloat16}

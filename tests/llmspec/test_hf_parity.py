@@ -17,7 +17,7 @@ import hf_tiny
 import pytest
 import torch
 
-from llmspec.hf_import import import_hf
+from llmspec.hf_import import expected_shapes, import_hf
 from llmspec.loader import load_spec
 
 pytest.importorskip("transformers")
@@ -261,3 +261,19 @@ def test_encoder_decoder_greedy_generation_matches(variant: str, tmp_path: Path)
         )
     print(f"{variant}: {mine.shape[1]} greedy tokens")
     assert mine.tolist() == theirs.tolist()
+
+
+# ----------------------------------------------------------------------------------------
+# The importer's naming contract is the generated model's
+
+
+SPECS = Path(__file__).resolve().parents[2] / "specs"
+
+
+@pytest.mark.parametrize("spec_path", sorted(SPECS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_expected_shapes_are_the_generated_models_state_dict(spec_path: Path) -> None:
+    spec = load_spec(spec_path)
+    with torch.device("meta"):
+        model = build_module.build(spec)
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    assert expected_shapes(spec) == shapes
