@@ -160,6 +160,8 @@ def _problem_for(error: Any, located: Located) -> Problem:
         message = f"expected a whole number, got {_describe(given)}"
     elif kind in ("float_type", "float_parsing"):
         message = f"expected a number, got {_describe(given)}"
+    elif kind == "finite_number":
+        message = f"expected a finite number, got {given!r}"
     elif kind in ("string_type",):
         message = f"expected text, got {_describe(given)}"
     elif kind in _RANGE_ERRORS:

@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, model_validator
 
 from runtime.decoding import (
     BeamSearch,
@@ -61,7 +61,7 @@ BYTE_LEVEL_BASE = 256  # the built-in tokenizer has one token per byte before it
 class Section(BaseModel):
     """Base of every spec section: unknown keys are errors, values are not coerced."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------------------
@@ -283,6 +283,20 @@ DecodingStep = Annotated[
 ]
 
 
+def _strict_step_values(chain: Any) -> Any:
+    """Decoding steps are validated in lax mode (see Generation); hold their parameters to the
+    same strictness as the rest of the spec: numbers are numbers, not booleans or text."""
+    problems = []
+    for index, item in enumerate(chain if isinstance(chain, list) else []):
+        for key, value in item.items() if isinstance(item, dict) else ():
+            if key not in ("type", "early_stopping") and isinstance(value, str | bool):
+                shown = str(value).lower() if isinstance(value, bool) else repr(value)
+                problems.append(f"[{index}].{key} must be a number, got {shown}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return chain
+
+
 def _greedy_chain() -> list[DecodingStep]:
     return [Greedy()]
 
@@ -293,7 +307,9 @@ class Generation(Section):
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
 
     max_new_tokens: PositiveInt = 64
-    chain: list[DecodingStep] = Field(default_factory=lambda: _greedy_chain())
+    chain: Annotated[list[DecodingStep], BeforeValidator(_strict_step_values)] = Field(
+        default_factory=lambda: _greedy_chain()
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -383,6 +399,8 @@ def rule(*needs: str) -> Callable[[Rule], Rule]:
 
 
 def _divisors(n: int) -> str:
+    if n > 4096:
+        return "a divisor"
     values = [str(d) for d in range(1, n + 1) if n % d == 0]
     return ", ".join(values[:-1]) + f" or {values[-1]}" if len(values) > 1 else values[0]
 
@@ -396,7 +414,7 @@ def _heads_fit(s: Any) -> RuleProblems:
             (
                 ("attention", "heads"),
                 f"heads ({a.heads}) must divide d_model ({s.d_model}); try "
-                f"{_divisors(s.d_model) if s.d_model <= 4096 else 'a divisor'}, "
+                f"{_divisors(s.d_model)}, "
                 "or set attention.head_dim",
             )
         )
@@ -470,7 +488,8 @@ def _special_tokens_fit(s: Any) -> RuleProblems:
             out.append(
                 (
                     ("vocabulary", "special_tokens", name),
-                    f'{s.objective.type} needs a {name} token; add e.g. {name}: "<{name}>"',
+                    f"{s.objective.type} needs {'an' if name[0] in 'aeiou' else 'a'} {name} "
+                    f'token; add e.g. {name}: "<{name}>"',
                 )
             )
     if s.objective.type == "span-corruption":
@@ -550,9 +569,15 @@ def _generation_fits(s: Any) -> RuleProblems:
     return out
 
 
-@rule("generation", "vocabulary")
+@rule("generation", "vocabulary", "architecture", "objective")
 def _generation_needs_eos(s: Any) -> RuleProblems:
-    if s.generation is not None and s.vocabulary.special_tokens.eos is None:
+    # Encoder-only models are told to drop the section; encoder-decoder objectives already
+    # demand eos in _special_tokens_fit.
+    if (
+        s.generation is not None
+        and s.architecture == "decoder-only"
+        and s.vocabulary.special_tokens.eos is None
+    ):
         return [
             (
                 ("vocabulary", "special_tokens", "eos"),

@@ -26,7 +26,7 @@ class DecodingError(ValueError):
     """A decoding chain or one of its parameters is invalid."""
 
 
-def _finite(name: str, value: float) -> None:
+def _number(name: str, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
         raise DecodingError(f"{name} must be a number, got {value!r}")
 
@@ -39,7 +39,7 @@ class Temperature:
     value: float = 1.0
 
     def __post_init__(self) -> None:
-        _finite("temperature", self.value)
+        _number("temperature", self.value)
         if not self.value >= 0 or math.isinf(self.value):
             raise DecodingError(
                 f"temperature must be >= 0 and finite, got {self.value}; "
@@ -68,7 +68,7 @@ class TopP:
     p: float = 1.0
 
     def __post_init__(self) -> None:
-        _finite("top_p", self.p)
+        _number("top_p", self.p)
         if not 0.0 < self.p <= 1.0:
             raise DecodingError(f"top_p must be in (0, 1] (1.0 disables it), got {self.p}")
 
@@ -82,7 +82,7 @@ class MinP:
     p: float = 0.0
 
     def __post_init__(self) -> None:
-        _finite("min_p", self.p)
+        _number("min_p", self.p)
         if not 0.0 <= self.p <= 1.0:
             raise DecodingError(f"min_p must be in [0, 1] (0 disables it), got {self.p}")
 
@@ -96,7 +96,7 @@ class Typical:
     p: float = 1.0
 
     def __post_init__(self) -> None:
-        _finite("typical", self.p)
+        _number("typical", self.p)
         if not 0.0 < self.p <= 1.0:
             raise DecodingError(f"typical must be in (0, 1] (1.0 disables it), got {self.p}")
 
@@ -110,7 +110,7 @@ class RepetitionPenalty:
     penalty: float = 1.0
 
     def __post_init__(self) -> None:
-        _finite("repetition_penalty", self.penalty)
+        _number("repetition_penalty", self.penalty)
         if not 0.0 < self.penalty < math.inf:
             raise DecodingError(
                 f"repetition_penalty must be > 0 (1.0 disables it; 1.1-1.3 is typical), "
@@ -127,7 +127,7 @@ class PresencePenalty:
     penalty: float = 0.0
 
     def __post_init__(self) -> None:
-        _finite("presence_penalty", self.penalty)
+        _number("presence_penalty", self.penalty)
         if math.isinf(self.penalty):
             raise DecodingError(f"presence_penalty must be finite, got {self.penalty}")
 
@@ -140,7 +140,7 @@ class FrequencyPenalty:
     penalty: float = 0.0
 
     def __post_init__(self) -> None:
-        _finite("frequency_penalty", self.penalty)
+        _number("frequency_penalty", self.penalty)
         if math.isinf(self.penalty):
             raise DecodingError(f"frequency_penalty must be finite, got {self.penalty}")
 
@@ -185,7 +185,9 @@ class BeamSearch:
     def __post_init__(self) -> None:
         if isinstance(self.beams, bool) or not isinstance(self.beams, int) or self.beams < 1:
             raise DecodingError(f"beam_search needs beams >= 1, got {self.beams!r}")
-        _finite("length_penalty", self.length_penalty)
+        _number("length_penalty", self.length_penalty)
+        if math.isinf(self.length_penalty):
+            raise DecodingError(f"length_penalty must be finite, got {self.length_penalty}")
 
 
 Processor = (
