@@ -1368,6 +1368,17 @@ def _check_tokenizer(spec: ModelSpec, vocabulary: Vocabulary) -> None:
         )
 
 
+def _decoder_start_role(start: object, vocabulary: Vocabulary) -> str:
+    """The special-token role (pad, bos or eos) whose id is the config's decoder start."""
+    for role in ("pad", "bos", "eos"):
+        if vocabulary.ids.get(role) == start:
+            return role
+    raise HFImportError(
+        f"decoder_start_token_id = {start} is not the pad, bos or eos token "
+        f"(ids: {dict(sorted(vocabulary.ids.items()))}); llmspec starts decoding from one of those"
+    )
+
+
 def _validated(data: dict[str, Any]) -> ModelSpec:
     try:
         return ModelSpec.model_validate(data)
@@ -1409,14 +1420,14 @@ def build_import(source: Source) -> tuple[ModelSpec, str, dict[str, torch.Tensor
     }
     if generation is not None and imported.spec["architecture"] != "encoder-only":
         data["generation"] = generation
-    spec = _validated(data)
-    _check_shapes(spec, imported.tensors, source.weights.where)
-    _check_tokenizer(spec, vocabulary)
     start = source.generation.get(
         "decoder_start_token_id", source.config.get("decoder_start_token_id")
     )
     if imported.spec["architecture"] == "encoder-decoder" and start is not None:
-        left_out.append(f"decoder_start_token_id = {start} (the spec has no field for it)")
+        data["vocabulary"]["decoder_start"] = _decoder_start_role(start, vocabulary)
+    spec = _validated(data)
+    _check_shapes(spec, imported.tensors, source.weights.where)
+    _check_tokenizer(spec, vocabulary)
     written_by = (
         f", written by transformers {version}"
         if (version := source.config.get("transformers_version"))

@@ -115,6 +115,11 @@ class Vocabulary(Section):
     sentinels: int = Field(
         default=0, ge=0, description="span-corruption sentinels <extra_id_0> ... (T5 has 100)"
     )
+    decoder_start: Literal["pad", "bos", "eos"] | None = Field(
+        default=None,
+        description="encoder-decoder only: the special token the decoder starts from "
+        "(default pad, as T5; BART starts from eos)",
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -373,6 +378,11 @@ class ModelSpec(Section):
         return self.decoder_layers or self.layers
 
     @property
+    def decoder_start(self) -> str:
+        """The special token (its role) that starts the decoder of an encoder-decoder."""
+        return self.vocabulary.decoder_start or "pad"
+
+    @property
     def gated(self) -> bool:
         return self.feed_forward.activation in GATED_ACTIVATIONS
 
@@ -582,6 +592,27 @@ def _generation_needs_eos(s: Any) -> RuleProblems:
             (
                 ("vocabulary", "special_tokens", "eos"),
                 'a model that generates needs an eos token to stop; add eos: "<eos>"',
+            )
+        ]
+    return []
+
+
+@rule("architecture", "vocabulary")
+def _decoder_start_fits(s: Any) -> RuleProblems:
+    start = s.vocabulary.decoder_start
+    path = ("vocabulary", "decoder_start")
+    if s.architecture != "encoder-decoder":
+        if start is not None:
+            return [(path, f"decoder_start is for encoder-decoder models, not {s.architecture}")]
+        return []
+    # Without decoder_start the decoder starts from pad, which every encoder-decoder objective
+    # already requires (see _special_tokens_fit).
+    if start is not None and start not in s.vocabulary.special_tokens.present():
+        return [
+            (
+                path,
+                f"the decoder starts from the {start} token, but there is none; add "
+                f"special_tokens.{start} or choose a token you have",
             )
         ]
     return []

@@ -146,7 +146,7 @@ def test_bart_offset_positions_logits_bias_and_embedding_scale(tmp_path: Path) -
         for role, text in spec.vocabulary.special_tokens.present().items()
     }
     assert ids == {"bos": 0, "pad": 1, "eos": 2, "mask": hf_tiny.VOCAB - 1}
-    assert "decoder_start_token_id = 2" in (out / "spec.yaml").read_text()
+    assert spec.vocabulary.decoder_start == "eos"  # BART's decoder starts from </s> (id 2)
 
 
 def test_bert_masked_lm_head(tmp_path: Path) -> None:
