@@ -311,9 +311,8 @@ class ModelPlan:
             parts.append(f"plus {self.positions_name}")
         if self.embeddings.token_types:
             parts.append("plus token types (encoder)")
-        if self.embeddings.norm:
-            parts.append("then a norm")
-        return " ".join(parts)
+        text = " ".join(parts)
+        return text + ", normalized" if self.embeddings.norm else text
 
     @property
     def model_class(self) -> str:

@@ -225,7 +225,7 @@ class BartBaseDecoderLayer(nn.Module):
 
 
 class BartBaseEncoder(nn.Module):
-    """The encoder stack: token embeddings plus learned position embeddings then a norm, then
+    """The encoder stack: token embeddings plus learned position embeddings, normalized, then
     config.n_encoder_layers bidirectional layers."""
 
     def __init__(self, config: BartBaseConfig) -> None:
@@ -260,7 +260,7 @@ class BartBaseEncoder(nn.Module):
 
 
 class BartBaseDecoder(nn.Module):
-    """The decoder stack: token embeddings plus learned position embeddings then a norm, then
+    """The decoder stack: token embeddings plus learned position embeddings, normalized, then
     config.n_decoder_layers causal layers that also attend to the encoder."""
 
     def __init__(self, config: BartBaseConfig) -> None:

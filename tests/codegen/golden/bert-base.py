@@ -122,7 +122,7 @@ class BertBaseEncoderLayer(nn.Module):
 
 class BertBaseEncoder(nn.Module):
     """The encoder stack: token embeddings plus learned position embeddings plus token types
-    (encoder) then a norm, then config.n_layers bidirectional layers."""
+    (encoder), normalized, then config.n_layers bidirectional layers."""
 
     def __init__(self, config: BertBaseConfig) -> None:
         super().__init__()

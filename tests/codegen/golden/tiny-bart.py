@@ -220,7 +220,7 @@ class TinyBartDecoderLayer(nn.Module):
 
 
 class TinyBartEncoder(nn.Module):
-    """The encoder stack: token embeddings plus learned position embeddings then a norm, then
+    """The encoder stack: token embeddings plus learned position embeddings, normalized, then
     config.n_encoder_layers bidirectional layers."""
 
     def __init__(self, config: TinyBartConfig) -> None:
@@ -253,7 +253,7 @@ class TinyBartEncoder(nn.Module):
 
 
 class TinyBartDecoder(nn.Module):
-    """The decoder stack: token embeddings plus learned position embeddings then a norm, then
+    """The decoder stack: token embeddings plus learned position embeddings, normalized, then
     config.n_decoder_layers causal layers that also attend to the encoder."""
 
     def __init__(self, config: TinyBartConfig) -> None:

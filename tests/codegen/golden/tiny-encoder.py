@@ -123,7 +123,7 @@ class TinyEncoderEncoderLayer(nn.Module):
 
 class TinyEncoderEncoder(nn.Module):
     """The encoder stack: token embeddings plus learned position embeddings plus token types
-    (encoder) then a norm, then config.n_layers bidirectional layers."""
+    (encoder), normalized, then config.n_layers bidirectional layers."""
 
     def __init__(self, config: TinyEncoderConfig) -> None:
         super().__init__()
