@@ -5,11 +5,13 @@ and imported from there with importlib, so tracebacks, ``inspect`` and ``torch.e
 real file lines. Nothing is written into site-packages or the working directory.
 
 The cache directory is ``$LLMSPEC_CACHE_DIR/codegen`` if that variable is set, else
-``$XDG_CACHE_HOME/llmspec/codegen``, else ``~/.cache/llmspec/codegen``.
+``$XDG_CACHE_HOME/llmspec/codegen``, else ``~/.cache/llmspec/codegen``; when that cannot be
+written, ``<tmp>/llmspec-<user>/codegen``.
 """
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import importlib.util
 import os
@@ -31,6 +33,10 @@ def cache_dir() -> Path:
         return Path(explicit) / "codegen"
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "llmspec" / "codegen"
+
+
+def _fallback_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"llmspec-{getpass.getuser()}" / "codegen"
 
 
 def source_sha256(source: str) -> str:
@@ -69,7 +75,11 @@ def load_source(source: str) -> types.ModuleType:
             return module
         name = MODULE_PREFIX + digest[:32]
         path = cache_dir() / f"{name}.py"
-        _write_once(path, source)
+        try:
+            _write_once(path, source)
+        except OSError:  # an unwritable home: fall back to a per-user temporary directory
+            path = _fallback_dir() / f"{name}.py"
+            _write_once(path, source)
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:  # pragma: no cover - a .py path always loads
             raise ImportError(f"cannot import generated source from {path}")

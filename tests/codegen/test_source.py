@@ -238,3 +238,14 @@ def test_loader_imports_once_per_source_into_the_cache_dir(tmp_path: Path, monke
     assert Path(first.__file__).parent == tmp_path / "codegen"
     assert first.__name__ in sys.modules
     assert load_source("VALUE = 42\n").VALUE == 42
+
+
+def test_loader_falls_back_to_a_temporary_directory(tmp_path: Path, monkeypatch) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    monkeypatch.setenv("LLMSPEC_CACHE_DIR", str(blocked))  # a file: no directory can go there
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr("tempfile.tempdir", None)
+    module = load_source("VALUE = 43\n")
+    assert module.VALUE == 43 and str(tmp_path / "tmp") in module.__file__
