@@ -96,6 +96,12 @@ def cmd_codegen(args: argparse.Namespace) -> int:
     return codegen_command(args.spec, args.output)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from llmspec.export import export_command
+
+    return export_command(args)
+
+
 def cmd_import_hf(args: argparse.Namespace) -> int:
     from llmspec.hf_import import import_hf_command
 
@@ -147,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("codegen", cmd_codegen, "generate the PyTorch source of a spec")
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+
+    p = verb("export", cmd_export, "export a spec or model directory to a verified ONNX artifact")
+    p.add_argument("source", metavar="SPEC_OR_DIR")
+    p.add_argument("-o", "--output", required=True, metavar="ARTIFACT")
+    p.add_argument("--weights", metavar="W", help="a safetensors file to export instead")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="default: the spec's")
+    p.add_argument("--quantize", choices=["none", "int8", "int4"], help="default: the spec's")
+    p.add_argument("--force", action="store_true", help="replace an existing artifact")
 
     p = verb(
         "import-hf",

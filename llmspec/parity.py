@@ -1,0 +1,286 @@
+"""The export gate: PyTorch and ONNX Runtime must agree before an artifact is published.
+
+Inputs are generated (seeded): a batch of two rows, one of them padded (left padding for
+decoders, right padding for encoders), a prefill and then :data:`DECODE_STEPS` cached decode
+steps, each feeding the reference model's greedy token to both sides. The reference is the fp32
+PyTorch model; the graph under test runs on ONNX Runtime with its own cache.
+
+A check passes when
+
+* the largest absolute logit (or hidden state) difference at real positions is within
+  ``tolerance = rel x max(1, max |reference|)``, ``rel`` depending on the precision
+  (:data:`RELATIVE_TOLERANCE`), and
+* top-1 agrees everywhere: the graph's argmax is, by the reference, within ``tolerance`` of the
+  reference's own best logit. (Two logits closer than the tolerance are a tie that rounding may
+  break either way; demanding the same argmax there would fail correct fp16 graphs of
+  untrained models, whose logits are nearly flat.)
+
+A failed gate raises :class:`ParityError` with every figure; the report also goes into the
+manifest and the model card.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from llmspec.onnx_graphs import ExportError
+from llmspec.spec import ModelSpec
+from runtime import artifact as fmt
+
+DECODE_STEPS = 8
+
+# Relative to the logit scale. fp32 differs from PyTorch only by kernel rounding; fp16 and bf16
+# round every activation (8 and 11 fewer mantissa bits); int8/int4 quantize every weight.
+RELATIVE_TOLERANCE = {
+    "fp32": 1e-4,
+    "fp16": 2e-2,
+    "bf16": 6e-2,
+    "int8": 0.15,
+    "int4": 0.3,
+}
+
+
+class ParityError(ExportError):
+    """The exported graphs disagree with the PyTorch model beyond the tolerance."""
+
+    def __init__(self, report: ParityReport) -> None:
+        self.report = report
+        failed = [c for c in report.checks if not c.passed]
+        lines = [
+            f"  {c.name}: max |diff| {c.max_abs_diff:.3g} (tolerance {c.tolerance:.3g}), "
+            f"top-1 {'agrees' if c.top1_agrees else 'DISAGREES'}"
+            for c in failed
+        ]
+        super().__init__(
+            f"the {report.precision} graphs fail the parity gate in {len(failed)} of "
+            f"{len(report.checks)} checks; the artifact was not written:\n" + "\n".join(lines)
+        )
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    max_abs_diff: float
+    scale: float
+    tolerance: float
+    top1_agrees: bool
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.max_abs_diff <= self.tolerance and self.top1_agrees)
+
+
+@dataclass
+class ParityReport:
+    precision: str
+    provider: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max((c.max_abs_diff for c in self.checks), default=0.0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "precision": self.precision,
+            "provider": self.provider,
+            "passed": self.passed,
+            "relative_tolerance": RELATIVE_TOLERANCE[self.precision],
+            "max_abs_diff": self.max_abs_diff,
+            "decode_steps": DECODE_STEPS,
+            "checks": [{**asdict(c), "passed": c.passed} for c in self.checks],
+        }
+
+
+def compare(
+    name: str, reference: np.ndarray, actual: np.ndarray, rows: np.ndarray, precision: str
+) -> Check:
+    """Compare ``actual`` with ``reference`` over the positions selected by ``rows`` (a boolean
+    mask over all but the last axis); the last axis is the one top-1 is taken over."""
+    ref = reference.astype(np.float64)[rows]
+    act = actual.astype(np.float64)[rows]
+    scale = float(np.abs(ref).max()) if ref.size else 0.0
+    tolerance = RELATIVE_TOLERANCE[precision] * max(1.0, scale)
+    if not np.isfinite(act).all():
+        return Check(name, float("inf"), scale, tolerance, False)
+    diff = float(np.abs(ref - act).max()) if ref.size else 0.0
+    best = ref.max(axis=-1)
+    chosen = np.take_along_axis(ref, act.argmax(axis=-1)[..., None], axis=-1)[..., 0]
+    agrees = bool((chosen >= best - tolerance).all())
+    return Check(name, diff, scale, tolerance, agrees)
+
+
+def _np(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().float().numpy()
+
+
+def _session_inputs(session: Any) -> set[str]:
+    return {i.name for i in session.get_inputs()}
+
+
+def _kv_dtype(session: Any) -> Any:
+    for value in session.get_inputs():
+        if value.name.startswith("past_key_values."):
+            return {"tensor(float16)": np.float16}.get(value.type, np.float32)
+    return np.float32
+
+
+def _left_padded(spec: ModelSpec, rng: np.random.Generator, length: int) -> tuple[Any, Any]:
+    ids = rng.integers(0, spec.vocabulary.size, size=(2, length), dtype=np.int64)
+    mask = np.ones((2, length), dtype=np.int64)
+    mask[1, : length // 3] = 0
+    ids[1, : length // 3] = 0
+    return ids, mask
+
+
+def _right_padded(spec: ModelSpec, rng: np.random.Generator, length: int) -> tuple[Any, Any]:
+    ids = rng.integers(0, spec.vocabulary.size, size=(2, length), dtype=np.int64)
+    mask = np.ones((2, length), dtype=np.int64)
+    mask[1, length - length // 3 :] = 0
+    ids[1, length - length // 3 :] = 0
+    return ids, mask
+
+
+def _positions(mask: np.ndarray) -> np.ndarray:
+    return np.clip(mask.cumsum(-1) - 1, 0, None).astype(np.int64)
+
+
+def check_decoder_only(
+    spec: ModelSpec, model: nn.Module, session: Any, report: ParityReport, seed: int = 0
+) -> None:
+    rng = np.random.default_rng(seed)
+    length = max(4, min(12, spec.context_length - DECODE_STEPS))
+    ids, mask = _left_padded(spec, rng, length)
+    layers, dtype = spec.num_decoder_layers, _kv_dtype(session)
+    empty = np.zeros((2, spec.kv_heads, 0, spec.head_dim), dtype=dtype)
+    past = {fmt.past_name(i, kind): empty for i in range(layers) for kind in ("key", "value")}
+    torch_past: list[torch.Tensor] | None = None
+    positions = _positions(mask)
+    names = _session_inputs(session)
+    real = mask.astype(bool)
+    for step in range(DECODE_STEPS + 1):
+        feeds = {fmt.INPUT_IDS: ids, fmt.ATTENTION_MASK: mask, fmt.POSITION_IDS: positions}
+        outputs = session.run(None, {k: v for k, v in {**feeds, **past}.items() if k in names})
+        with torch.no_grad():
+            out = model(
+                torch.from_numpy(ids),
+                torch.from_numpy(mask),
+                torch.from_numpy(positions),
+                torch_past,
+            )
+        reference = _np(out.logits)
+        name = "prefill" if step == 0 else f"decode step {step}"
+        report.checks.append(compare(name, reference, outputs[0], real, report.precision))
+        past = {
+            fmt.past_name(i, kind): outputs[1 + 2 * i + j]
+            for i in range(layers)
+            for j, kind in enumerate(("key", "value"))
+        }
+        torch_past = list(out.present)
+        ids = reference[:, -1].argmax(-1)[:, None].astype(np.int64)
+        mask = np.concatenate([mask, np.ones((2, 1), dtype=np.int64)], axis=1)
+        positions = positions[:, -1:] + 1
+        real = np.ones((2, 1), dtype=bool)
+
+
+def check_encoder_only(
+    spec: ModelSpec, model: nn.Module, session: Any, report: ParityReport, seed: int = 0
+) -> None:
+    rng = np.random.default_rng(seed)
+    ids, mask = _right_padded(spec, rng, max(4, min(16, spec.context_length)))
+    feeds = {fmt.INPUT_IDS: ids, fmt.ATTENTION_MASK: mask}
+    args = [torch.from_numpy(ids), torch.from_numpy(mask)]
+    if fmt.TOKEN_TYPE_IDS in _session_inputs(session):
+        types = np.zeros_like(ids)
+        types[:, ids.shape[1] // 2 :] = 1
+        feeds[fmt.TOKEN_TYPE_IDS] = types
+        args.append(torch.from_numpy(types))
+    hidden, logits = session.run(None, feeds)
+    with torch.no_grad():
+        out = model(*args)
+    real = mask.astype(bool)
+    precision = report.precision
+    report.checks.append(
+        compare("last_hidden_state", _np(out.last_hidden_state), hidden, real, precision)
+    )
+    report.checks.append(compare("logits", _np(out.logits), logits, real, precision))
+
+
+def check_encoder_decoder(
+    spec: ModelSpec,
+    model: nn.Module,
+    encoder: Any,
+    decoder: Any,
+    start_id: int,
+    report: ParityReport,
+    seed: int = 0,
+) -> None:
+    rng = np.random.default_rng(seed)
+    source, source_mask = _right_padded(spec, rng, max(4, min(12, spec.context_length)))
+    encoded = encoder.run(None, {fmt.INPUT_IDS: source, fmt.ATTENTION_MASK: source_mask})
+    with torch.no_grad():
+        reference = model.encode(torch.from_numpy(source), torch.from_numpy(source_mask))
+    real = source_mask.astype(bool)
+    precision = report.precision
+    report.checks.append(
+        compare(
+            "encoder last_hidden_state",
+            _np(reference.last_hidden_state),
+            encoded[0],
+            real,
+            precision,
+        )
+    )
+    layers, dtype = spec.num_decoder_layers, _kv_dtype(decoder)
+    cross = {
+        fmt.past_name(i, kind, "encoder"): encoded[1 + 2 * i + j]
+        for i in range(layers)
+        for j, kind in enumerate(("key", "value"))
+    }
+    empty = np.zeros((2, spec.kv_heads, 0, spec.head_dim), dtype=dtype)
+    past = {
+        fmt.past_name(i, kind, "decoder"): empty for i in range(layers) for kind in ("key", "value")
+    }
+    names = _session_inputs(decoder)
+    ids = np.full((2, 1), start_id, dtype=np.int64)
+    mask = np.ones((2, 1), dtype=np.int64)
+    torch_past: list[torch.Tensor] | None = None
+    every = np.ones((2, 1), dtype=bool)
+    for step in range(DECODE_STEPS + 1):
+        feeds = {
+            fmt.INPUT_IDS: ids,
+            fmt.ENCODER_ATTENTION_MASK: source_mask,
+            fmt.ATTENTION_MASK: mask,
+            fmt.POSITION_IDS: np.full((2, 1), step, dtype=np.int64),
+            **cross,
+            **past,
+        }
+        outputs = decoder.run(None, {k: v for k, v in feeds.items() if k in names})
+        with torch.no_grad():
+            out = model.decode(
+                torch.from_numpy(ids),
+                torch.from_numpy(source_mask),
+                list(reference.cross_key_values),
+                torch.from_numpy(mask),
+                torch.from_numpy(feeds[fmt.POSITION_IDS]),
+                torch_past,
+            )
+        logits = _np(out.logits)
+        report.checks.append(compare(f"decoder step {step}", logits, outputs[0], every, precision))
+        past = {
+            fmt.past_name(i, kind, "decoder"): outputs[1 + 2 * i + j]
+            for i in range(layers)
+            for j, kind in enumerate(("key", "value"))
+        }
+        torch_past = list(out.present)
+        ids = logits[:, -1].argmax(-1)[:, None].astype(np.int64)
+        mask = np.concatenate([mask, np.ones((2, 1), dtype=np.int64)], axis=1)
