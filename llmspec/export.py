@@ -126,6 +126,42 @@ def _tokenizer(src: Source, spec: ModelSpec) -> Any:
         raise ExportError(str(err)) from None
 
 
+def cuda_usable() -> bool:
+    """Whether ONNX Runtime can really run a graph on CUDA here (onnxruntime-gpu lists the CUDA
+    provider even on machines without a GPU, then silently falls back to the CPU)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "probe",
+        [value],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(
+            model.SerializeToString(),
+            options,
+            providers=["CUDAExecutionProvider"],
+        )
+    except Exception:  # no driver, no device: ONNX Runtime raises plain RuntimeErrors
+        return False
+    return "CUDAExecutionProvider" in session.get_providers()
+
+
+BF16_NEEDS_CUDA = (
+    "bf16 graphs need the CUDA provider to be checked (ONNX Runtime's CPU provider has no bf16 "
+    "kernels) and CUDA is not usable here; export fp16 or fp32 on this machine, or bf16 on one "
+    "with a GPU"
+)
+
+
 def _sessions(paths: list[Path], precision: str) -> tuple[list[Any], str]:
     """ONNX Runtime sessions for the gate, and the provider they really use."""
     import onnxruntime as ort
@@ -138,11 +174,7 @@ def _sessions(paths: list[Path], precision: str) -> tuple[list[Any], str]:
             for p in paths
         ]
         if any("CUDAExecutionProvider" not in s.get_providers() for s in sessions):
-            raise ExportError(
-                "bf16 graphs need the CUDA provider to be checked (ONNX Runtime's CPU provider "
-                "has no bf16 kernels) and CUDA is not usable here; export fp16 or fp32 on this "
-                "machine, or bf16 on one with a GPU"
-            )
+            raise ExportError(BF16_NEEDS_CUDA)
         return sessions, "CUDAExecutionProvider"
     sessions = [
         ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in paths
@@ -279,6 +311,8 @@ def export(
         raise ExportError(f"{target} exists and is not an artifact; refusing to replace it")
     src = resolve_source(source, weights)
     spec = _with_precision(src.spec, precision, quantize)
+    if spec.precision.dtype == "bf16" and not cuda_usable():
+        raise ExportError(BF16_NEEDS_CUDA)
     from llmspec.build import build
 
     say(f"building {spec.name} ({spec.architecture})")
