@@ -102,6 +102,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     return export_command(args)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from llmspec.train import train_command
+
+    return train_command(args)
+
+
 def cmd_import_hf(args: argparse.Namespace) -> int:
     from llmspec.hf_import import import_hf_command
 
@@ -161,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="default: the spec's")
     p.add_argument("--quantize", choices=["none", "int8", "int4"], help="default: the spec's")
     p.add_argument("--force", action="store_true", help="replace an existing artifact")
+
+    p = verb("train", cmd_train, "train a spec (or a run directory) with its objective")
+    from llmspec.train import add_train_arguments
+
+    add_train_arguments(p)
 
     p = verb(
         "import-hf",
