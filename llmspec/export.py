@@ -52,7 +52,7 @@ from llmspec.parity import (
     check_encoder_decoder,
     check_encoder_only,
 )
-from llmspec.spec import ModelSpec, Precision
+from llmspec.spec import ModelSpec
 from runtime import artifact as fmt
 from runtime.decoding import DecodingChain, Greedy
 
@@ -96,18 +96,21 @@ def resolve_source(source: str | Path, weights: str | Path | None = None) -> Sou
 def _with_precision(spec: ModelSpec, dtype: str | None, quantize: str | None) -> ModelSpec:
     """The spec with the export's precision, validated like the spec itself."""
     current = spec.precision
-    precision = Precision(
-        dtype=dtype or current.dtype,
-        quantize=quantize or current.quantize,
-        block_size=current.block_size,
-    )
+    wanted = {
+        "dtype": dtype or current.dtype,
+        "quantize": quantize or current.quantize,
+        "block_size": current.block_size,
+    }
     data = spec.model_dump()
-    data["precision"] = precision.model_dump()
+    data["precision"] = wanted
     try:
         return ModelSpec.model_validate(data)
     except ValueError as err:
+        problems = "; ".join(
+            e["msg"].removeprefix("Value error, ") for e in getattr(err, "errors", lambda: [])()
+        )
         raise ExportError(
-            f"precision {precision.dtype} with quantize {precision.quantize}: {err}"
+            f"precision {wanted['dtype']} with quantize {wanted['quantize']}: {problems or err}"
         ) from None
 
 

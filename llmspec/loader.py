@@ -216,7 +216,8 @@ _ADAPTERS: dict[str, TypeAdapter[Any]] = {}
 
 def _adapter(name: str, field: FieldInfo) -> TypeAdapter[Any]:
     if name not in _ADAPTERS:
-        _ADAPTERS[name] = TypeAdapter(typing.Annotated[field.annotation, field])
+        annotated: Any = typing.Annotated[field.annotation, field]
+        _ADAPTERS[name] = TypeAdapter(annotated)
     return _ADAPTERS[name]
 
 

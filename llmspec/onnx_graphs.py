@@ -50,7 +50,7 @@ class GraphPlan:
 
 
 class _DecoderOnly(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Any) -> None:
         super().__init__()
         self.model = model
 
@@ -66,7 +66,7 @@ class _DecoderOnly(nn.Module):
 
 
 class _EncoderOnly(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Any) -> None:
         super().__init__()
         self.model = model
 
@@ -76,7 +76,7 @@ class _EncoderOnly(nn.Module):
 
 
 class _EncoderOnlyWithTypes(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Any) -> None:
         super().__init__()
         self.model = model
 
@@ -88,7 +88,7 @@ class _EncoderOnlyWithTypes(nn.Module):
 
 
 class _Seq2SeqEncoder(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Any) -> None:
         super().__init__()
         self.model = model
 
@@ -98,7 +98,7 @@ class _Seq2SeqEncoder(nn.Module):
 
 
 class _Seq2SeqDecoder(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Any) -> None:
         super().__init__()
         self.model = model
 
@@ -125,7 +125,7 @@ class _Seq2SeqDecoder(nn.Module):
 class _Seq2SeqDecoderNoPositions(nn.Module):
     """For relative (T5) and ALiBi positions, which depend on distances, not position ids."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Any) -> None:
         super().__init__()
         self.model = model
 

@@ -98,6 +98,8 @@ class Located:
 
 def _mark(event: yaml.Event) -> tuple[int, int]:
     mark = event.start_mark
+    if mark is None:
+        return (0, 0)
     return (mark.line + 1, mark.column + 1)
 
 
