@@ -12,13 +12,53 @@ callers, ``generation.json`` in an artifact, and the command line's compact form
     temperature=0.7,top_k=50,top_p=0.9,sample
 
 Each step documents its no-op value and rejects bad parameters with an actionable message.
-This module holds configuration only; it imports nothing heavy.
+This module holds configuration only; it imports nothing heavy. The behaviour (numpy logits
+processors, selectors, the compiled :class:`runtime.sampling.Decoder`) lives in
+``runtime.sampling``; beam search bookkeeping in ``runtime.beam_search``.
+
+Plugins
+-------
+Third-party steps are found by name in the entry-point group ``llmspec.decoding``, so an
+installed package can add ``--chain "my_step=3,sample"``. Each entry point's name is the step's
+name and its object is a class that is both the configuration and the behaviour::
+
+    # entry_points.txt of the distribution
+    [llmspec.decoding]
+    my_step = my_package.decoding:MyStep
+
+    @dataclass(frozen=True, kw_only=True)
+    class MyStep:
+        # A docstring: what it does, its paper, its no-op value.
+
+        type: Literal["my_step"] = "my_step"   # the literal tag: equals the entry point's name
+        strength: float = 0.0                   # parameters are plain fields with defaults
+        parameter: ClassVar[str] = "strength"   # optional: the field ``my_step=VALUE`` sets
+
+        def __post_init__(self) -> None:        # reject bad parameters, actionably
+            if self.strength < 0:
+                raise DecodingError(f"my_step must be >= 0 (0 disables it), got {self.strength}")
+
+        # a logits processor (see runtime.sampling.LogitsProcessor) ...
+        def process(self, logits: np.ndarray, state: DecodingState) -> np.ndarray: ...
+        # ... or a selector, which ends the chain (see runtime.sampling.TokenSelector)
+        def select(self, logits: np.ndarray, state: DecodingState) -> np.ndarray: ...
+
+The class must be a dataclass (``to_json``/``from_json`` and ``generation.json`` use its
+fields), its ``type`` default must equal the entry point's name, it must define exactly one of
+``process`` and ``select``, and its name must not shadow a built-in step. A compact-form value
+is read as an int when the field is annotated ``int``, else as a float. Plugins are loaded on
+the first name this module does not know, once per process; a plugin that fails to import or
+breaks the contract is reported when its name is used, and named in the list of known steps.
+The spec's ``generation`` section accepts built-in steps only (it is validated by pydantic
+against their types); plugins are for Python callers, ``generation.json`` and the CLI.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+import threading
+from dataclasses import asdict, dataclass, fields, is_dataclass
+from importlib.metadata import entry_points
 from typing import Any, Literal
 
 
@@ -237,13 +277,94 @@ _MAIN_PARAMETER = {
 }
 
 
+ENTRY_POINT_GROUP = "llmspec.decoding"
+
+_plugin_lock = threading.Lock()
+_plugins: dict[str, type] | None = None  # loaded on first use, once per process
+_broken_plugins: dict[str, str] = {}  # name -> why it cannot be used
+
+
+def _contract_problem(name: str, obj: Any) -> str | None:
+    """Why ``obj`` (an entry point's object) is not a usable decoding step, or None."""
+    if not isinstance(obj, type) or not is_dataclass(obj):
+        return "it must name a dataclass (the step's configuration and behaviour)"
+    if name in STEPS:
+        return f"its name shadows the built-in step {name!r}"
+    tag = {f.name: f.default for f in fields(obj)}.get("type")
+    if tag != name:
+        return f"its 'type' field must default to the entry point's name {name!r}, got {tag!r}"
+    kinds = [m for m in ("process", "select") if callable(getattr(obj, m, None))]
+    if len(kinds) != 1:
+        return "it must define exactly one of process(logits, state) and select(logits, state)"
+    parameter = getattr(obj, "parameter", None)
+    if parameter is not None and parameter not in {f.name for f in fields(obj)}:
+        return f"its 'parameter' {parameter!r} is not one of its fields"
+    return None
+
+
+def plugin_steps() -> dict[str, type]:
+    """The usable third-party steps of the ``llmspec.decoding`` entry-point group, by name.
+
+    Loaded once per process (thread-safe); broken plugins are left out and remembered, so that
+    using one of their names says what is wrong with it.
+    """
+    global _plugins
+    with _plugin_lock:
+        if _plugins is None:
+            found: dict[str, type] = {}
+            for point in entry_points(group=ENTRY_POINT_GROUP):
+                origin = f"{point.value!r}" + (f" (from {point.dist.name})" if point.dist else "")
+                try:
+                    obj = point.load()
+                except Exception as err:  # a plugin's import error must not break the chain
+                    _broken_plugins[point.name] = f"{origin} failed to load: {err!r}"
+                    continue
+                problem = _contract_problem(point.name, obj)
+                if problem:
+                    _broken_plugins[point.name] = f"{origin}: {problem}"
+                else:
+                    found[point.name] = obj
+            _plugins = found
+        return _plugins
+
+
+def step_type(name: str) -> type:
+    """The configuration type of the step called ``name``: built-in first, then plugins.
+
+    Raises DecodingError for a broken plugin (saying why) or an unknown name (listing the known
+    ones, built-in and plugin).
+    """
+    found = STEPS.get(name) or plugin_steps().get(name)
+    if found is not None:
+        return found
+    if name in _broken_plugins:
+        raise DecodingError(f"decoding step {name!r} cannot be used: {_broken_plugins[name]}")
+    known = ", ".join(sorted(STEPS))
+    plugins = sorted({*plugin_steps(), *_broken_plugins})
+    listed = f"; plugins: {', '.join(plugins)}" if plugins else ""
+    raise DecodingError(f"unknown decoding step {name!r}; known steps: {known}{listed}")
+
+
+def is_selector(step: Any) -> bool:
+    """Whether ``step`` ends a chain: greedy, sample, or a plugin with a ``select`` method."""
+    if isinstance(step, Greedy | Sample):
+        return True
+    return type(step) not in STEPS.values() and callable(getattr(step, "select", None))
+
+
+def _main_parameter(step_type: type) -> str | None:
+    """The field that the compact form ``name=value`` sets, if the step takes one."""
+    builtin = _MAIN_PARAMETER.get(getattr(step_type, "type", ""))
+    return builtin if step_type in STEPS.values() else getattr(step_type, "parameter", None)
+
+
 def chain_problems(steps: list[Any]) -> list[tuple[int | None, str]]:
     """Structural problems of a chain: (index of the step or None, message)."""
     problems: list[tuple[int | None, str]] = []
     if not steps:
         return [(None, "the chain is empty; end it with 'greedy' or 'sample'")]
     searches = [i for i, s in enumerate(steps) if isinstance(s, BeamSearch)]
-    selectors = [i for i, s in enumerate(steps) if isinstance(s, Greedy | Sample)]
+    selectors = [i for i, s in enumerate(steps) if is_selector(s)]
     last = len(steps) - 1
     if searches:
         if len(steps) > 1:
@@ -280,22 +401,19 @@ class DecodingChain:
                 continue
             name, _, value = item.partition("=")
             name = name.strip().replace("-", "_")
-            step_type = STEPS.get(name)
-            if step_type is None:
-                known = ", ".join(sorted(STEPS))
-                raise DecodingError(f"unknown decoding step {name!r}; known steps: {known}")
+            kind = step_type(name)
             if not value:
-                steps.append(step_type())
+                steps.append(kind())
                 continue
-            parameter = _MAIN_PARAMETER.get(name)
+            parameter = _main_parameter(kind)
             if parameter is None:
                 raise DecodingError(f"{name!r} takes no value; write it as '{name}'")
-            annotation = {f.name: f.type for f in fields(step_type)}[parameter]
+            annotation = {f.name: f.type for f in fields(kind)}[parameter]
             try:
                 parsed: Any = int(value) if "int" in str(annotation) else float(value)
             except ValueError:
                 raise DecodingError(f"{name}={value!r}: {value!r} is not a number") from None
-            steps.append(step_type(**{parameter: parsed}))
+            steps.append(kind(**{parameter: parsed}))
         return cls(tuple(steps))
 
     def to_json(self) -> list[dict[str, Any]]:
@@ -309,12 +427,9 @@ class DecodingChain:
         for item in items:
             params = dict(item)
             name = params.pop("type", None)
-            step_type = STEPS.get(str(name))
-            if step_type is None:
-                known = ", ".join(sorted(STEPS))
-                raise DecodingError(f"unknown decoding step {name!r}; known steps: {known}")
+            kind = step_type(str(name))
             try:
-                steps.append(step_type(**params))
+                steps.append(kind(**params))
             except TypeError as err:
                 raise DecodingError(f"{name}: {err}") from None
         return cls(tuple(steps))
@@ -322,6 +437,6 @@ class DecodingChain:
     def __str__(self) -> str:
         parts = []
         for step in self.steps:
-            parameter = _MAIN_PARAMETER.get(step.type)
+            parameter = _main_parameter(type(step))
             parts.append(f"{step.type}={getattr(step, parameter)}" if parameter else step.type)
         return ",".join(parts)

@@ -1,0 +1,834 @@
+"""Decoding strategies in numpy: logits processors, selectors and the compiled chain.
+
+The configuration types live in :mod:`runtime.decoding`; this module gives them behaviour. It
+follows Hugging Face's ``logits_process.py`` (one method per processor, applied in order) and
+llama.cpp's sampler chain (the selector ends the chain by construction).
+
+How a generation loop uses it (one ``Decoder`` per chain, one ``DecodingState`` per request)::
+
+    decoder = Decoder("temperature=0.7,top_k=50,top_p=0.9,sample")  # immutable, thread-safe
+    state = DecodingState(prompts, vocab_size, seed=seed, pad_id=pad_id)  # prompts unpadded
+    for _ in range(max_new_tokens):
+        logits = run_the_model(...)[:, -1, :]        # [batch, vocab], the last position
+        tokens = decoder.select(logits, state)       # [batch] int64; finished rows get pad_id
+        state.append(tokens)                         # records tokens of unfinished rows
+        state.finish(tokens == eos_id)               # and rows that hit a stop string
+        if state.finished.all():
+            break
+
+``Decoder.select`` checks the logits against the state (shape, dtype, NaN, +inf, rows with no
+token left) and raises :class:`DecodingError` naming the row. It may modify ``logits`` in place
+when they are a C-contiguous float32 array (the usual case, for speed); pass a copy to keep them.
+
+Processors see float32 ``[batch, vocab]`` logits; a removed token is ``-inf``. Rows that are
+already finished are skipped by the per-row processors and get ``pad_id`` from the selector.
+Everything that changes during a request (token counts, n-gram indexes, the random generator,
+scratch buffers) is in the ``DecodingState``, so one ``Decoder`` serves concurrent requests.
+
+Built-in steps register their implementation with ``@_implements(ConfigType)``; plugin steps
+(see :mod:`runtime.decoding`, "Plugins") are their own implementation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+from runtime.decoding import (
+    BeamSearch,
+    DecodingChain,
+    DecodingError,
+    FrequencyPenalty,
+    Greedy,
+    MinP,
+    NoRepeatNgram,
+    PresencePenalty,
+    RepetitionPenalty,
+    Sample,
+    Temperature,
+    TopK,
+    TopP,
+    Typical,
+)
+
+__all__ = [
+    "Decoder",
+    "DecodingError",
+    "DecodingState",
+    "LogitsProcessor",
+    "TokenSelector",
+    "implementation",
+    "log_softmax",
+    "softmax",
+]
+
+NEG_INF = np.float32(-np.inf)
+# Filters work on the few tokens still allowed when there are at most this fraction of the
+# vocabulary (after top_k, say), and on the whole row otherwise.
+_SPARSE_FRACTION = 8
+# Nucleus and typical filters sort at most about this many tokens.
+_EXACT_LIMIT = 4096
+
+
+# ----------------------------------------------------------------------------------------
+# The request's state
+
+
+class _Pairs:
+    """A growing list of (row, token) pairs, kept as two int64 arrays (amortized O(1) add)."""
+
+    def __init__(self) -> None:
+        self._rows = np.empty(64, dtype=np.int64)
+        self._tokens = np.empty(64, dtype=np.int64)
+        self._size = 0
+
+    def add(self, rows: np.ndarray, tokens: np.ndarray) -> None:
+        end = self._size + len(rows)
+        if end > len(self._rows):
+            capacity = max(end, 2 * len(self._rows))
+            self._rows = np.resize(self._rows, capacity)
+            self._tokens = np.resize(self._tokens, capacity)
+        self._rows[self._size : end] = rows
+        self._tokens[self._size : end] = tokens
+        self._size = end
+
+    def view(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._rows[: self._size], self._tokens[: self._size]
+
+
+class DecodingState:
+    """What the chain knows about one request; the generation loop creates one per request.
+
+    Args:
+        prompts: one sequence of token ids per batch row, without padding (for an
+            encoder-decoder model: the decoder's prefix, e.g. ``[decoder_start]``). Repetition
+            penalty and no-repeat-ngram look at prompt and generated tokens; presence and
+            frequency penalties at generated tokens only (as OpenAI's API and vLLM do).
+        vocab_size: the width of the logits, which must be ``[len(prompts), vocab_size]``.
+        seed: seeds the request's one ``np.random.Generator(PCG64(seed))``; the same seed and
+            the same logits give the same tokens. None draws fresh entropy.
+        pad_id: the token the selector returns for finished rows.
+
+    Per-row bookkeeping (counts, seen tokens, n-gram indexes) is built on first use from the
+    sequences and then kept up to date incrementally by :meth:`append`, so a chain pays only
+    for what it uses: O(batch) per step, plus O(batch * vocab) int32 / bool arrays for the
+    penalties.
+    """
+
+    def __init__(
+        self,
+        prompts: Sequence[Sequence[int] | np.ndarray],
+        vocab_size: int,
+        *,
+        seed: int | None = None,
+        pad_id: int = 0,
+    ) -> None:
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int | np.integer):
+            raise DecodingError(f"vocab_size must be an integer, got {vocab_size!r}")
+        if vocab_size < 1:
+            raise DecodingError(f"vocab_size must be >= 1, got {vocab_size}")
+        if len(prompts) == 0:
+            raise DecodingError("a decoding state needs at least one prompt (batch row)")
+        if not 0 <= pad_id < vocab_size:
+            raise DecodingError(f"pad_id {pad_id} is outside the vocabulary [0, {vocab_size})")
+        self.batch_size = len(prompts)
+        self.vocab_size = int(vocab_size)
+        self.pad_id = int(pad_id)
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+        self.finished = np.zeros(self.batch_size, dtype=bool)
+        self.steps = 0
+        self._sequences: list[list[int]] = []
+        self._prompt_lengths: list[int] = []
+        for row, prompt in enumerate(prompts):
+            ids = np.asarray(prompt)
+            if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+                raise DecodingError(f"prompt {row} must be a 1-D sequence of integer token ids")
+            if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+                bad = int(ids[(ids < 0) | (ids >= vocab_size)][0])
+                raise DecodingError(
+                    f"prompt {row} has token id {bad} outside the vocabulary [0, {vocab_size})"
+                )
+            self._sequences.append(ids.astype(np.int64).tolist())
+            self._prompt_lengths.append(ids.size)
+        self._counts: np.ndarray | None = None  # [batch, vocab] int32, generated tokens
+        self._generated_pairs: _Pairs | None = None
+        self._seen: np.ndarray | None = None  # [batch, vocab] bool, prompt or generated
+        self._seen_pairs: _Pairs | None = None
+        self._ngrams: dict[int, list[dict[tuple[int, ...], set[int]]]] = {}
+        self._scratch: dict[tuple[str, str], np.ndarray] = {}
+
+    # -- what the generation loop calls
+
+    def append(self, tokens: np.ndarray) -> None:
+        """Record one new token per row (``[batch]`` integers); finished rows are ignored."""
+        tokens = np.asarray(tokens)
+        if tokens.shape != (self.batch_size,) or tokens.dtype.kind not in "iu":
+            raise DecodingError(
+                f"append takes one integer token per row, shape ({self.batch_size},); "
+                f"got shape {tokens.shape} of {tokens.dtype}"
+            )
+        rows = np.flatnonzero(~self.finished)
+        new = tokens[rows].astype(np.int64)
+        if new.size and (new.min() < 0 or new.max() >= self.vocab_size):
+            row = int(rows[(new < 0) | (new >= self.vocab_size)][0])
+            raise DecodingError(
+                f"row {row}: token id {int(tokens[row])} is outside the vocabulary "
+                f"[0, {self.vocab_size})"
+            )
+        for row, token in zip(rows.tolist(), new.tolist(), strict=True):
+            self._sequences[row].append(token)
+        if self._counts is not None and self._generated_pairs is not None:
+            first = self._counts[rows, new] == 0
+            self._counts[rows, new] += 1
+            self._generated_pairs.add(rows[first], new[first])
+        if self._seen is not None and self._seen_pairs is not None:
+            first = ~self._seen[rows, new]
+            self._seen[rows, new] = True
+            self._seen_pairs.add(rows[first], new[first])
+        for n, indexes in self._ngrams.items():
+            for row in rows.tolist():
+                sequence = self._sequences[row]
+                if len(sequence) >= n:
+                    prefix = tuple(sequence[len(sequence) - n : -1])
+                    indexes[row].setdefault(prefix, set()).add(sequence[-1])
+        self.steps += 1
+
+    def finish(self, rows: np.ndarray) -> None:
+        """Mark rows finished: a ``[batch]`` bool mask or an array of row indices."""
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            if rows.shape != (self.batch_size,):
+                raise DecodingError(f"finish takes a mask of shape ({self.batch_size},)")
+            self.finished |= rows
+        else:
+            self.finished[rows] = True
+
+    # -- what processors read
+
+    def sequence(self, row: int) -> np.ndarray:
+        """Row ``row``'s prompt followed by its generated tokens (int64)."""
+        return np.asarray(self._sequences[row], dtype=np.int64)
+
+    def generated(self, row: int) -> np.ndarray:
+        """The tokens generated so far for row ``row`` (int64)."""
+        return np.asarray(self._sequences[row][self._prompt_lengths[row] :], dtype=np.int64)
+
+    def generated_counts(self) -> np.ndarray:
+        """``[batch, vocab]`` int32: how often each token was generated in each row (the
+        prompt not included). Read-only by convention; kept up to date by :meth:`append`."""
+        if self._counts is None:
+            counts = np.zeros((self.batch_size, self.vocab_size), dtype=np.int32)
+            pairs = _Pairs()
+            for row in range(self.batch_size):
+                np.add.at(counts[row], self.generated(row), 1)
+                tokens = np.flatnonzero(counts[row])
+                pairs.add(np.full(len(tokens), row), tokens)
+            self._counts, self._generated_pairs = counts, pairs
+        return self._counts
+
+    def generated_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, tokens)``: every (row, token) generated at least once, each pair once."""
+        self.generated_counts()
+        assert self._generated_pairs is not None
+        return self._generated_pairs.view()
+
+    def seen_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, tokens)``: every (row, token) in the prompt or generated, each pair once."""
+        if self._seen is None:
+            seen = np.zeros((self.batch_size, self.vocab_size), dtype=bool)
+            pairs = _Pairs()
+            for row in range(self.batch_size):
+                tokens = np.unique(self.sequence(row))
+                seen[row, tokens] = True
+                pairs.add(np.full(len(tokens), row), tokens)
+            self._seen, self._seen_pairs = seen, pairs
+        assert self._seen_pairs is not None
+        return self._seen_pairs.view()
+
+    def banned_ngram_tokens(self, row: int, n: int) -> list[int]:
+        """The tokens that would complete, in row ``row``, an ``n``-gram the row's sequence
+        (prompt and generated) already contains."""
+        indexes = self._ngrams.get(n)
+        if indexes is None:
+            indexes = []
+            for sequence in self._sequences:
+                index: dict[tuple[int, ...], set[int]] = {}
+                for end in range(n, len(sequence) + 1):
+                    index.setdefault(tuple(sequence[end - n : end - 1]), set()).add(
+                        sequence[end - 1]
+                    )
+                indexes.append(index)
+            self._ngrams[n] = indexes
+        sequence = self._sequences[row]
+        if len(sequence) < n - 1:
+            return []
+        return sorted(indexes[row].get(tuple(sequence[len(sequence) - n + 1 :]), ()))
+
+    def scratch(self, name: str, dtype: type = np.float64) -> np.ndarray:
+        """A ``[vocab]`` work buffer of this request, reused across steps to avoid allocating
+        (and page-faulting) vocabulary-sized arrays on every step. Its contents are undefined
+        on entry; use it within one ``process``/``select`` call only."""
+        key = (name, np.dtype(dtype).str)
+        buffer = self._scratch.get(key)
+        if buffer is None:
+            buffer = self._scratch[key] = np.empty(self.vocab_size, dtype=dtype)
+        return buffer
+
+
+# ----------------------------------------------------------------------------------------
+# The contract and the registry
+
+
+class LogitsProcessor(Protocol):
+    """Changes logits; applied in the order the chain lists them.
+
+    ``process`` receives checked, C-contiguous float32 logits ``[batch, vocab]`` (no NaN, no
+    +inf, at least one finite entry in every unfinished row) and returns logits of the same
+    shape and dtype, usually the same array modified in place. A removed token is ``-inf``;
+    a filter keeps at least one token per row. Per-request data comes from ``state``; the
+    processor itself must not change, so one instance serves concurrent requests.
+    """
+
+    def process(self, logits: np.ndarray, state: DecodingState) -> np.ndarray: ...
+
+
+class TokenSelector(Protocol):
+    """Picks one token per row from processed logits; ends the chain.
+
+    ``select`` receives what the processors returned and returns ``[batch]`` int64 token
+    ids; the decoder replaces the tokens of finished rows with ``state.pad_id``.
+    """
+
+    def select(self, logits: np.ndarray, state: DecodingState) -> np.ndarray: ...
+
+
+_IMPLEMENTATIONS: dict[type, Callable[[Any], LogitsProcessor | TokenSelector]] = {}
+_T = TypeVar("_T")
+
+
+def _implements(config_type: type) -> Callable[[_T], _T]:
+    """Register the decorated class (constructed from a config instance) as the behaviour of
+    the built-in step ``config_type``."""
+
+    def register(cls: _T) -> _T:
+        _IMPLEMENTATIONS[config_type] = cls  # type: ignore[assignment]
+        return cls
+
+    return register
+
+
+def implementation(step: Any) -> LogitsProcessor | TokenSelector:
+    """The processor or selector for a step's configuration (built-in or plugin)."""
+    build = _IMPLEMENTATIONS.get(type(step))
+    if build is not None:
+        return build(step)
+    if callable(getattr(step, "process", None)) or callable(getattr(step, "select", None)):
+        return step  # a plugin step is its own behaviour
+    raise DecodingError(f"decoding step {step!r} has no implementation")
+
+
+# ----------------------------------------------------------------------------------------
+# Helpers
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities along the last axis, in float64 (``-inf`` logits get probability 0)."""
+    shifted = np.asarray(logits, dtype=np.float64)
+    shifted = shifted - shifted.max(axis=-1, keepdims=True)
+    weights = np.exp(shifted)
+    return weights / weights.sum(axis=-1, keepdims=True)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Log-probabilities along the last axis, in float64 (what beam search steps take)."""
+    shifted = np.asarray(logits, dtype=np.float64)
+    shifted = shifted - shifted.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _active_rows(state: DecodingState) -> list[int]:
+    return np.flatnonzero(~state.finished).tolist()
+
+
+def _sparse_support(row: np.ndarray, state: DecodingState) -> np.ndarray | None:
+    """The ids of the row's finite logits when they are few (say after top_k), else None."""
+    finite = np.greater(row, NEG_INF, out=state.scratch("finite", bool))
+    if np.count_nonzero(finite) * _SPARSE_FRACTION > row.size:
+        return None
+    return np.flatnonzero(finite)
+
+
+def _keep(row: np.ndarray, keep: np.ndarray, state: DecodingState) -> None:
+    """Set the logits of ``row`` where the bool mask ``keep`` is False to -inf, in place.
+
+    Few kept tokens: fill and scatter them back. Many: clamp with a +-inf bound, because a
+    masked write is branchy and costs ~10x more on a random half-kept mask."""
+    if np.count_nonzero(keep) * _SPARSE_FRACTION <= row.size:
+        indices = np.flatnonzero(keep)
+        kept = row[indices]
+        row.fill(NEG_INF)
+        row[indices] = kept
+    else:
+        bound = np.subtract(keep, np.float32(0.5), out=state.scratch("bound", np.float32))
+        bound *= np.float32(np.inf)  # +inf where kept, -inf where not
+        np.minimum(row, bound, out=row)
+
+
+def _weights(row: np.ndarray, state: DecodingState) -> tuple[np.ndarray, np.ndarray]:
+    """``(distance, weights)`` in float64: ``max(row) - row`` (in nats, 0 for the most likely
+    token, inf for removed ones) and ``exp(-distance)``, the unnormalized probabilities."""
+    distance = np.subtract(row.max(), row, out=state.scratch("distance"), dtype=np.float64)
+    weights = np.negative(distance, out=state.scratch("weights"))
+    return distance, np.exp(weights, out=weights)
+
+
+def _mass_up_to(
+    key: np.ndarray, weights: np.ndarray, tau: float, state: DecodingState
+) -> tuple[float, int]:
+    """The total weight and the number of tokens with ``key <= tau``; branch-free when many."""
+    below = np.less_equal(key, tau, out=state.scratch("below", bool))
+    count = int(np.count_nonzero(below))
+    if count * _SPARSE_FRACTION <= key.size:
+        return float(weights[np.flatnonzero(below)].sum()), count
+    return float(np.multiply(weights, below, out=state.scratch("masked")).sum()), count
+
+
+def _keep_minimal_mass(
+    row: np.ndarray, key: np.ndarray, weights: np.ndarray, target: float, state: DecodingState
+) -> None:
+    """Keep in ``row`` the fewest tokens, taken in ascending ``key`` order (ties: lowest id
+    first), whose ``weights`` sum reaches ``target`` (all with a finite key if none do).
+
+    ``key`` is in nats (a distance from the most likely token, or from the entropy). Rather
+    than sort the vocabulary, find a threshold ``tau`` whose mass ``key <= tau`` reaches the
+    target (doubling from the smallest key), narrow the interval (``low``, ``tau``] by
+    interpolation while it holds more than _EXACT_LIMIT tokens, and sort only those: a few
+    O(vocab) passes however flat the distribution, one for a peaked one.
+    """
+    finite = np.count_nonzero(key < np.inf)
+    smallest = float(key.min())
+    low, low_mass, low_count = smallest - 1.0, 0.0, 0  # no token has a key <= low
+    width = 1.0
+    while True:
+        tau = smallest + width
+        mass, count = _mass_up_to(key, weights, tau, state)
+        if mass >= target or count >= finite:
+            break
+        low, low_mass, low_count = tau, mass, count
+        width *= 2.0
+    bisect = False
+    for _ in range(32):
+        if count - low_count <= _EXACT_LIMIT or mass <= low_mass:
+            break
+        # Guess where the mass reaches the target (by linear interpolation; by bisection
+        # after a round that did not halve the interval), then probe either side of the
+        # guess, about _EXACT_LIMIT / 4 tokens away, to bracket it tightly.
+        span = tau - low
+        fraction = 0.5 if bisect else (target - low_mass) / (mass - low_mass)
+        guess = low + span * min(max(fraction, 0.1), 0.9)
+        half = span * (_EXACT_LIMIT / 4) / (count - low_count)
+        for probe in (guess - half, guess + half):
+            if not low < probe < tau:
+                continue
+            probe_mass, probe_count = _mass_up_to(key, weights, probe, state)
+            if probe_mass >= target:
+                tau, mass, count = probe, probe_mass, probe_count
+            else:
+                low, low_mass, low_count = probe, probe_mass, probe_count
+        bisect = tau - low > span / 2
+    # The boundary lies among the tokens with low < key <= tau: order them by (key, id).
+    between = np.less_equal(key, tau, out=state.scratch("below", bool))
+    between &= key > low
+    candidates = np.flatnonzero(between)  # ascending ids: a stable sort breaks ties by id
+    keys = key[candidates]
+    order = np.argsort(keys, kind="stable")
+    cumulative = low_mass + np.cumsum(weights[candidates[order]])
+    end = min(int(np.searchsorted(cumulative, target, side="left")), len(order) - 1)
+    boundary = keys[order[end]]
+    _keep(row, np.less_equal(key, boundary, out=between), state)
+    # Tokens that tie with the boundary token but come after it by id stay out.
+    dropped = candidates[order[end + 1 :]]
+    row[dropped[keys[order[end + 1 :]] == boundary]] = NEG_INF
+
+
+# ----------------------------------------------------------------------------------------
+# Processors
+
+
+@_implements(Temperature)
+class TemperatureProcessor:
+    """Divide logits by the temperature (Ackley et al. 1985; Hinton et al. 2015).
+
+    No-op: 1.0. Below 1 sharpens, above 1 flattens; 0 keeps only the most likely token (the
+    lowest id among ties), so any selector after it is greedy.
+    """
+
+    def __init__(self, config: Temperature) -> None:
+        self.value = config.value
+
+    def process(self, logits: np.ndarray, state: DecodingState) -> np.ndarray:
+        if self.value == 1.0:
+            return logits
+        if self.value == 0.0:
+            rows = np.arange(len(logits))
+            best = logits.argmax(axis=1)
+            kept = logits[rows, best]
+            logits.fill(NEG_INF)
+            logits[rows, best] = kept
+            return logits
+        if self.value < 1.0:
+            # Shift the maximum to 0 first, so that dividing by a small temperature cannot
+            # overflow to +inf (softmax is shift-invariant).
+            logits -= logits.max(axis=1, keepdims=True)
+        logits /= np.float32(self.value)
+        return logits
+
+
+@_implements(TopK)
+class TopKProcessor:
+    """Keep the ``k`` most likely tokens (Fan et al. 2018, "Hierarchical Neural Story
+    Generation"); ties at the k-th place go to the lowest ids, so exactly ``k`` remain.
+
+    No-op: 0 (and any ``k`` >= the vocabulary). Uses a partition, not a sort: O(vocab).
+    """
+
+    def __init__(self, config: TopK) -> None:
+        self.k = config.k
+
+    def process(self, logits: np.ndarray, state: DecodingState) -> np.ndarray:
+        size = logits.shape[1]
+        if self.k == 0 or self.k >= size:
+            return logits
+        work = state.scratch("top_k", np.float32)
+        for index in _active_rows(state):
+            row = logits[index]
+            np.copyto(work, row)
+            work.partition(size - self.k)
+            kth = work[size - self.k]  # the k-th largest logit
+            if kth == NEG_INF:
+                continue  # k or fewer tokens are left already
+            keep = np.greater_equal(row, kth, out=state.scratch("keep", bool))
+            surplus = np.count_nonzero(keep) - self.k  # tokens tied with the k-th one
+            if surplus:
+                tied = np.flatnonzero(row == kth)
+                keep[tied[len(tied) - surplus :]] = False  # ties go to the lowest ids
+            _keep(row, keep, state)
+        return logits
+
+
+@_implements(TopP)
+class TopPProcessor:
+    """Nucleus filtering (Holtzman et al. 2020, "The Curious Case of Neural Text
+    Degeneration"): keep the smallest set of most likely tokens whose probability reaches
+    ``p`` (ties at the boundary go to the lowest ids); always at least one token.
+
+    No-op: 1.0. Probabilities in float64; sorts only the head of the distribution.
+    """
+
+    def __init__(self, config: TopP) -> None:
+        self.p = config.p
+
+    def process(self, logits: np.ndarray, state: DecodingState) -> np.ndarray:
+        if self.p >= 1.0:
+            return logits
+        for index in _active_rows(state):
+            row = logits[index]
+            support = _sparse_support(row, state)
+            if support is not None:
+                values = row[support].astype(np.float64)
+                weights = np.exp(values - values.max())
+                order = np.lexsort((support, -weights))  # descending probability, then id
+                cumulative = np.cumsum(weights[order])
+                end = int(np.searchsorted(cumulative, self.p * weights.sum(), side="left"))
+                row[support[order[end + 1 :]]] = NEG_INF
+                continue
+            distance, weights = _weights(row, state)
+            _keep_minimal_mass(row, distance, weights, self.p * weights.sum(), state)
+        return logits
+
+
+@_implements(MinP)
+class MinPProcessor:
+    """Keep the tokens at least ``p`` times as likely as the most likely one (Nguyen et al.
+    2024, "Turning Up the Heat: Min-p Sampling"), i.e. logit >= max logit + log(p).
+
+    No-op: 0.0. 1.0 keeps only the most likely token(s).
+    """
+
+    def __init__(self, config: MinP) -> None:
+        self.log_p = math.log(config.p) if config.p > 0 else -math.inf
+
+    def process(self, logits: np.ndarray, state: DecodingState) -> np.ndarray:
+        if self.log_p == -math.inf:
+            return logits
+        for index in _active_rows(state):
+            row = logits[index]
+            threshold = np.float32(float(row.max()) + self.log_p)
+            _keep(row, np.greater_equal(row, threshold, out=state.scratch("keep", bool)), state)
+        return logits
+
+
+@_implements(Typical)
+class TypicalProcessor:
+    """Locally typical filtering (Meister et al. 2023, "Locally Typical Sampling"): keep the
+    tokens whose surprisal is closest to the distribution's entropy, fewest first, until
+    their probability reaches ``p`` (ties: lowest id); always at least one token.
+
+    No-op: 1.0.
+    """
+
+    def __init__(self, config: Typical) -> None:
+        self.p = config.p
+
+    def process(self, logits: np.ndarray, state: DecodingState) -> np.ndarray:
+        if self.p >= 1.0:
+            return logits
+        for index in _active_rows(state):
+            row = logits[index]
+            distance, weights = _weights(row, state)
+            total = weights.sum()
+            log_p = np.negative(distance, out=distance)
+            log_p -= math.log(total)
+            terms = np.multiply(weights, log_p, out=state.scratch("key"))
+            terms[np.isnan(terms)] = 0.0  # 0 * -inf: removed tokens add no entropy
+            entropy = -terms.sum() / total
+            key = np.add(log_p, entropy, out=terms)  # |surprisal - entropy|; inf if removed
+            np.abs(key, out=key)
+            _keep_minimal_mass(row, key, weights, self.p * total, state)
+        return logits
+
+
+@_implements(RepetitionPenalty)
+class RepetitionPenaltyProcessor:
+    """CTRL's repetition penalty (Keskar et al. 2019): divide the positive logits and
+    multiply the negative logits of tokens already in the row (prompt or generated).
+
+    No-op: 1.0. Touches only the tokens seen, not the vocabulary.
+    """
+
+    def __init__(self, config: RepetitionPenalty) -> None:
+        self.penalty = np.float32(config.penalty)
+
+    def process(self, logits: np.ndarray, state: DecodingState) -> np.ndarray:
+        if self.penalty == 1.0:
+            return logits
+        rows, tokens = state.seen_pairs()
+        values = logits[rows, tokens]
+        logits[rows, tokens] = np.where(values > 0, values / self.penalty, values * self.penalty)
+        return logits
+
+
+@_implements(PresencePenalty)
+class PresencePenaltyProcessor:
+    """Subtract ``penalty`` from the logit of every token generated at least once in the row
+    (OpenAI's presence penalty; the prompt does not count). No-op: 0.0."""
+
+    def __init__(self, config: PresencePenalty) -> None:
+        self.penalty = np.float32(config.penalty)
+
+    def process(self, logits: np.ndarray, state: DecodingState) -> np.ndarray:
+        if self.penalty == 0.0:
+            return logits
+        rows, tokens = state.generated_pairs()
+        logits[rows, tokens] -= self.penalty
+        return logits
+
+
+@_implements(FrequencyPenalty)
+class FrequencyPenaltyProcessor:
+    """Subtract ``penalty`` times the number of times each token was generated in the row
+    (OpenAI's frequency penalty; the prompt does not count). No-op: 0.0."""
+
+    def __init__(self, config: FrequencyPenalty) -> None:
+        self.penalty = np.float32(config.penalty)
+
+    def process(self, logits: np.ndarray, state: DecodingState) -> np.ndarray:
+        if self.penalty == 0.0:
+            return logits
+        rows, tokens = state.generated_pairs()
+        counts = state.generated_counts()[rows, tokens]
+        logits[rows, tokens] -= self.penalty * counts.astype(np.float32)
+        return logits
+
+
+@_implements(NoRepeatNgram)
+class NoRepeatNgramProcessor:
+    """Forbid every token that would complete an ``n``-gram already present in the row's
+    sequence, prompt included (Paulus et al. 2018, "A Deep Reinforced Model for Abstractive
+    Summarization"; HF's ``no_repeat_ngram_size``). No-op: 0.
+
+    The state keeps an index from each (n-1)-token prefix to its continuations, updated once
+    per appended token, so a step costs O(batch) lookups.
+    """
+
+    def __init__(self, config: NoRepeatNgram) -> None:
+        self.n = config.n
+
+    def process(self, logits: np.ndarray, state: DecodingState) -> np.ndarray:
+        if self.n == 0:
+            return logits
+        for index in _active_rows(state):
+            banned = state.banned_ngram_tokens(index, self.n)
+            if banned:
+                logits[index, banned] = NEG_INF
+        return logits
+
+
+# ----------------------------------------------------------------------------------------
+# Selectors
+
+
+@_implements(Greedy)
+class GreedySelector:
+    """The most likely token (argmax); ties go to the lowest id."""
+
+    def __init__(self, config: Greedy) -> None:
+        pass
+
+    def select(self, logits: np.ndarray, state: DecodingState) -> np.ndarray:
+        return logits.argmax(axis=1).astype(np.int64)
+
+
+def _inverse_cdf(weights: np.ndarray, fraction: float) -> int:
+    """The index where ``fraction`` (in [0, 1)) of the total weight is reached, walking the
+    array in a fixed order: columns of a 256-column view first, then within the chosen
+    column. Two short cumulative sums instead of one over the vocabulary; never an index of
+    weight 0."""
+    columns = 256
+    body = len(weights) - len(weights) % columns
+    sums = weights[:body].reshape(-1, columns).sum(axis=0)
+    groups = np.append(sums, weights[body:].sum())
+    cumulative = np.cumsum(groups)
+    target = fraction * cumulative[-1]
+    group = min(int(np.searchsorted(cumulative, target, side="right")), len(groups) - 1)
+    base = cumulative[group - 1] if group else 0.0
+    members = np.arange(body, len(weights)) if group == columns else np.arange(group, body, columns)
+    inside = base + np.cumsum(weights[members])
+    pick = int(np.searchsorted(inside, target, side="right"))
+    if pick == len(members) or weights[members[pick]] == 0:  # rounding at the group's end
+        pick = int(np.flatnonzero(weights[members])[-1])
+    return int(members[pick])
+
+
+@_implements(Sample)
+class SampleSelector:
+    """Draw a token from the softmax of the processed logits (in float64) with the request's
+    seeded generator: one uniform draw per row and step, so the same seed and the same logits
+    give the same tokens. Only tokens with a finite logit can be drawn."""
+
+    def __init__(self, config: Sample) -> None:
+        pass
+
+    def select(self, logits: np.ndarray, state: DecodingState) -> np.ndarray:
+        # Draw for every row, finished or not, so a row's draws do not depend on the others.
+        fractions = state.rng.random(len(logits))
+        tokens = np.zeros(len(logits), dtype=np.int64)
+        for index in _active_rows(state):
+            row = logits[index]
+            support = _sparse_support(row, state)
+            if support is not None:
+                values = row[support].astype(np.float64)
+                cumulative = np.cumsum(np.exp(values - values.max()))
+                target = fractions[index] * cumulative[-1]
+                tokens[index] = support[int(np.searchsorted(cumulative, target, side="right"))]
+            else:
+                _, weights = _weights(row, state)
+                tokens[index] = _inverse_cdf(weights, float(fractions[index]))
+        return tokens
+
+
+# ----------------------------------------------------------------------------------------
+# The compiled chain
+
+
+class Decoder:
+    """A decoding chain compiled into processors and its selector.
+
+    Build it once per chain (from a :class:`DecodingChain`, its compact string
+    ``"temperature=0.7,top_k=50,sample"``, or a sequence of steps) and share it: it holds no
+    per-request data. Beam search is not a Decoder, because it reorders the cache: use
+    :class:`runtime.beam_search.BeamSearcher`.
+    """
+
+    def __init__(self, chain: DecodingChain | str | Sequence[Any]) -> None:
+        if isinstance(chain, str):
+            chain = DecodingChain.parse(chain)
+        elif not isinstance(chain, DecodingChain):
+            steps: tuple[Any, ...] = tuple(chain)
+            chain = DecodingChain(steps)
+        if isinstance(chain.steps[0], BeamSearch):
+            raise DecodingError(
+                "beam_search reorders the KV cache, so it is a search, not a Decoder; "
+                "use runtime.beam_search.BeamSearcher.from_config"
+            )
+        self.chain = chain
+        *processors, selector = (implementation(step) for step in chain.steps)
+        self.processors: tuple[LogitsProcessor, ...] = tuple(processors)  # type: ignore[arg-type]
+        self.selector: TokenSelector = selector  # type: ignore[assignment]
+
+    def process(self, logits: np.ndarray, state: DecodingState) -> np.ndarray:
+        """Check ``logits`` ``[batch, vocab]`` against ``state`` and apply the processors in
+        order; returns float32 logits (``logits`` itself, modified, when it was C-contiguous
+        float32). Raises DecodingError for a shape or dtype mismatch, or a row (not finished)
+        with NaN, +inf or no finite logit, naming the row."""
+        logits = _checked(logits, state)
+        _check_rows(logits, state, None)
+        for processor in self.processors:
+            logits = processor.process(logits, state)
+        _check_rows(logits, state, self.chain)
+        return logits
+
+    def select(self, logits: np.ndarray, state: DecodingState) -> np.ndarray:
+        """The next token of every row: ``[batch]`` int64, ``state.pad_id`` for finished rows.
+
+        Does not record the tokens: call ``state.append(tokens)`` next.
+        """
+        tokens = np.asarray(self.selector.select(self.process(logits, state), state))
+        if tokens.shape != (state.batch_size,):
+            raise DecodingError(
+                f"the selector {self.chain.steps[-1]!r} returned shape {tokens.shape}, "
+                f"expected ({state.batch_size},)"
+            )
+        tokens = tokens.astype(np.int64, copy=False)
+        tokens[state.finished] = state.pad_id
+        return tokens
+
+    def __repr__(self) -> str:
+        return f"Decoder({str(self.chain)!r})"
+
+
+def _checked(logits: np.ndarray, state: DecodingState) -> np.ndarray:
+    if not isinstance(logits, np.ndarray):
+        raise DecodingError(f"logits must be a numpy array, got {type(logits).__name__}")
+    expected = (state.batch_size, state.vocab_size)
+    if logits.shape != expected:
+        hint = "; pass the last position's logits, logits[:, -1, :]" if logits.ndim == 3 else ""
+        raise DecodingError(
+            f"logits have shape {logits.shape}, but the decoding state has batch "
+            f"{state.batch_size} and vocabulary {state.vocab_size}: expected {expected}{hint}"
+        )
+    if logits.dtype.kind != "f":
+        raise DecodingError(f"logits must be floating point, got {logits.dtype}")
+    return np.ascontiguousarray(logits, dtype=np.float32)
+
+
+def _check_rows(logits: np.ndarray, state: DecodingState, chain: DecodingChain | None) -> None:
+    """Raise for unfinished rows with NaN, +inf or no finite logit: in the model's logits
+    (``chain`` None) or after the chain's processors."""
+    peaks = logits.max(axis=1)  # NaN propagates through max
+    bad = ~state.finished & ~np.isfinite(peaks)
+    if not bad.any():
+        return
+    what = "the model's logits" if chain is None else f"the logits after the chain '{chain}'"
+    problems = []
+    for row in np.flatnonzero(bad).tolist():
+        if np.isnan(peaks[row]):
+            problems.append(f"row {row} contains NaN")
+        elif peaks[row] > 0:
+            problems.append(f"row {row} contains +inf")
+        else:
+            problems.append(f"row {row} has no token left (every logit is -inf)")
+    raise DecodingError(f"{what}: {'; '.join(problems)}")
