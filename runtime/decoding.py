@@ -435,8 +435,10 @@ class DecodingChain:
         return cls(tuple(steps))
 
     def __str__(self) -> str:
-        parts = []
-        for step in self.steps:
-            parameter = _main_parameter(type(step))
-            parts.append(f"{step.type}={getattr(step, parameter)}" if parameter else step.type)
-        return ",".join(parts)
+        return ",".join(step_text(step) for step in self.steps)
+
+
+def step_text(step: Any) -> str:
+    """One step in the compact form: ``top_p=0.9``, ``greedy``."""
+    parameter = _main_parameter(type(step))
+    return f"{step.type}={getattr(step, parameter)}" if parameter else str(step.type)

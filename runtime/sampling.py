@@ -52,6 +52,7 @@ from runtime.decoding import (
     TopK,
     TopP,
     Typical,
+    step_text,
 )
 
 __all__ = [
@@ -468,6 +469,8 @@ class TemperatureProcessor:
 
     def __init__(self, config: Temperature) -> None:
         self.value = config.value
+        # A temperature below float32's smallest number must not round to a zero divisor.
+        self.divisor = max(np.float32(config.value), np.finfo(np.float32).smallest_subnormal)
 
     def process(self, logits: np.ndarray, state: DecodingState) -> np.ndarray:
         if self.value == 1.0:
@@ -481,9 +484,10 @@ class TemperatureProcessor:
             return logits
         if self.value < 1.0:
             # Shift the maximum to 0 first, so that dividing by a small temperature cannot
-            # overflow to +inf (softmax is shift-invariant).
+            # overflow to +inf (softmax is shift-invariant); the others may go to -inf.
             logits -= logits.max(axis=1, keepdims=True)
-        logits /= np.float32(self.value)
+        with np.errstate(over="ignore"):
+            logits /= self.divisor
         return logits
 
 
@@ -592,7 +596,8 @@ class TypicalProcessor:
             total = weights.sum()
             log_p = np.negative(distance, out=distance)
             log_p -= math.log(total)
-            terms = np.multiply(weights, log_p, out=state.scratch("key"))
+            with np.errstate(invalid="ignore"):
+                terms = np.multiply(weights, log_p, out=state.scratch("key"))
             terms[np.isnan(terms)] = 0.0  # 0 * -inf: removed tokens add no entropy
             entropy = -terms.sum() / total
             key = np.add(log_p, entropy, out=terms)  # |surprisal - entropy|; inf if removed
@@ -776,9 +781,10 @@ class Decoder:
         with NaN, +inf or no finite logit, naming the row."""
         logits = _checked(logits, state)
         _check_rows(logits, state, None)
-        for processor in self.processors:
+        for step, processor in zip(self.chain.steps, self.processors, strict=False):
             logits = processor.process(logits, state)
-        _check_rows(logits, state, self.chain)
+            # After each step, so that the next one sees valid rows and the error names it.
+            _check_rows(logits, state, step)
         return logits
 
     def select(self, logits: np.ndarray, state: DecodingState) -> np.ndarray:
@@ -815,14 +821,14 @@ def _checked(logits: np.ndarray, state: DecodingState) -> np.ndarray:
     return np.ascontiguousarray(logits, dtype=np.float32)
 
 
-def _check_rows(logits: np.ndarray, state: DecodingState, chain: DecodingChain | None) -> None:
+def _check_rows(logits: np.ndarray, state: DecodingState, step: Any) -> None:
     """Raise for unfinished rows with NaN, +inf or no finite logit: in the model's logits
-    (``chain`` None) or after the chain's processors."""
+    (``step`` None) or after a processor ``step``."""
     peaks = logits.max(axis=1)  # NaN propagates through max
     bad = ~state.finished & ~np.isfinite(peaks)
     if not bad.any():
         return
-    what = "the model's logits" if chain is None else f"the logits after the chain '{chain}'"
+    what = "the model's logits" if step is None else f"the logits after '{step_text(step)}'"
     problems = []
     for row in np.flatnonzero(bad).tolist():
         if np.isnan(peaks[row]):
