@@ -204,16 +204,25 @@ def run_gate(
 
 def _export_graphs(
     spec: ModelSpec, reference: torch.nn.Module, staged: Path, say: Progress
-) -> list[Path]:
+) -> tuple[list[Path], dict[str, dict[str, int]]]:
+    """Export, fuse (see :mod:`llmspec.optimize`) and, if asked, quantize the graphs.
+
+    Returns the graph paths and each graph's fused-operator counts."""
+    from llmspec.optimize import optimize_graph
+
     precision, quantize = spec.precision.dtype, spec.precision.quantize
+    fusions: dict[str, dict[str, int]] = {}
     if quantize == "none":
         model = reference if precision == "fp32" else _cast(reference, precision)
         dtype = next(model.parameters()).dtype
         paths = []
         for plan in plan_graphs(spec, model, dtype):
             say(f"exporting {plan.file} ({precision})")
-            paths.append(export_graph(plan, staged))
-        return paths
+            path = export_graph(plan, staged)
+            with quiet():
+                fusions[plan.file] = optimize_graph(path, spec)
+            paths.append(path)
+        return paths, fusions
     from llmspec.quantize import quantize_int4, quantize_int8
 
     scratch = staged / ".fp32"
@@ -225,13 +234,14 @@ def _export_graphs(
         target = staged / plan.file
         say(f"quantizing {plan.file} to {quantize}")
         with quiet():
+            fusions[plan.file] = optimize_graph(fp32, spec)
             if quantize == "int8":
                 quantize_int8(fp32, target)
             else:
                 quantize_int4(fp32, target, spec.precision.block_size)
         paths.append(target)
     shutil.rmtree(scratch)
-    return paths
+    return paths, fusions
 
 
 def _cast(model: torch.nn.Module, precision: str) -> torch.nn.Module:
@@ -330,7 +340,7 @@ def export(
 
     staged = staging_directory(target)
     try:
-        graphs = _export_graphs(spec, reference, staged, say)
+        graphs, fusions = _export_graphs(spec, reference, staged, say)
         say(f"parity gate: prefill, {DECODE_STEPS} cached decode steps, a padded batch")
         report = run_gate(
             spec,
@@ -340,7 +350,7 @@ def export(
             special.get("decoder_start", 0),
         )
         say(f"parity gate passed (max |diff| {report.max_abs_diff:.3g})")
-        _write_files(spec, reference, tokenizer, special, graphs, report, staged)
+        _write_files(spec, reference, tokenizer, special, graphs, report, fusions, staged)
         publish_directory(staged, target, replace=force)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
@@ -356,6 +366,7 @@ def _write_files(
     special: dict[str, int],
     graphs: list[Path],
     report: ParityReport,
+    fusions: dict[str, dict[str, int]],
     staged: Path,
 ) -> None:
     from safetensors.torch import save_file
@@ -388,6 +399,7 @@ def _write_files(
         graphs={p.name: graph_info(p) for p in graphs},
         files={},
         parity=report.to_json(),
+        fusions=fusions,
     )
     write_atomic(staged / fmt.MODEL_CARD, _model_card(spec, manifest, generation))
     files = sorted(p for p in staged.iterdir() if p.is_file())

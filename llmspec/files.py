@@ -10,6 +10,12 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary sibling, fsync it, then rename it over.
 
@@ -20,6 +26,7 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> Path:
     payload = data.encode("utf-8") if isinstance(data, str) else data
     fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; files are shared like any other
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
@@ -92,4 +99,6 @@ def staging_directory(target: Path) -> Path:
     Its name starts with a dot and ends in ``.partial``, so a crash leaves only an obviously
     partial hidden sibling, never a directory under the final name."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    staged.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the published directory is shared
+    return staged

@@ -115,6 +115,7 @@ class Manifest:
     graphs: dict[str, GraphInfo]
     files: dict[str, FileInfo]
     parity: dict[str, Any] = field(default_factory=dict)
+    fusions: dict[str, dict[str, int]] = field(default_factory=dict)  # graph -> fused op counts
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"

@@ -227,3 +227,48 @@ def test_cli_export_reports_bad_inputs_with_exit_one(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no such file" in err and "a model directory needs spec.yaml" in err
     assert "Traceback" not in err
+
+
+# The fusions ONNX Runtime's transformer optimizer finds in each family's graphs, per layer
+# count L. A change here means the exported patterns changed: look before updating.
+EXPECTED_FUSIONS = {
+    # pre-norm LayerNorm: two per layer and the final norm; tanh GELU once per layer
+    "tiny-gpt": {"decoder.onnx": {"FastGelu": 2, "SkipLayerNormalization": 2 * 2 + 1}},
+    # RMSNorm: the first norm stands alone, the others follow a residual add
+    "tiny-decoder": {
+        "decoder.onnx": {"SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 8}
+    },
+    # BERT: embeddings + norm, post-norm after each residual, bias+GELU in layers and head
+    "tiny-encoder": {
+        "encoder.onnx": {
+            "BiasGelu": 2 + 1,
+            "EmbedLayerNormalization": 1,
+            "LayerNormalization": 1,
+            "SkipLayerNormalization": 2 * 2,
+        }
+    },
+    "tiny-t5": {
+        "encoder.onnx": {
+            "FastGelu": 2,
+            "SimplifiedLayerNormalization": 1,
+            "SkipSimplifiedLayerNormalization": 2 * 2,
+        },
+        "decoder.onnx": {
+            "FastGelu": 2,
+            "SimplifiedLayerNormalization": 1,
+            "SkipSimplifiedLayerNormalization": 3 * 2,
+        },
+    },
+    "tiny-bart": {
+        "encoder.onnx": {"BiasGelu": 2, "EmbedLayerNormalization": 1, "SkipLayerNormalization": 4},
+        "decoder.onnx": {"BiasGelu": 3, "EmbedLayerNormalization": 1, "SkipLayerNormalization": 9},
+    },
+}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_graphs_get_the_expected_fusions(tiny_artifact, name):
+    manifest = fmt.read_manifest(tiny_artifact(name))
+    assert manifest.fusions == EXPECTED_FUSIONS[name]
+    for graph, fused in manifest.fusions.items():
+        assert set(fused) <= set(count_ops(tiny_artifact(name) / graph))
