@@ -39,21 +39,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, model_validator
 
-from runtime.decoding import (
-    BeamSearch,
-    FrequencyPenalty,
-    Greedy,
-    MinP,
-    NoRepeatNgram,
-    PresencePenalty,
-    RepetitionPenalty,
-    Sample,
-    Temperature,
-    TopK,
-    TopP,
-    Typical,
-    chain_problems,
-)
+from runtime.decoding import Greedy, Step, chain_problems
 
 BYTE_LEVEL_BASE = 256  # the built-in tokenizer has one token per byte before its specials
 
@@ -271,21 +257,8 @@ class Precision(Section):
     block_size: int = Field(default=32, description="int4 block size: 16, 32, 64, 128 or 256")
 
 
-DecodingStep = Annotated[
-    Temperature
-    | TopK
-    | TopP
-    | MinP
-    | Typical
-    | RepetitionPenalty
-    | PresencePenalty
-    | FrequencyPenalty
-    | NoRepeatNgram
-    | Greedy
-    | Sample
-    | BeamSearch,
-    Field(discriminator="type"),
-]
+# The runtime's decoding step types, one definition for the spec, generation.json and the CLI.
+DecodingStep = Annotated[Step, Field(discriminator="type")]
 
 
 def _strict_step_values(chain: Any) -> Any:
