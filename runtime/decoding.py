@@ -403,7 +403,7 @@ class DecodingChain:
             name = name.strip().replace("-", "_")
             kind = step_type(name)
             if not value:
-                steps.append(kind())
+                steps.append(_build(kind, name, {}))
                 continue
             parameter = _main_parameter(kind)
             if parameter is None:
@@ -413,7 +413,7 @@ class DecodingChain:
                 parsed: Any = int(value) if "int" in str(annotation) else float(value)
             except ValueError:
                 raise DecodingError(f"{name}={value!r}: {value!r} is not a number") from None
-            steps.append(kind(**{parameter: parsed}))
+            steps.append(_build(kind, name, {parameter: parsed}))
         return cls(tuple(steps))
 
     def to_json(self) -> list[dict[str, Any]]:
@@ -427,15 +427,21 @@ class DecodingChain:
         for item in items:
             params = dict(item)
             name = params.pop("type", None)
-            kind = step_type(str(name))
-            try:
-                steps.append(kind(**params))
-            except TypeError as err:
-                raise DecodingError(f"{name}: {err}") from None
+            steps.append(_build(step_type(str(name)), str(name), params))
         return cls(tuple(steps))
 
     def __str__(self) -> str:
         return ",".join(step_text(step) for step in self.steps)
+
+
+def _build(kind: type, name: str, params: dict[str, Any]) -> Any:
+    """``kind(**params)``, with a plugin's own TypeError or ValueError as a DecodingError."""
+    try:
+        return kind(**params)
+    except DecodingError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise DecodingError(f"{name}: {err}") from None
 
 
 def step_text(step: Any) -> str:
