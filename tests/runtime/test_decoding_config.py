@@ -10,11 +10,17 @@ from runtime.decoding import (
     BeamSearch,
     DecodingChain,
     DecodingError,
+    FrequencyPenalty,
     Greedy,
+    MinP,
+    NoRepeatNgram,
+    PresencePenalty,
+    RepetitionPenalty,
     Sample,
     Temperature,
     TopK,
     TopP,
+    Typical,
 )
 
 
@@ -82,3 +88,27 @@ def test_top_p_outside_unit_interval_is_rejected(value):
 def test_beam_search_defaults_are_sane():
     beam = BeamSearch()
     assert beam.beams >= 1 and math.isfinite(beam.length_penalty)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: TopK(k=True), "top_k must be an integer >= 0 (0 disables it), got True"),
+        (lambda: Typical(p=0), "typical must be in (0, 1] (1.0 disables it), got 0"),
+        (lambda: MinP(p=-0.1), "min_p must be in [0, 1] (0 disables it), got -0.1"),
+        (lambda: Temperature(value=math.inf), "temperature must be >= 0 and finite"),
+        (lambda: RepetitionPenalty(penalty=-1), "1.0 disables it; 1.1-1.3 is typical"),
+        (lambda: PresencePenalty(penalty=math.inf), "presence_penalty must be finite, got inf"),
+        (lambda: FrequencyPenalty(penalty=math.nan), "frequency_penalty must be a number"),
+        (lambda: NoRepeatNgram(n=-2), "no_repeat_ngram must be an integer >= 0 (0 disables it)"),
+        (lambda: BeamSearch(length_penalty=math.inf), "length_penalty must be finite"),
+    ],
+)
+def test_every_step_rejects_bad_parameters_saying_what_is_allowed(build, message):
+    with pytest.raises(DecodingError, match=__import__("re").escape(message)):
+        build()
+
+
+def test_a_json_step_with_an_unknown_field_is_a_decoding_error():
+    with pytest.raises(DecodingError, match="top_p: .*unexpected keyword argument 'q'"):
+        DecodingChain.from_json([{"type": "top_p", "q": 0.5}, {"type": "greedy"}])
