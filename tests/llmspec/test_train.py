@@ -261,3 +261,130 @@ def test_a_failed_checkpoint_leaves_the_previous_ones_and_no_partial_one(
         "step-00000006",
     ]
     assert len(losses(tmp_path / "run")) == 6
+
+
+# ----------------------------------------------------------------------------------------
+# Several processes: torchrun with gloo on CPU
+
+LAUNCHER = """\
+import argparse, sys
+from llmspec.train import add_train_arguments, train_command
+parser = argparse.ArgumentParser()
+add_train_arguments(parser)
+sys.exit(train_command(parser.parse_args()))
+"""
+DISTRIBUTED = {"steps": 6, "batch_size": 4, "seq_len": 32, "eval_every": 3, "checkpoint_every": 3}
+
+
+def torchrun(tmp_path: Path, spec: Path, corpus: Path, out: Path, *extra: str) -> None:
+    """``torchrun --nproc-per-node 2`` of the train command (through a launcher that builds
+    the parser from add_train_arguments, as the CLI does)."""
+    launcher = tmp_path / "launch_train.py"
+    launcher.write_text(LAUNCHER)
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in DISTRIBUTED.items()]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", "2", str(launcher), str(spec), "--data", str(corpus)]
+    command += ["-o", str(out), "--quiet", *options, *extra]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def single_run(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("single") / "run"
+    return train(SPECS / "tiny-decoder.yaml", [corpus], out, progress=False, **DISTRIBUTED)
+
+
+def drop_last_checkpoint(run: Path, into: Path) -> Path:
+    """A copy of ``run`` as a kill after its second-to-last checkpoint would leave it."""
+    import shutil
+
+    shutil.copytree(run, into)
+    shutil.rmtree(checkpoint_dirs(into)[-1])
+    (into / "weights.safetensors").unlink()
+    return into
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_follow_the_single_process_loss_curve(
+    strategy: str, single_run: Path, corpus: Path, tmp_path: Path
+):
+    from safetensors.torch import load_file
+
+    run = tmp_path / strategy
+    torchrun(tmp_path, SPECS / "tiny-decoder.yaml", corpus, run, f"--strategy={strategy}")
+    assert losses(run) == pytest.approx(losses(single_run), abs=1e-4)
+    assert eval_losses(run) == pytest.approx(eval_losses(single_run), abs=1e-4)
+    ours, theirs = (
+        load_file(run / "weights.safetensors"),
+        load_file(single_run / "weights.safetensors"),
+    )
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        assert (ours[name] - theirs[name]).abs().max() < 1e-4, name
+
+    # Its checkpoints load on one process: resuming there continues the same curve.
+    resumed = drop_last_checkpoint(run, tmp_path / "resumed")
+    train(SPECS / "tiny-decoder.yaml", [corpus], resumed, resume=True, progress=False)
+    assert losses(resumed) == pytest.approx(losses(run), abs=1e-4)
+
+
+def test_a_single_process_checkpoint_resumes_sharded_on_two(
+    single_run: Path, corpus: Path, tmp_path: Path
+):
+    resumed = drop_last_checkpoint(single_run, tmp_path / "resumed")
+    torchrun(tmp_path, SPECS / "tiny-decoder.yaml", corpus, resumed, "--strategy=fsdp", "--resume")
+    assert losses(resumed) == pytest.approx(losses(single_run), abs=1e-4)
+
+
+# ----------------------------------------------------------------------------------------
+# Memory: the estimate against a measured step
+
+
+def peak_tensor_bytes(spec_name: str, batch_size: int, seq_len: int) -> tuple[int, int]:
+    """(the peak bytes of live tensors while building the model and its AdamW and taking one
+    training step, measured with the profiler's memory events; ``llmspec estimate``'s training
+    memory for the same step, DDP / one device)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from llmspec.estimate import estimate
+
+    spec = load_spec(SPECS / f"{spec_name}.yaml")
+    ids = torch.randint(0, 250, (batch_size, seq_len))
+    extra = {"decoder_input_ids": ids} if spec.architecture == "encoder-decoder" else {}
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        model = llmspec.build(spec, dtype="fp32")
+        optimizer = torch.optim.AdamW(model.parameters())
+        model(
+            input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids, **extra
+        ).loss.backward()
+        optimizer.step()
+    events = profiler.profiler.kineto_results.events()
+    changes = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+    live = peak = 0
+    for _, change in changes:
+        live += change
+        peak = max(peak, live)
+    expected = estimate(spec, batch_size=batch_size, seq_len=seq_len).to_json()
+    return peak, expected["training"]["strategies"]["ddp"]["total_bytes"]
+
+
+@pytest.mark.parametrize(
+    ("name", "batch_size", "seq_len"),
+    [("tiny-decoder", 4, 128), ("tiny-encoder", 8, 128), ("tiny-bart", 4, 64)],
+)
+def test_the_training_memory_estimate_matches_a_measured_step(
+    name: str, batch_size: int, seq_len: int
+):
+    # The estimate counts Korthikanti et al.'s activations for a plain 4h MLP plus 16 bytes of
+    # model states per parameter; the measured peak of live tensors is 0.68 to 1.29 times it
+    # over the tiny specs at 2x32 to 8x128 tokens (bench/train_memory.py). Below 1 mostly: the
+    # generated models free some intermediates early; above 1 only with dropout on
+    # (tiny-encoder, the largest case here). The margin asserted: measured within -40 % and
+    # +35 % of the estimate.
+    measured, estimated = peak_tensor_bytes(name, batch_size, seq_len)
+    assert 0.6 * estimated <= measured <= 1.35 * estimated
