@@ -266,25 +266,15 @@ def test_a_failed_checkpoint_leaves_the_previous_ones_and_no_partial_one(
 # ----------------------------------------------------------------------------------------
 # Several processes: torchrun with gloo on CPU
 
-LAUNCHER = """\
-import argparse, sys
-from llmspec.train import add_train_arguments, train_command
-parser = argparse.ArgumentParser()
-add_train_arguments(parser)
-sys.exit(train_command(parser.parse_args()))
-"""
 DISTRIBUTED = {"steps": 6, "batch_size": 4, "seq_len": 32, "eval_every": 3, "checkpoint_every": 3}
 
 
-def torchrun(tmp_path: Path, spec: Path, corpus: Path, out: Path, *extra: str) -> None:
-    """``torchrun --nproc-per-node 2`` of the train command (through a launcher that builds
-    the parser from add_train_arguments, as the CLI does)."""
-    launcher = tmp_path / "launch_train.py"
-    launcher.write_text(LAUNCHER)
+def torchrun(spec: Path, corpus: Path, out: Path, *extra: str) -> None:
+    """``torchrun --nproc-per-node 2 -m llmspec train ...``."""
     options = [f"--{k.replace('_', '-')}={v}" for k, v in DISTRIBUTED.items()]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc-per-node", "2", str(launcher), str(spec), "--data", str(corpus)]
-    command += ["-o", str(out), "--quiet", *options, *extra]
+    command += ["--nproc-per-node", "2", "-m", "llmspec", "train", str(spec)]
+    command += ["--data", str(corpus), "-o", str(out), "--quiet", *options, *extra]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
 
@@ -315,7 +305,7 @@ def test_two_processes_follow_the_single_process_loss_curve(
     from safetensors.torch import load_file
 
     run = tmp_path / strategy
-    torchrun(tmp_path, SPECS / "tiny-decoder.yaml", corpus, run, f"--strategy={strategy}")
+    torchrun(SPECS / "tiny-decoder.yaml", corpus, run, f"--strategy={strategy}")
     assert losses(run) == pytest.approx(losses(single_run), abs=1e-4)
     assert eval_losses(run) == pytest.approx(eval_losses(single_run), abs=1e-4)
     ours, theirs = (
@@ -336,7 +326,7 @@ def test_a_single_process_checkpoint_resumes_sharded_on_two(
     single_run: Path, corpus: Path, tmp_path: Path
 ):
     resumed = drop_last_checkpoint(single_run, tmp_path / "resumed")
-    torchrun(tmp_path, SPECS / "tiny-decoder.yaml", corpus, resumed, "--strategy=fsdp", "--resume")
+    torchrun(SPECS / "tiny-decoder.yaml", corpus, resumed, "--strategy=fsdp", "--resume")
     assert losses(resumed) == pytest.approx(losses(single_run), abs=1e-4)
 
 
