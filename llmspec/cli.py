@@ -114,6 +114,24 @@ def cmd_import_hf(args: argparse.Namespace) -> int:
     return import_hf_command(args.hf_dir, args.output, args.force)
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from llmspec.inference import generate_command
+
+    return generate_command(args)
+
+
+def cmd_fill_mask(args: argparse.Namespace) -> int:
+    from llmspec.inference import fill_mask_command
+
+    return fill_mask_command(args)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from llmspec.inference import embed_command
+
+    return embed_command(args)
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -167,6 +185,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="default: the spec's")
     p.add_argument("--quantize", choices=["none", "int8", "int4"], help="default: the spec's")
     p.add_argument("--force", action="store_true", help="replace an existing artifact")
+
+    from llmspec.inference import (
+        add_embed_arguments,
+        add_fill_mask_arguments,
+        add_generate_arguments,
+    )
+
+    p = verb("generate", cmd_generate, "generate text with an artifact (decoder or enc-dec)")
+    add_generate_arguments(p)
+
+    p = verb("fill-mask", cmd_fill_mask, "predict the masked token with an encoder artifact")
+    add_fill_mask_arguments(p)
+
+    p = verb("embed", cmd_embed, "embed texts with an encoder artifact")
+    add_embed_arguments(p)
 
     p = verb("train", cmd_train, "train a spec (or a run directory) with its objective")
     from llmspec.train import add_train_arguments

@@ -1,0 +1,205 @@
+"""ONNX Runtime sessions: choosing the device, opening graphs, running one step.
+
+``onnxruntime-gpu`` lists the CUDA provider even where it cannot run (no driver, no GPU, missing
+CUDA libraries) and then silently runs on the CPU. So the device is decided by what a session
+really uses (``session.get_providers()``), probed once per process on a 69-byte Identity graph:
+
+* ``device="cpu"``: the CPU provider.
+* ``device="cuda"``: the CUDA provider, or :class:`DeviceError` saying why it is not usable.
+* ``device="auto"``: CUDA when it really works, else the CPU; falling back from an installed but
+  unusable CUDA provider is reported once per process with a :class:`DeviceFallbackWarning`
+  (``warnings``), and the model's ``device`` attribute says what is in use.
+
+On CUDA, :class:`Graph` runs with IOBinding: the KV cache (and the encoder's cross keys/values)
+stay on the device as ``OrtValue`` s, fed back as the next step's inputs; only the small inputs
+(token ids, masks, positions) go to the device and only the logits come back to the host.
+On the CPU, plain ``session.run`` with numpy arrays is already copy-free.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+DEVICES = ("auto", "cuda", "cpu")
+
+# A serialized ONNX model (opset 18) with one Identity node, x -> y: enough to learn whether a
+# CUDA session really runs on CUDA, without importing onnx.
+_PROBE = bytes.fromhex(
+    "08083a3b0a100a017812017922084964656e74697479120570726f62655a0f0a0178120a0a08080112040a"
+    "020801620f0a0179120a0a08080112040a02080142040a001012"
+)
+
+# numpy dtypes of the ONNX element types a graph's float inputs can have.
+NUMPY_DTYPES = {"float": np.float32, "float16": np.float16, "int64": np.int64}
+
+
+class DeviceError(RuntimeError):
+    """The requested device cannot be used; the message says why and what to do."""
+
+
+class DeviceFallbackWarning(RuntimeWarning):
+    """``device="auto"`` found the CUDA provider installed but not usable and runs on the CPU."""
+
+
+_probe_lock = threading.Lock()
+_cuda_probe: tuple[bool, str] | None = None  # (usable, why not), probed once per process
+_fallback_warned = False
+
+
+def cuda_status() -> tuple[bool, str]:
+    """Whether ONNX Runtime really runs graphs on CUDA here, and if not, why (probed once)."""
+    global _cuda_probe
+    with _probe_lock:
+        if _cuda_probe is None:
+            _cuda_probe = _probe_cuda()
+        return _cuda_probe
+
+
+def _probe_cuda() -> tuple[bool, str]:
+    if CUDA not in ort.get_available_providers():
+        return False, (
+            f"the installed onnxruntime {ort.__version__} has no CUDA provider "
+            "(install onnxruntime-gpu)"
+        )
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    # Loading the CUDA provider logs errors through the default logger when its libraries are
+    # missing; the reason is reported by us instead. There is no getter to restore a caller's
+    # setting, so it is put back to ONNX Runtime's default (warnings).
+    ort.set_default_logger_severity(4)
+    try:
+        session = ort.InferenceSession(_PROBE, options, providers=[CUDA])
+        providers = session.get_providers()
+    except Exception as err:  # ONNX Runtime raises plain RuntimeErrors (no driver, no device)
+        return False, f"the CUDA provider failed to start ({err})"
+    finally:
+        ort.set_default_logger_severity(2)
+    if CUDA not in providers:
+        return False, (
+            "the CUDA provider is installed but ONNX Runtime fell back to the CPU "
+            "(no GPU, driver, or matching CUDA/cuDNN libraries)"
+        )
+    return True, ""
+
+
+def resolve_device(device: str) -> str:
+    """``"cuda"`` or ``"cpu"`` for a requested ``device``; raises DeviceError or ValueError."""
+    global _fallback_warned
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cpu":
+        return "cpu"
+    usable, why = cuda_status()
+    if usable:
+        return "cuda"
+    if device == "cuda":
+        raise DeviceError(f"device='cuda' was asked for, but {why}; use device='cpu' or 'auto'")
+    if CUDA in ort.get_available_providers() and not _fallback_warned:
+        _fallback_warned = True
+        warnings.warn(
+            f"runtime.load(device='auto'): {why}; running on the CPU",
+            DeviceFallbackWarning,
+            stacklevel=3,  # the caller of runtime.load
+        )
+    return "cpu"
+
+
+def session_options(threads: int | None) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """What the artifact's manifest says of a graph input: ONNX element type and shape."""
+
+    dtype: str
+    shape: tuple[int | str, ...]
+
+
+class Graph:
+    """One ONNX graph in a session on ``device``; thread-safe (``run`` keeps no state)."""
+
+    def __init__(self, path: Path, device: str, options: ort.SessionOptions) -> None:
+        providers = [CUDA, CPU] if device == "cuda" else [CPU]
+        self.path = path
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.providers = self.session.get_providers()
+        if device == "cuda" and self.providers[0] != CUDA:
+            raise DeviceError(
+                f"{path}: the session fell back to {self.providers[0]} although CUDA was "
+                "usable for a probe graph; use device='cpu'"
+            )
+        self.device = device
+        self.inputs = {
+            value.name: Tensor(value.type[len("tensor(") : -1], tuple(value.shape))
+            for value in self.session.get_inputs()
+        }
+        self.outputs = [value.name for value in self.session.get_outputs()]
+
+    def empty(self, name: str, shape: tuple[int, ...]) -> Any:
+        """A zero-filled value for input ``name`` (an empty cache for a prefill), placed where
+        this graph's cache lives."""
+        dtype = NUMPY_DTYPES.get(self.inputs[name].dtype)
+        if dtype is None:
+            raise DeviceError(
+                f"{self.path}: input {name} is {self.inputs[name].dtype}, which this runtime "
+                "cannot feed from numpy"
+            )
+        return np.zeros(shape, dtype=dtype)
+
+    def run(
+        self, inputs: Mapping[str, np.ndarray], cache: Mapping[str, Any], host: tuple[str, ...]
+    ) -> dict[str, Any]:
+        """Run once. ``inputs`` are host arrays; ``cache`` are values from an earlier run (numpy
+        on the CPU, ``OrtValue`` on CUDA) or :meth:`empty` ones. Returns every output by name:
+        those named in ``host`` as numpy arrays, the rest where the cache lives."""
+        if self.device == "cpu":
+            values = self.session.run(self.outputs, {**inputs, **cache})
+            return dict(zip(self.outputs, values, strict=True))
+        binding = self.session.io_binding()
+        for name, array in inputs.items():
+            binding.bind_cpu_input(name, array)
+        for name, value in cache.items():
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, value)
+            else:
+                binding.bind_ortvalue_input(name, value)
+        for name in self.outputs:
+            binding.bind_output(name, "cpu" if name in host else "cuda")
+        self.session.run_with_iobinding(binding)
+        values = binding.get_outputs()
+        return {
+            name: value.numpy() if name in host else value
+            for name, value in zip(self.outputs, values, strict=True)
+        }
+
+
+def reorder(value: Any, rows: np.ndarray, device: str) -> Any:
+    """The cache value with its batch rows taken in the order ``rows`` (beam search).
+
+    On CUDA this is a round trip through the host: ONNX Runtime's Python API has no device-side
+    gather, and the runtime does not import torch or cupy."""
+    if device == "cpu":
+        return np.ascontiguousarray(np.take(value, rows, axis=0))
+    host = np.take(value.numpy(), rows, axis=0)
+    return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(host), "cuda", 0)
+
+
+def to_host(value: Any) -> np.ndarray:
+    return value if isinstance(value, np.ndarray) else value.numpy()
