@@ -17,6 +17,7 @@ __all__ = [
     "generate_source",
     "load_spec",
     "spec_sha256",
+    "train",
 ]
 
 
@@ -29,4 +30,8 @@ def __getattr__(name: str) -> Any:
 
         module = importlib.import_module("llmspec.build")
         return module if name == "build" else module.generate_source
+    if name == "train":  # the module, callable as its train function (as llmspec.build)
+        import importlib
+
+        return importlib.import_module("llmspec.train")
     raise AttributeError(f"module 'llmspec' has no attribute {name!r}")

@@ -6,6 +6,8 @@
 
     run = llmspec.train("specs/tiny-decoder.yaml", ["corpus.txt"], "runs/tiny", steps=300)
 
+``llmspec.train`` is this module, callable as its :func:`train` function.
+
 What a run does:
 
 * **Data.** The ``--data`` files (directories: every file under them, in name order; files
@@ -71,6 +73,7 @@ import os
 import shutil
 import sys
 import time
+import types
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -139,8 +142,9 @@ class Settings:
                 out.append(f"{name} must be at least 1, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             out.append(f"lr must be a positive number, got {self.lr}")
-        if self.warmup < 0:
-            out.append(f"warmup must not be negative, got {self.warmup}")
+        for name in ("warmup", "seed"):
+            if getattr(self, name) < 0:
+                out.append(f"{name} must not be negative, got {getattr(self, name)}")
         if self.seq_len > spec.context_length:
             out.append(
                 f"seq_len {self.seq_len} exceeds the spec's context_length "
@@ -495,8 +499,7 @@ def _precision(spec: ModelSpec, device: Any) -> Precision:
     if device.type != "cuda":
         return Precision(
             contextlib.nullcontext,
-            note="note: fp16 autocast needs CUDA; training in fp32 on this CPU "
-            "(the weights are exported at fp16 all the same)",
+            note="note: fp16 autocast needs CUDA; training in fp32 on this CPU",
         )
     return Precision(
         lambda: torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
@@ -721,6 +724,19 @@ def train(
         cluster.close()
 
 
+@dataclass
+class _Setup:
+    """Everything a run needs before its model exists."""
+
+    source: Source
+    settings: Settings
+    checkpoint: Path | None  # the checkpoint to continue from
+    record: dict[str, Any]  # run.json
+    collator: Collator
+    dataset: Dataset
+    causal: bool
+
+
 class _Run:
     def __init__(self, cluster: Cluster, run: Path, progress: bool) -> None:
         self.cluster = cluster
@@ -780,18 +796,13 @@ class _Run:
         }
         return replace(source, spec=run_spec), settings, checkpoint, record
 
-    def run(
+    def _setup(
         self,
         spec_or_dir: ModelSpec | str | os.PathLike[str],
         data: Sequence[str | os.PathLike[str]],
         given: dict[str, Any],
         resume: bool,
-    ) -> Path:
-        import torch
-
-        from llmspec.build import build
-
-        cluster = self.cluster
+    ) -> _Setup:
         source, settings, checkpoint, record = self._prepare(spec_or_dir, data, given, resume)
         spec = source.spec
         causal = spec.objective.type == "causal-lm"
@@ -806,7 +817,34 @@ class _Run:
             )
         record["stream_sha256"] = digest
         dataset = Dataset.make(stream, collator.raw_length, settings.seed)
-        self._write_run_files(spec, source.tokenizer, record, checkpoint)
+        return _Setup(source, settings, checkpoint, record, collator, dataset, causal)
+
+    def run(
+        self,
+        spec_or_dir: ModelSpec | str | os.PathLike[str],
+        data: Sequence[str | os.PathLike[str]],
+        given: dict[str, Any],
+        resume: bool,
+    ) -> Path:
+        failure: Exception | None = None
+        try:
+            setup = self._setup(spec_or_dir, data, given, resume)
+        except Exception as err:  # raised below, once every process knows
+            failure = err
+        # A process that cannot start must not leave the others waiting in a collective.
+        if not self.cluster.all_ok(failure is None):
+            raise failure or TrainError("another process could not start the run; see its error")
+        return self._train(setup)
+
+    def _train(self, setup: _Setup) -> Path:
+        import torch
+
+        from llmspec.build import build
+
+        cluster = self.cluster
+        source, settings, checkpoint = setup.source, setup.settings, setup.checkpoint
+        spec, collator, dataset, causal = source.spec, setup.collator, setup.dataset, setup.causal
+        self._write_run_files(spec, source.tokenizer, setup.record)
 
         progress = Progress(self.show, settings.steps)
         precision = _precision(spec, cluster.device)
@@ -901,9 +939,7 @@ class _Run:
             )
         return self.dir
 
-    def _write_run_files(
-        self, spec: ModelSpec, tokenizer: Any, record: dict[str, Any], checkpoint: Path | None
-    ) -> None:
+    def _write_run_files(self, spec: ModelSpec, tokenizer: Any, record: dict[str, Any]) -> None:
         if self.cluster.main:
             self.dir.mkdir(parents=True, exist_ok=True)
             write_atomic(self.dir / SPEC_FILE, dump_spec(spec))
@@ -1107,7 +1143,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"steps between checkpoints (default {d.checkpoint_every})",
     )
-    parser.add_argument("--seed", type=int, metavar="S", help=f"the run's seed (default {d.seed})")
+    parser.add_argument(
+        "--seed", type=non_negative, metavar="S", help=f"the run's seed (default {d.seed})"
+    )
     parser.add_argument(
         "--resume", action="store_true", help="continue RUN_DIR from its newest checkpoint"
     )
@@ -1145,6 +1183,16 @@ def train_command(args: argparse.Namespace) -> int:
         return 1
     return 0
 
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as :func:`train`: ``llmspec.train(...)`` names this module once
+    it is imported (see :mod:`llmspec.build`, which does the same)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Path:
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = [
     "Settings",
