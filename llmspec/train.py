@@ -596,6 +596,7 @@ def plot_losses(records: Sequence[dict[str, Any]], title: str) -> bytes:
     """The loss curves as a PNG: training loss per step (and its running mean), evaluation
     loss at each evaluation."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     held = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
@@ -603,13 +604,18 @@ def plot_losses(records: Sequence[dict[str, Any]], title: str) -> bytes:
     axes = figure.subplots()
     if train:
         steps, losses = zip(*train, strict=True)
-        axes.plot(steps, losses, color="tab:blue", alpha=0.35, linewidth=1, label="train")
-        window = max(1, len(losses) // 50)
-        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-        axes.plot(steps[window - 1 :], smooth, color="tab:blue", label=f"train (mean of {window})")
+        window = len(losses) // 50  # a running mean once there are enough steps to smooth
+        if window > 1:
+            axes.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=1, label="train")
+            smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+            label = f"train (mean of {window} steps)"
+            axes.plot(steps[window - 1 :], smooth, color="tab:blue", label=label)
+        else:
+            axes.plot(steps, losses, color="tab:blue", label="train")
     if held:
         steps, losses = zip(*held, strict=True)
         axes.plot(steps, losses, "o-", color="tab:orange", label="held-out")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("step")
     axes.set_ylabel("loss (cross-entropy, nats)")
     axes.set_title(title)
@@ -905,7 +911,7 @@ class _Run:
                     metrics.write(json.dumps(record_line) + "\n")
                     metrics.flush()
                 if done % settings.eval_every == 0 or done == settings.steps:
-                    last_eval = self._evaluate(wrapped, evals, precision)
+                    last_eval = self._evaluate(wrapped, evals, precision, causal)
                     if metrics is not None and last_eval is not None:
                         metrics.write(json.dumps({"step": done, "eval_loss": last_eval}) + "\n")
                         metrics.flush()
@@ -1029,7 +1035,7 @@ class _Run:
         return (loss_sum / total if total else 0.0), int(all_tokens)
 
     def _evaluate(
-        self, wrapped: Any, batches: list[Features], precision: Precision
+        self, wrapped: Any, batches: list[Features], precision: Precision, causal: bool
     ) -> float | None:
         """The held-out loss: every process evaluates every held-out batch (FSDP needs all
         processes in each forward), so no reduction is needed."""
@@ -1039,7 +1045,6 @@ class _Run:
 
         if not batches:
             return None
-        causal = "position_ids" in batches[0]
         wrapped.eval()
         loss_sum, count_sum = 0.0, 0
         with torch.no_grad():

@@ -77,7 +77,7 @@ def eval_losses(run: Path) -> list[float]:
 
 @pytest.mark.parametrize("name", ["tiny-decoder", "tiny-encoder", "tiny-t5", "tiny-bart"])
 def test_every_objective_trains_with_decreasing_loss(name: str, corpus: Path, tmp_path: Path):
-    run = train(
+    run = llmspec.train(
         SPECS / f"{name}.yaml",
         [corpus],
         tmp_path / "run",
