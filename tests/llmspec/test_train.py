@@ -330,6 +330,23 @@ def test_a_single_process_checkpoint_resumes_sharded_on_two(
     assert losses(resumed) == pytest.approx(losses(single_run), abs=1e-4)
 
 
+@pytest.mark.parametrize(
+    ("strategy", "name"),
+    [("fsdp", "tiny-encoder"), ("fsdp", "tiny-t5"), ("fsdp", "tiny-bart"), ("ddp", "tiny-bart")],
+)
+def test_every_family_trains_under_a_strategy(
+    strategy: str, name: str, corpus: Path, tmp_path: Path
+):
+    # A process group of one (no torchrun): the wrapping of each family, including
+    # encoder-decoders whose decoder layers stay in FSDP's root unit, follows plain training.
+    settings = {"steps": 3, "batch_size": 2, "seq_len": 32, "progress": False}
+    plain = train(SPECS / f"{name}.yaml", [corpus], tmp_path / "plain", **settings)
+    wrapped = train(
+        SPECS / f"{name}.yaml", [corpus], tmp_path / strategy, strategy=strategy, **settings
+    )
+    assert losses(wrapped) == pytest.approx(losses(plain), abs=1e-5)
+
+
 # ----------------------------------------------------------------------------------------
 # Memory: the estimate against a measured step
 
