@@ -44,8 +44,9 @@ joined by eos), at most :attr:`Collator.raw_length` long, so that whatever the o
   With ``permute_sentences`` the chunk's sentences (split after sentence-ending tokens such as
   ``.``) are shuffled first. Inputs and targets are framed ``[bos] ... [eos]``; the targets are
   the original chunk. Decisions: the spans are placed uniformly among the gaps between kept
-  tokens (fairseq's spans may overlap and merge); a rare input that insertions make longer
-  than ``seq_len`` loses tokens at its end (before its eos).
+  tokens (fairseq's spans may overlap and merge); the framing tokens are never masked, but a
+  document separator (eos) inside the chunk may fall in a span, as any token; a rare input
+  that insertions make longer than ``seq_len`` loses tokens at its end (before its eos).
 
 Encoder-decoder batches: ``decoder_input_ids`` are the targets shifted right by one, starting
 with the spec's ``decoder_start`` token (T5: pad, BART: eos).
