@@ -268,7 +268,7 @@ class DecodingState:
             return []
         return sorted(indexes[row].get(tuple(sequence[len(sequence) - n + 1 :]), ()))
 
-    def scratch(self, name: str, dtype: type = np.float64) -> np.ndarray:
+    def scratch(self, name: str, dtype: type | np.dtype = np.float64) -> np.ndarray:
         """A ``[vocab]`` work buffer of this request, reused across steps to avoid allocating
         (and page-faulting) vocabulary-sized arrays on every step. Its contents are undefined
         on entry; use it within one ``process``/``select`` call only."""
@@ -393,8 +393,9 @@ def _mass_up_to(
     below = np.less_equal(key, tau, out=state.scratch("below", bool))
     count = int(np.count_nonzero(below))
     if count * _SPARSE_FRACTION <= key.size:
-        return float(weights[np.flatnonzero(below)].sum()), count
-    return float(np.multiply(weights, below, out=state.scratch("masked")).sum()), count
+        return float(weights[np.flatnonzero(below)].sum(dtype=np.float64)), count
+    masked = np.multiply(weights, below, out=state.scratch("masked", weights.dtype))
+    return float(masked.sum(dtype=np.float64)), count
 
 
 def _keep_minimal_mass(
@@ -403,21 +404,23 @@ def _keep_minimal_mass(
     """Keep in ``row`` the fewest tokens, taken in ascending ``key`` order (ties: lowest id
     first), whose ``weights`` sum reaches ``target`` (all with a finite key if none do).
 
-    ``key`` is in nats (a distance from the most likely token, or from the entropy). Rather
-    than sort the vocabulary, find a threshold ``tau`` whose mass ``key <= tau`` reaches the
-    target (doubling from the smallest key), narrow the interval (``low``, ``tau``] by
-    interpolation while it holds more than _EXACT_LIMIT tokens, and sort only those: a few
-    O(vocab) passes however flat the distribution, one for a peaked one.
+    ``key`` is in nats (minus the logit, or the distance from the entropy). Rather than sort
+    the vocabulary, find a threshold ``tau`` whose mass ``key <= tau`` reaches the target
+    (doubling its distance from the smallest key, from 4 nats), narrow the interval
+    (``low``, ``tau``] by interpolation while it holds more than _EXACT_LIMIT tokens, and sort
+    only those: a few O(vocab) passes however flat the distribution, two for a peaked one.
     """
-    finite = np.count_nonzero(key < np.inf)
     smallest = float(key.min())
     low, low_mass, low_count = smallest - 1.0, 0.0, 0  # no token has a key <= low
-    width = 1.0
+    width = 4.0  # nats: e^-4, 2% of the most likely token's probability
     while True:
         tau = smallest + width
         mass, count = _mass_up_to(key, weights, tau, state)
-        if mass >= target or count >= finite:
+        if mass >= target:
             break
+        if width > 256.0:  # beyond float32's exp: the target is out of reach by rounding
+            _keep(row, np.less(key, np.inf, out=state.scratch("below", bool)), state)
+            return
         low, low_mass, low_count = tau, mass, count
         width *= 2.0
     bisect = False
@@ -446,7 +449,7 @@ def _keep_minimal_mass(
     candidates = np.flatnonzero(between)  # ascending ids: a stable sort breaks ties by id
     keys = key[candidates]
     order = np.argsort(keys, kind="stable")
-    cumulative = low_mass + np.cumsum(weights[candidates[order]])
+    cumulative = low_mass + np.cumsum(weights[candidates[order]], dtype=np.float64)
     end = min(int(np.searchsorted(cumulative, target, side="left")), len(order) - 1)
     boundary = keys[order[end]]
     _keep(row, np.less_equal(key, boundary, out=between), state)
@@ -529,7 +532,7 @@ class TopPProcessor:
     Degeneration"): keep the smallest set of most likely tokens whose probability reaches
     ``p`` (ties at the boundary go to the lowest ids); always at least one token.
 
-    No-op: 1.0. Probabilities in float64; sorts only the head of the distribution.
+    No-op: 1.0. Never sorts the vocabulary: see ``_keep_minimal_mass``.
     """
 
     def __init__(self, config: TopP) -> None:
@@ -549,8 +552,14 @@ class TopPProcessor:
                 end = int(np.searchsorted(cumulative, self.p * weights.sum(), side="left"))
                 row[support[order[end + 1 :]]] = NEG_INF
                 continue
-            distance, weights = _weights(row, state)
-            _keep_minimal_mass(row, distance, weights, self.p * weights.sum(), state)
+            # Over the whole vocabulary, float32 is enough to find the boundary (as in HF):
+            # ordering by -logit is exact, the masses are accurate to ~1e-7.
+            key = np.negative(row, out=state.scratch("key", np.float32))
+            weights = np.add(key, row.max(), out=state.scratch("weights", np.float32))
+            np.negative(weights, out=weights)
+            np.exp(weights, out=weights)
+            target = self.p * float(weights.sum(dtype=np.float64))
+            _keep_minimal_mass(row, key, weights, target, state)
         return logits
 
 

@@ -148,7 +148,7 @@ def test_top_p_keeps_the_minimal_nucleus(case, p):
     out = processed(TopP(p=p), values, state)
     for row, result in zip(values, out, strict=True):
         nucleus, edge = reference_nucleus(row, p)
-        assume(edge > 1e-9)
+        assume(edge > 1e-6)  # masses are float32-accurate over the vocabulary
         assert support(result) == nucleus
 
 
