@@ -2,6 +2,10 @@
 finished rows, and the errors a generation loop gets for bad input."""
 
 import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -201,3 +205,34 @@ def test_empty_prompts_are_allowed():
     state = DecodingState([[], [3]], 5)
     state.append(np.array([1, 2]))
     assert state.sequence(0).tolist() == [1] and state.generated(1).tolist() == [2]
+
+
+def test_one_decoder_serves_concurrent_requests_like_serial_ones():
+    decoder = Decoder("repetition_penalty=1.2,temperature=0.8,top_k=20,top_p=0.9,sample")
+    rng = np.random.default_rng(5)
+    steps = [rng.standard_normal((2, 500)).astype(np.float32) * 3 for _ in range(20)]
+
+    def request(seed):
+        state = DecodingState([[1, 2, 3], [4]], 500, seed=seed)
+        tokens = []
+        for values in steps:
+            tokens.append(decoder.select(values.copy(), state).tolist())
+            state.append(np.array(tokens[-1]))
+        return tokens
+
+    serial = [request(seed) for seed in range(8)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert list(pool.map(request, range(8))) == serial
+
+
+def test_the_decoding_modules_import_nothing_heavy():
+    code = (
+        "import sys, runtime.sampling, runtime.beam_search, runtime.decoding\n"
+        "print(' '.join(m for m in ('torch', 'onnx', 'jinja2', 'transformers')"
+        " if m in sys.modules))"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
+    )
+    assert out.stdout.strip() == ""
