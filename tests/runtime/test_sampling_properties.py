@@ -142,6 +142,15 @@ def test_top_k_keeps_exactly_the_k_best_ties_to_the_lowest_ids(case, k):
         assert support(result) == reference_top_k(row, k)
 
 
+@given(st.integers(0, 2**32 - 1), st.integers(256, 4000), st.integers(1, 80), st.integers(1, 3000))
+def test_top_k_over_a_larger_vocabulary_bounds_by_column_maxima_exactly(seed, vocab, k, spread):
+    # Integers on a small range make ties at the k-th place common; a wide range makes none.
+    rng = np.random.default_rng(seed)
+    values = (rng.integers(-spread, spread + 1, size=(1, vocab)) / 100).astype(np.float32)
+    out = processed(TopK(k=k), values, DecodingState([[0]], vocab))
+    assert support(out[0]) == reference_top_k(values[0], k)
+
+
 @given(logits_and_state(), st.floats(0.01, 1.0))
 def test_top_p_keeps_the_minimal_nucleus(case, p):
     values, state = case
