@@ -758,7 +758,8 @@ class SampleSelector:
                 target = fractions[index] * cumulative[-1]
                 tokens[index] = support[int(np.searchsorted(cumulative, target, side="right"))]
             else:
-                _, weights = _weights(row, state)
+                weights = state.scratch("weights")
+                np.exp(np.subtract(row, row.max(), out=weights, dtype=np.float64), out=weights)
                 tokens[index] = _inverse_cdf(weights, float(fractions[index]))
         return tokens
 
