@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -383,6 +383,29 @@ class _GenerativeModel(_Model):
         if steps and all(isinstance(step, dict) for step in steps):
             return DecodingChain.from_json(steps)
         return DecodingChain(tuple(steps))
+
+    @overload
+    def generate(
+        self,
+        prompts: Prompts,
+        max_new_tokens: int | None = None,
+        chain: Chain | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        stream: Literal[False] = False,
+    ) -> GenerationResult: ...
+
+    @overload
+    def generate(
+        self,
+        prompts: Prompts,
+        max_new_tokens: int | None = None,
+        chain: Chain | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        *,
+        stream: Literal[True],
+    ) -> GenerationStream: ...
 
     def generate(
         self,
