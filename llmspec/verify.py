@@ -25,25 +25,33 @@ no onnx), so it runs on a deployment box:
      (decoder-only: in a left-padded batch; encoder-decoder: the decoder, over a padded source).
 
 Tolerances (:data:`RELATIVE_TOLERANCE`) are relative to the scale of the compared outputs,
-``tolerance = rel x max(1, max |reference|)``, as in the export gate. They are not the gate's:
-the gate compares a graph with PyTorch, here a graph is compared with itself on two ways of
-computing the same thing, so only the graph's own rounding differs:
+``tolerance = rel x max(1, max |reference|)``, as in the export gate. Here a graph is compared
+with itself, computing the same thing two ways, so only its own rounding differs. Each value
+below was measured with hypothesis (60 to 600 examples per property) on the tiny example specs,
+freshly initialized and with N(0, 0.1) and N(0, 0.3) noise added to every weight matrix (the
+noisy models amplify rounding far more than trained ones), and set well above the worst seen:
 
-* fp32: ``1e-4``. Cache vs full pass and padded vs unpadded differ by float rounding of
-  differently shaped kernels: measured below ``2e-6`` relative on the tiny specs.
-* fp16: ``2e-2``; bf16: ``6e-2`` (every activation rounded to 11 / 8 bits; measured up to
-  about ``4e-3`` relative for fp16).
-* int8: ``0.05``. Dynamic quantization computes one activation scale per tensor, over the whole
-  batch and every position; a padded batch, a full pass and a single decode step quantize the
-  same activations with different scales. Measured up to about ``1.5e-2`` relative on the tiny
-  specs. A broken mask moves outputs by far more (about ``0.3`` and above relative).
-* int4: ``0.05``. MatMulNBits (accuracy level 4) quantizes activations per block of each row,
-  so rows do not interact, but the kernels differ with the number of rows; measured up to about
-  ``1e-2`` relative.
+* fp32: ``2e-4`` (twice the gate's 1e-4: two computations each within the gate's bound).
+  Kernels of different shapes round differently: at most 2e-6 relative on initialized models,
+  5.6e-5 on the N(0, 0.3) T5, whose PyTorch fp32 itself is 2e-5 from float64 there.
+* fp16: ``2e-2``; measured at most 4.4e-3. bf16: ``0.12`` (twice the gate's; not measured:
+  bf16 graphs run only on the CUDA provider, use ``device="cuda"``).
+* int8: ``0.4``. Dynamic quantization computes one activation scale per tensor, over the whole
+  batch and every position, so a padded batch, a full pass and a single decode step quantize
+  the same activations with different scales, and an output depends on its batch neighbours.
+  Measured: at most 0.04 on initialized models, 0.18 on N(0, 0.3) GPT and BERT models, 0.29 on
+  the N(0, 0.1) T5. The padding and cache properties are weak for int8 for this reason.
+* int4: ``0.05``. MatMulNBits (accuracy level 4) quantizes activations per block of each row, so
+  rows do not interact; kernels differ with the number of rows. Measured at most 1.4e-2.
 
 The causal and bidirectional properties compare two rows of one batch, which share every
-quantization scale, so for them a correct graph of any precision agrees to rounding of the same
-kernels; "changes" (bidirectional) means by more than :data:`CHANGE_FLOOR` of the scale.
+quantization scale and kernel, so a correct graph of any precision gives the unchanged
+positions bit for bit: their tolerance is the same table, and a broken mask shows as a
+difference of the order of the outputs themselves. "Changes" (bidirectional) means by more than
+:data:`CHANGE_FLOOR` of the scale; the smallest real change measured was 1.3e-3 of it.
+
+When a property fails, hypothesis shrinks the example for at most :data:`SHRINK_SECONDS`; the
+report gives the smallest failing example found by then.
 """
 
 from __future__ import annotations
@@ -63,14 +71,18 @@ from runtime import artifact as fmt
 from runtime.artifact import ArtifactError, Manifest
 
 DEFAULT_EXAMPLES = 20
-MAX_TOKENS = 12  # real tokens per generated sequence: enough to see masking, cheap to run
-MAX_PADDING = 5
+MAX_TOKENS = 32  # real tokens per generated sequence (hypothesis mostly draws short ones)
+MAX_PADDING = 6
+MAX_DECODE_STEPS = 8  # cached steps per example: the prefill takes the rest
+# Hypothesis shrinks a failing example to a small one; on a big model that can take thousands of
+# graph runs, so after this many seconds the smallest failing example found so far is reported.
+SHRINK_SECONDS = 20.0
 
 RELATIVE_TOLERANCE = {
-    "fp32": 1e-4,
+    "fp32": 2e-4,
     "fp16": 2e-2,
-    "bf16": 6e-2,
-    "int8": 1e-1,
+    "bf16": 1.2e-1,
+    "int8": 4e-1,
     "int4": 5e-2,
 }
 # An encoder's output "changes" when it moves by more than this fraction of its scale.
@@ -623,9 +635,11 @@ class _Properties:
     def run_property(
         self, name: str, strategy: Any, body: Callable[[Any], _Measure]
     ) -> CheckResult:
-        from hypothesis import HealthCheck, Verbosity, given, settings
+        from hypothesis import HealthCheck, Verbosity, given, reject, settings
 
         seen: dict[str, Any] = {"count": 0, "worst": None, "last": None, "failed_at": None}
+        failing: list[Any] = []  # examples seen to fail, so the final replay still runs
+        shrink_until: list[float] = []
 
         @settings(
             max_examples=self.examples,
@@ -639,13 +653,19 @@ class _Properties:
         )
         @given(strategy)
         def check(example: Any) -> None:
+            if shrink_until and time.perf_counter() > shrink_until[0] and example not in failing:
+                reject()  # out of shrinking time: hypothesis settles on the smallest failure yet
             seen["count"] += 1
             seen["last"] = example
-            measure = body(example)
+            try:
+                measure = body(example)
+            except Exception:
+                self._failed(example, seen, failing, shrink_until)
+                raise
             if seen["worst"] is None or measure.badness > seen["worst"].badness:
                 seen["worst"] = measure
             if not measure.ok:
-                seen["failed_at"] = seen["failed_at"] or seen["count"]
+                self._failed(example, seen, failing, shrink_until)
                 raise _Falsified(measure)
 
         started = time.perf_counter()
@@ -682,6 +702,15 @@ class _Properties:
             result.detail = f"raised {type(failure).__name__}: {_first_line(failure)}"
             result.falsifying = seen["last"]
         return result
+
+    @staticmethod
+    def _failed(
+        example: Any, seen: dict[str, Any], failing: list[Any], shrink_until: list[float]
+    ) -> None:
+        failing.append(example)
+        if seen["failed_at"] is None:
+            seen["failed_at"] = seen["count"]
+            shrink_until.append(time.perf_counter() + SHRINK_SECONDS)
 
     # -- decoder-only --------------------------------------------------------------------------
 
@@ -733,7 +762,7 @@ class _Properties:
         @st.composite
         def cache_case(draw: Any) -> dict[str, Any]:
             tokens = draw(self.tokens(st, min_size=2))
-            prefill = draw(st.integers(1, len(tokens) - 1))
+            prefill = draw(st.integers(max(1, len(tokens) - MAX_DECODE_STEPS), len(tokens) - 1))
             padding = draw(st.integers(0, self.max_padding))
             filler = draw(self.tokens(st, padding, padding))
             neighbour = draw(self.tokens(st, len(tokens) + padding, len(tokens) + padding))
@@ -922,7 +951,9 @@ class _Properties:
                 start,
                 *draw(self.tokens(st, len(tokens) - 1, len(tokens) - 1)),
             ]
-            case["prefill"] = draw(st.integers(1, len(tokens) - 1))
+            case["prefill"] = draw(
+                st.integers(max(1, len(tokens) - MAX_DECODE_STEPS), len(tokens) - 1)
+            )
             return case
 
         def cache(case: dict[str, Any]) -> _Measure:

@@ -307,3 +307,11 @@ def test_decoder_without_causal_mask_fails_the_causal_property(artifact, tmp_pat
     text = report.render()
     assert "FAIL  decoder causal" in text and "falsifying example: {" in text
     assert "not verified: 2 of 9 checks failed" in text
+
+
+def test_without_hypothesis_the_files_are_checked_and_the_run_fails(artifact, monkeypatch):
+    monkeypatch.setitem(sys.modules, "hypothesis", None)  # `import hypothesis` raises
+    report = verify(artifact("tiny-encoder"), examples=1)
+    assert not report.passed
+    assert all(check.passed for check in report.checks[:-1])
+    assert "pip install hypothesis" in report.checks[-1].detail
