@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 NEG_INF = np.float32(-np.inf)
-# Filters work on the few tokens still allowed when there are at most this fraction of the
+# Filters and the sampler work on the allowed tokens alone when they are at most 1/8 of the
 # vocabulary (after top_k, say), and on the whole row otherwise.
 _SPARSE_FRACTION = 8
 # Nucleus and typical filters sort at most about this many tokens.
@@ -133,6 +133,10 @@ class DecodingState:
             raise DecodingError(f"vocab_size must be >= 1, got {vocab_size}")
         if len(prompts) == 0:
             raise DecodingError("a decoding state needs at least one prompt (batch row)")
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0
+        ):
+            raise DecodingError(f"seed must be an integer >= 0 or None, got {seed!r}")
         if not 0 <= pad_id < vocab_size:
             raise DecodingError(f"pad_id {pad_id} is outside the vocabulary [0, {vocab_size})")
         self.batch_size = len(prompts)

@@ -191,6 +191,7 @@ def test_a_processor_that_removes_every_token_is_named():
         (lambda: DecodingState([], 9), "at least one prompt"),
         (lambda: DecodingState([[1]], 0), "vocab_size must be >= 1"),
         (lambda: DecodingState([[1]], 9, pad_id=9), "pad_id 9 is outside the vocabulary"),
+        (lambda: DecodingState([[1]], 9, seed=-1), "seed must be an integer >= 0 or None"),
         (lambda: DecodingState([[1]], 9).append(np.array([1, 2])), "shape (1,)"),
         (lambda: DecodingState([[1]], 9).append(np.array([1.0])), "integer token per row"),
         (lambda: DecodingState([[1]], 9).append(np.array([9])), "row 0: token id 9 is outside"),
