@@ -167,7 +167,7 @@ def read_manifest(directory: str | Path) -> Manifest:
         )
     try:
         return Manifest.from_dict(data)
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, AttributeError) as err:  # a field missing or of another type
         raise ArtifactError(f"{path}: malformed manifest ({err}); export it again") from None
 
 

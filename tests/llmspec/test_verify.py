@@ -190,6 +190,13 @@ def _damage_manifest_not_json(root: Path) -> str:
     return f"{root / fmt.MANIFEST}: not valid JSON"
 
 
+def _damage_manifest_files_not_a_mapping(root: Path) -> str:
+    data = json.loads((root / fmt.MANIFEST).read_text())
+    data["files"] = sorted(data["files"])
+    (root / fmt.MANIFEST).write_text(json.dumps(data))
+    return f"{root / fmt.MANIFEST}: malformed manifest"
+
+
 def _damage_unlisted_tokenizer(root: Path) -> str:
     data = json.loads((root / fmt.MANIFEST).read_text())
     del data["files"][fmt.TOKENIZER]
@@ -212,6 +219,7 @@ def _damage_resealed_garbage_graph(root: Path) -> str:
         _damage_delete_external_data,
         _damage_other_format_version,
         _damage_manifest_not_json,
+        _damage_manifest_files_not_a_mapping,
         _damage_unlisted_tokenizer,
         _damage_resealed_garbage_graph,
     ],
