@@ -605,8 +605,8 @@ class _Properties:
         """How far ``actual`` is from ``reference`` (same shape: ``axes`` then features);
         ``start`` is the position of the first one compared, for the report."""
         tolerance = self.tolerance(reference)
-        if not np.isfinite(actual).all():
-            return _Measure(float("inf"), tolerance, f"{what}: not finite")
+        if not (np.isfinite(actual).all() and np.isfinite(reference).all()):
+            return _Measure(float("inf"), tolerance, f"{what}: not finite (NaN or infinity)")
         if not reference.size:
             return _Measure(0.0, tolerance, what)
         diff = np.abs(reference - actual)
