@@ -102,6 +102,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     return export_command(args)
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from llmspec.verify import verify_command
+
+    return verify_command(args)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from llmspec.train import train_command
 
@@ -200,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("embed", cmd_embed, "embed texts with an encoder artifact")
     add_embed_arguments(p)
+
+    p = verb("verify", cmd_verify, "re-check an artifact's files and its graphs' properties")
+    from llmspec.verify import add_verify_arguments
+
+    add_verify_arguments(p)
 
     p = verb("train", cmd_train, "train a spec (or a run directory) with its objective")
     from llmspec.train import add_train_arguments

@@ -127,9 +127,14 @@ def _session_inputs(session: Any) -> set[str]:
 
 
 def _kv_dtype(session: Any) -> Any:
+    """The numpy type of the graph's cache inputs (bf16 through ml_dtypes, which onnx brings;
+    the bf16 path runs only on CUDA and has not been exercised on a GPU yet)."""
+    import ml_dtypes
+
+    types = {"tensor(float16)": np.float16, "tensor(bfloat16)": ml_dtypes.bfloat16}
     for value in session.get_inputs():
         if value.name.startswith("past_key_values."):
-            return {"tensor(float16)": np.float16}.get(value.type, np.float32)
+            return types.get(value.type, np.float32)
     return np.float32
 
 
