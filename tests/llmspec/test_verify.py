@@ -30,21 +30,12 @@ PROPERTIES = {
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    """``artifact("tiny-gpt", "int8")``: an artifact of that tiny spec, exported once per
-    module. Copy it (:func:`_copy`) before damaging it."""
-    made = {}
+def artifact(tiny_artifact):
+    """``artifact("tiny-gpt", "int8")``: an artifact of that tiny spec, shared with the other
+    tests of the session (tests/conftest.py). Copy it (:func:`_copy`) before damaging it."""
 
     def make(name: str, quantize: str | None = None) -> Path:
-        key = (name, quantize)
-        if key not in made:
-            from llmspec.export import export
-
-            out = tmp_path_factory.mktemp("verify") / f"{name}-{quantize or 'fp32'}"
-            made[key] = export(
-                SPECS / f"{name}.yaml", out, quantize=quantize, progress=lambda line: None
-            )
-        return made[key]
+        return tiny_artifact(name, quantize or "fp32")
 
     return make
 
