@@ -50,7 +50,7 @@ from runtime.generation import (
     Timing,
 )
 from runtime.sampling import Decoder, DecodingState, log_softmax, softmax
-from runtime.session import Graph, reorder, resolve_device, session_options
+from runtime.session import Graph, resolve_device, session_options
 
 Prompt = str | Sequence[int] | np.ndarray
 Prompts = Prompt | Sequence[Prompt]
@@ -601,7 +601,6 @@ class _DecoderStepper(_Stepper):
             fmt.DECODER_GRAPH, [fmt.INPUT_IDS, fmt.ATTENTION_MASK, fmt.past_name(0, "key")]
         )
         self.names = _cache_names(model.manifest.layers, None)
-        self.device = model.device
         self.rows = len(prompts)
         width = max(len(p) for p in prompts)
         self.ids = np.full((self.rows, width), model.pad_id, dtype=np.int64)
@@ -633,7 +632,7 @@ class _DecoderStepper(_Stepper):
         return self._run(np.ascontiguousarray(tokens[:, None], dtype=np.int64), positions)
 
     def reorder(self, rows: np.ndarray) -> None:
-        self.cache = {name: reorder(value, rows, self.device) for name, value in self.cache.items()}
+        self.cache = {name: self.graph.reorder(value, rows) for name, value in self.cache.items()}
         self.mask = self.mask[rows]
 
 
@@ -672,7 +671,6 @@ class _Seq2SeqStepper(_Stepper):
         layers = model.manifest.layers
         self.names = _cache_names(layers, "decoder")
         self.cross_names = _cache_names(layers, "encoder")
-        self.device = model.device
         self.start = model.special_tokens["decoder_start"]
         self.rows = len(prompts)
         self.kv_shape = (model.manifest.kv_heads, model.manifest.head_dim)
@@ -708,7 +706,7 @@ class _Seq2SeqStepper(_Stepper):
         rows = self.rows
         if beams > 1:
             order = np.repeat(np.arange(rows), beams)
-            self.cross = {k: reorder(v, order, self.device) for k, v in self.cross.items()}
+            self.cross = {k: self.decoder.reorder(v, order) for k, v in self.cross.items()}
             self.source_mask = self.source_mask[order]
             rows *= beams
         empty = (rows, *self.kv_shape[:1], 0, self.kv_shape[1])
@@ -721,7 +719,7 @@ class _Seq2SeqStepper(_Stepper):
         return self._run(np.ascontiguousarray(tokens[:, None], dtype=np.int64))
 
     def reorder(self, rows: np.ndarray) -> None:
-        self.cache = {name: reorder(value, rows, self.device) for name, value in self.cache.items()}
+        self.cache = {name: self.decoder.reorder(v, rows) for name, v in self.cache.items()}
         self.mask = self.mask[rows]
 
 

@@ -146,6 +146,8 @@ class Graph:
                 "usable for a probe graph; use device='cpu'"
             )
         self.device = device
+        # Where IOBinding keeps the cache; None: plain session.run with numpy arrays.
+        self.bind: str | None = "cuda" if device == "cuda" else None
         self.inputs = {
             value.name: Tensor(value.type[len("tensor(") : -1], tuple(value.shape))
             for value in self.session.get_inputs()
@@ -169,7 +171,7 @@ class Graph:
         """Run once. ``inputs`` are host arrays; ``cache`` are values from an earlier run (numpy
         on the CPU, ``OrtValue`` on CUDA) or :meth:`empty` ones. Returns every output by name:
         those named in ``host`` as numpy arrays, the rest where the cache lives."""
-        if self.device == "cpu":
+        if self.bind is None:
             values = self.session.run(self.outputs, {**inputs, **cache})
             return dict(zip(self.outputs, values, strict=True))
         binding = self.session.io_binding()
@@ -181,7 +183,7 @@ class Graph:
             else:
                 binding.bind_ortvalue_input(name, value)
         for name in self.outputs:
-            binding.bind_output(name, "cpu" if name in host else "cuda")
+            binding.bind_output(name, "cpu" if name in host else self.bind)
         self.session.run_with_iobinding(binding)
         values = binding.get_outputs()
         return {
@@ -189,17 +191,13 @@ class Graph:
             for name, value in zip(self.outputs, values, strict=True)
         }
 
+    def reorder(self, value: Any, rows: np.ndarray) -> Any:
+        """A cache value (from :meth:`run` or :meth:`empty`) with its batch rows taken in the
+        order ``rows`` (beam search; repeating prompts for beams).
 
-def reorder(value: Any, rows: np.ndarray, device: str) -> Any:
-    """The cache value with its batch rows taken in the order ``rows`` (beam search).
-
-    On CUDA this is a round trip through the host: ONNX Runtime's Python API has no device-side
-    gather, and the runtime does not import torch or cupy."""
-    if device == "cpu":
-        return np.ascontiguousarray(np.take(value, rows, axis=0))
-    host = np.take(value.numpy(), rows, axis=0)
-    return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(host), "cuda", 0)
-
-
-def to_host(value: Any) -> np.ndarray:
-    return value if isinstance(value, np.ndarray) else value.numpy()
+        With IOBinding this is a round trip through the host: ONNX Runtime's Python API has no
+        device-side gather, and the runtime does not import torch or cupy."""
+        if isinstance(value, np.ndarray):
+            return np.ascontiguousarray(np.take(value, rows, axis=0))
+        host = np.ascontiguousarray(np.take(value.numpy(), rows, axis=0))
+        return ort.OrtValue.ortvalue_from_numpy(host, self.bind or "cpu", 0)

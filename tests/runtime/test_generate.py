@@ -277,3 +277,20 @@ def test_beam_search_with_one_beam_is_greedy(gpt):
     greedy = gpt.generate(PROMPTS, max_new_tokens=12)
     beam = gpt.generate(PROMPTS, max_new_tokens=12, chain="beam_search=1")
     assert beam.tokens == greedy.tokens
+
+
+CHAINS = ("greedy", "beam_search=2", "top_k=20,sample")
+
+
+@pytest.mark.parametrize("family", ["gpt", "t5"])
+def test_the_iobinding_path_gives_the_plain_path_tokens(family, request, monkeypatch):
+    """The CUDA path (IOBinding, the cache kept as OrtValues and fed back, beams reordered
+    through the host) exercised with the cache bound to the CPU, since CI has no GPU."""
+    model = request.getfixturevalue(family)
+    options = {"max_new_tokens": 12}
+    expected = {c: model.generate(PROMPTS, chain=c, seed=1, **options) for c in CHAINS}
+    for graph in model._graphs.values():
+        monkeypatch.setattr(graph, "bind", "cpu")
+    for chain in CHAINS:
+        bound = model.generate(PROMPTS, chain=chain, seed=1, **options)
+        assert bound.tokens == expected[chain].tokens
