@@ -12,7 +12,7 @@ What runs (issue 5, "Performance"):
 * **transformers**: ``GPT2LMHeadModel.generate`` (its KV cache, default attention) with the
   same weights copied in (the inverse of ``llmspec/hf_import.py``'s GPT-2 mapping: Conv1D
   weights are ``[in, out]``, q/k/v fused into ``c_attn``);
-* **torch (ours)**: the generated PyTorch model (``llmspec.build``) in a plain greedy loop
+* **torch (ours)**: the generated PyTorch model (``llmspec.builder``) in a plain greedy loop
   with its KV cache;
 * the memory bandwidth: the fastest read of a 1 GiB array (numpy sum or BLAS dot, on 1 and on
   T threads, best of 5).
@@ -165,7 +165,7 @@ def artifact(precision: str) -> Path:
     when the spec file changed (its sha256 is kept beside the artifact)."""
     import hashlib
 
-    from llmspec.export import export
+    from llmspec.exporter import export
 
     path = RESULTS / "artifacts" / f"gpt2-small-{precision}"
     stamp = path.with_name(path.name + ".spec-sha256")

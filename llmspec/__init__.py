@@ -14,6 +14,7 @@ __all__ = [
     "__version__",
     "build",
     "dump_spec",
+    "export",
     "generate_source",
     "load_spec",
     "spec_sha256",
@@ -21,17 +22,19 @@ __all__ = [
 ]
 
 
+# The compiling entry points need torch, jinja2 and onnx: they are imported on first use, so
+# that `import llmspec` (and the runtime-only command line) stays light.
+_LAZY = {
+    "build": "llmspec.builder",
+    "generate_source": "llmspec.builder",
+    "export": "llmspec.exporter",
+    "train": "llmspec.trainer",
+}
+
+
 def __getattr__(name: str) -> Any:
-    # build and generate_source need torch and jinja2: they are imported on first use, so
-    # that `import llmspec` stays light. `llmspec.build` is also the name of the module that
-    # defines them; that module is callable as its build function.
-    if name in ("build", "generate_source"):
+    if name in _LAZY:
         import importlib
 
-        module = importlib.import_module("llmspec.build")
-        return module if name == "build" else module.generate_source
-    if name == "train":  # the module, callable as its train function (as llmspec.build)
-        import importlib
-
-        return importlib.import_module("llmspec.train")
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'llmspec' has no attribute {name!r}")

@@ -91,13 +91,13 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def cmd_codegen(args: argparse.Namespace) -> int:
-    from llmspec.build import codegen_command
+    from llmspec.builder import codegen_command
 
     return codegen_command(args.spec, args.output)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from llmspec.export import export_command
+    from llmspec.exporter import export_command
 
     return export_command(args)
 
@@ -109,7 +109,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from llmspec.train import train_command
+    from llmspec.trainer import train_command
 
     return train_command(args)
 
@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_verify_arguments(p)
 
     p = verb("train", cmd_train, "train a spec (or a run directory) with its objective")
-    from llmspec.train import add_train_arguments
+    from llmspec.trainer import add_train_arguments
 
     add_train_arguments(p)
 

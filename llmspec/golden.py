@@ -27,7 +27,7 @@ GOLDEN = ROOT / "tests" / "codegen" / "golden"
 
 def expected_sources(specs_dir: Path = SPECS) -> dict[str, str]:
     """Golden file name -> the source generated now, for every spec file in ``specs_dir``."""
-    from llmspec.build import generate_source
+    from llmspec.builder import generate_source
 
     out: dict[str, str] = {}
     origin: dict[str, Path] = {}

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import yaml
 
-from llmspec.build import build
+from llmspec.builder import build
 from llmspec.loader import load_spec
 from llmspec.spec import ModelSpec
 

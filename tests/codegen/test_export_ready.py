@@ -9,7 +9,7 @@ import torch
 from codegen_variants import FAMILIES, POSITIONS, built, tokens, variant
 from torch.export import Dim
 
-from llmspec.build import build
+from llmspec.builder import build
 
 
 @pytest.mark.parametrize("positions", sorted(POSITIONS))

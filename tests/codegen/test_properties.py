@@ -16,7 +16,7 @@ from codegen_variants import PAD, POSITIONS, VOCAB, built, tokens, variant
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmspec.build import load_module
+from llmspec.builder import load_module
 from llmspec.spec import ModelSpec
 
 # Each example generates, imports and runs a model: a fifth of the profile's examples (see

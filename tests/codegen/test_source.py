@@ -17,7 +17,7 @@ from codegen import render as render_module
 from codegen.loader import load_source
 from codegen.plan import PlanError, PositionsPlan, StackPlan
 from codegen.render import RenderError, environment, format_source, ruff_command
-from llmspec.build import generate_source
+from llmspec.builder import generate_source
 from llmspec.golden import differences
 from llmspec.loader import load_spec, spec_sha256
 from llmspec.lower import class_prefix, lower
@@ -169,7 +169,7 @@ def test_output_does_not_depend_on_the_working_directory(tmp_path: Path) -> None
         "[tool.ruff]\nline-length = 60\n[tool.ruff.format]\nquote-style = 'single'\n"
     )
     code = (
-        "import sys; from llmspec.build import generate_source; "
+        "import sys; from llmspec.builder import generate_source; "
         f"sys.stdout.write(generate_source({str(ROOT / 'specs' / 'tiny-t5.yaml')!r}))"
     )
     elsewhere = subprocess.run(

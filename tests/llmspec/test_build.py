@@ -1,4 +1,4 @@
-"""llmspec.build: the torch module of a spec, its weight names, dtype, weights and CLI verb."""
+"""llmspec.builder: the torch module of a spec, its weight names, dtype, weights and CLI verb."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from llmspec.build import WeightsError, build, codegen_command, generate_source
+from llmspec.builder import WeightsError, build, codegen_command, generate_source
 from llmspec.cli import main
 from llmspec.estimate import count_parameters
 from llmspec.loader import load_spec
@@ -191,14 +191,16 @@ def test_the_generated_file_runs_on_its_own(tmp_path: Path) -> None:
     assert done.stdout.strip() == "(2, 1, 275)"
 
 
-def test_build_and_generate_source_are_lazy_exports_of_llmspec() -> None:
+def test_build_export_train_are_lazy_functions_of_llmspec() -> None:
     spec = str(SPECS / "tiny-gpt.yaml")
     code = (
         "import sys, llmspec\n"
         "assert 'torch' not in sys.modules\n"
         f"model = llmspec.build({spec!r})\n"
-        "import llmspec.build\n"
+        "import llmspec.builder, llmspec.exporter, llmspec.trainer\n"
         f"again = llmspec.build({spec!r})\n"
+        "assert callable(llmspec.export) and callable(llmspec.train)\n"
+        "assert llmspec.export.__module__ == 'llmspec.exporter'\n"
         "from llmspec import build, generate_source\n"
         f"assert build({spec!r}) is not None and generate_source({spec!r}).startswith('# Gen')\n"
         "print(type(model).__name__, type(again).__name__)\n"

@@ -14,7 +14,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from llmspec.cli import main
-from llmspec.export import ExportError, export
+from llmspec.exporter import ExportError, export
 from llmspec.loader import load_spec, spec_sha256
 from llmspec.quantize import count_ops
 from runtime import artifact as fmt
@@ -175,7 +175,7 @@ def test_kill_9_mid_export_leaves_the_previous_artifact_intact(tmp_path):
     export(SPECS / "tiny-encoder.yaml", target, progress=_quiet)
     before = {p.name: p.read_bytes() for p in target.iterdir()}
     code = (
-        "from llmspec.export import export; import sys; "
+        "from llmspec.exporter import export; import sys; "
         "export(sys.argv[1], sys.argv[2], force=True)"
     )
     process = subprocess.Popen(
@@ -204,7 +204,7 @@ def test_a_model_directory_exports_its_own_weights(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from llmspec.build import build
+    from llmspec.builder import build
     from llmspec.loader import dump_spec
 
     spec = load_spec(SPECS / "tiny-gpt.yaml")

@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import llmspec.export as export_module  # noqa: E402
+import llmspec.exporter as export_module  # noqa: E402
 from llmspec.parity import ParityError  # noqa: E402
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"

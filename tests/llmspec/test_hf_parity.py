@@ -1,7 +1,7 @@
 """Imported models compute what the Hugging Face models compute.
 
 For each family (and the non-default options the importer maps), a tiny random transformers
-model is saved, imported with import-hf and built with ``llmspec.build``. Logits must agree at
+model is saved, imported with import-hf and built with ``llmspec.builder``. Logits must agree at
 fp32 on padded batches (left padding with explicit position ids for decoders, right padding
 for encoders), and greedy generation with our KV cache must pick the same 32 tokens as
 transformers' ``generate(do_sample=False)``.
@@ -21,7 +21,7 @@ from llmspec.hf_import import expected_shapes, import_hf
 from llmspec.loader import load_spec
 
 pytest.importorskip("transformers")
-build_module = pytest.importorskip("llmspec.build")
+build_module = pytest.importorskip("llmspec.builder")
 
 ATOL, RTOL = 1e-5, 1e-4
 NEW_TOKENS = 32

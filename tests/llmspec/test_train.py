@@ -16,7 +16,7 @@ import pytest
 import llmspec
 from llmspec.loader import load_spec
 from llmspec.tokenizer import load_for_spec
-from llmspec.train import (
+from llmspec.trainer import (
     CHECKPOINTS,
     TrainError,
     add_train_arguments,
@@ -191,7 +191,7 @@ def test_resume_after_sigkill_continues_the_loss_curve_exactly(corpus: Path, tmp
     killed = tmp_path / "killed"
     code = textwrap.dedent(
         f"""
-        from llmspec.train import train
+        from llmspec.trainer import train
         train({str(spec)!r}, [{str(corpus)!r}], {str(killed)!r}, progress=False,
               **{RESUMABLE!r}, batch_size=4, seq_len=32)
         """

@@ -90,6 +90,23 @@ def test_encoder_decoder_greedy_tokens_equal_pytorch_for_64_steps(t5):
         assert len(set(expected)) > 4
 
 
+def test_bart_greedy_tokens_equal_pytorch(varied_artifact):
+    """BART's decoder has learned positions: the runtime feeds it position ids."""
+    bart = runtime.load(varied_artifact("tiny-bart"), device="cpu")
+    reference = _torch_model(bart.path)
+    start = bart.special_tokens["decoder_start"]
+    for prompt in PROMPTS[:2]:
+        source = bart._prompt_tokens(prompt)
+        assert source[0] == bart.special_tokens["bos"] and source[-1] == bart.special_tokens["eos"]
+        result = bart.generate(prompt, max_new_tokens=24, chain="greedy")
+        expected = _torch_greedy_seq2seq(reference, source, start, 24)
+        eos = bart.special_tokens["eos"]
+        if eos in expected:
+            expected = expected[: expected.index(eos) + 1]
+        assert result.tokens[0] == expected
+        assert len(set(expected)) > 4
+
+
 @pytest.mark.parametrize("family", ["gpt", "t5"])
 @pytest.mark.parametrize("chain", ["greedy", "beam_search=3"])
 def test_batched_generation_equals_per_row_generation(family, chain, request):

@@ -12,9 +12,6 @@
 The module's weights follow DESIGN.md's naming contract (``embed_tokens.weight``,
 ``decoder.layers.0.self_attn.q_proj.weight``, ...), so ``model.state_dict()`` and a
 ``weights.safetensors`` file use the same names.
-
-``llmspec.build`` names both this module and its main function. The module is callable
-(``llmspec.build(spec)`` calls :func:`build`), so the name works whichever Python found first.
 """
 
 from __future__ import annotations
@@ -204,17 +201,6 @@ def codegen_command(spec_path: str | os.PathLike[str], output: str | None) -> in
     print(f"wrote {output} ({spec.name})", file=sys.stderr)
     return 0
 
-
-class _CallableModule(types.ModuleType):
-    """This module, callable as :func:`build` (see the module docstring)."""
-
-    def __call__(
-        self, spec: SpecLike, dtype: DTypeLike | None = None, weights: Weights | None = None
-    ) -> nn.Module:
-        return build(spec, dtype=dtype, weights=weights)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = [
     "DTYPES",

@@ -6,8 +6,6 @@
 
     run = llmspec.train("specs/tiny-decoder.yaml", ["corpus.txt"], "runs/tiny", steps=300)
 
-``llmspec.train`` is this module, callable as its :func:`train` function.
-
 What a run does:
 
 * **Data.** The ``--data`` files (directories: every file under them, in name order; files
@@ -73,7 +71,6 @@ import os
 import shutil
 import sys
 import time
-import types
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -708,7 +705,7 @@ def train(
         progress: print the progress line on stderr.
 
     Raises :class:`TrainError` (and :class:`llmspec.SpecError`, :class:`ObjectiveError`,
-    :class:`llmspec.tokenizer.TokenizerMismatch`, :class:`llmspec.build.WeightsError`) for
+    :class:`llmspec.tokenizer.TokenizerMismatch`, :class:`llmspec.builder.WeightsError`) for
     inputs that cannot be trained, before any step runs.
     """
     given = {
@@ -845,7 +842,7 @@ class _Run:
     def _train(self, setup: _Setup) -> Path:
         import torch
 
-        from llmspec.build import build
+        from llmspec.builder import build
 
         cluster = self.cluster
         source, settings, checkpoint = setup.source, setup.settings, setup.checkpoint
@@ -1162,7 +1159,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def train_command(args: argparse.Namespace) -> int:
     """``llmspec train``: run :func:`train` with the parsed arguments; the exit status."""
-    from llmspec.build import WeightsError
+    from llmspec.builder import WeightsError
     from llmspec.tokenizer import TokenizerMismatch
 
     try:
@@ -1188,16 +1185,6 @@ def train_command(args: argparse.Namespace) -> int:
         return 1
     return 0
 
-
-class _CallableModule(types.ModuleType):
-    """This module, callable as :func:`train`: ``llmspec.train(...)`` names this module once
-    it is imported (see :mod:`llmspec.build`, which does the same)."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Path:
-        return train(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = [
     "Settings",

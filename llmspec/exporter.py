@@ -247,7 +247,7 @@ def _export_graphs(
 def _cast(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     import copy
 
-    from llmspec.build import DTYPES
+    from llmspec.builder import DTYPES
 
     return copy.deepcopy(model).to(DTYPES[precision]).eval()
 
@@ -314,7 +314,7 @@ def export(
         progress: called with one line per stage (default: print to stderr).
 
     Returns the artifact's path. Raises :class:`ExportError` (:class:`ParityError` when the gate
-    fails), :class:`llmspec.SpecError`, or :class:`llmspec.build.WeightsError`.
+    fails), :class:`llmspec.SpecError`, or :class:`llmspec.builder.WeightsError`.
     """
     say = progress or (lambda line: print(f"llmspec export: {line}", file=sys.stderr))
     target = Path(output)
@@ -326,7 +326,7 @@ def export(
     spec = _with_precision(src.spec, precision, quantize)
     if spec.precision.dtype == "bf16" and not cuda_usable():
         raise ExportError(BF16_NEEDS_CUDA)
-    from llmspec.build import build
+    from llmspec.builder import build
 
     say(f"building {spec.name} ({spec.architecture})")
     torch.manual_seed(INIT_SEED)
@@ -371,7 +371,7 @@ def _write_files(
 ) -> None:
     from safetensors.torch import save_file
 
-    from llmspec.build import DTYPES, generate_source
+    from llmspec.builder import DTYPES, generate_source
 
     write_atomic(staged / fmt.SPEC, dump_spec(spec))
     write_atomic(staged / fmt.MODEL_SOURCE, generate_source(spec))
@@ -411,7 +411,7 @@ def _write_files(
 
 def export_command(args: Any) -> int:
     """``llmspec export``: returns the exit status (1 on a bad input or a failed gate)."""
-    from llmspec.build import WeightsError
+    from llmspec.builder import WeightsError
 
     try:
         export(
