@@ -266,7 +266,7 @@ def _description(spec: ModelSpec) -> tuple[str, ...]:
         lines.append("Dropout (in training): " + ", ".join(parts) + ".")
     if spec.precision.dtype != "fp32":
         lines.append(
-            f"Precision {spec.precision.dtype}: llmspec.builder casts the module to it (this file "
+            f"Precision {spec.precision.dtype}: llmspec.build casts the module to it (this file "
             "alone builds it in fp32)."
         )
     return tuple(lines)
