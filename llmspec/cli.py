@@ -90,6 +90,23 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_tokenizer(args: argparse.Namespace) -> int:
+    from llmspec.files import write_atomic
+    from llmspec.loader import load_spec
+    from llmspec.tokenizer import TokenizerMismatch, load_for_spec
+
+    path = Path(args.spec)
+    spec = load_spec(path)
+    try:
+        tokenizer = load_for_spec(spec, path.parent)
+    except TokenizerMismatch as err:
+        print(f"llmspec tokenizer: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    write_atomic(args.output, tokenizer.to_str(pretty=True))
+    print(f"wrote {args.output} ({spec.vocabulary.tokenizer.type}, {spec.vocabulary.size} ids)")
+    return EXIT_OK
+
+
 def cmd_codegen(args: argparse.Namespace) -> int:
     from llmspec.builder import codegen_command
 
@@ -179,6 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--gpus", type=_positive, default=1, metavar="N", help="devices for sharding")
     p.add_argument("--json", action="store_true", help="print the estimate as JSON")
+
+    p = verb(
+        "tokenizer",
+        cmd_tokenizer,
+        "build the spec's tokenizer (training its BPE on the spec's corpus) into tokenizer.json",
+    )
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("-o", "--output", required=True, metavar="FILE")
 
     p = verb("codegen", cmd_codegen, "generate the PyTorch source of a spec")
     p.add_argument("spec", metavar="SPEC")

@@ -57,3 +57,34 @@ def test_schema_prints_the_json_schema(capsys, tmp_path):
     target = tmp_path / "schema.json"
     assert main(["schema", "-o", str(target)]) == 0
     assert target.read_text() == json_schema_text()
+
+
+def test_tokenizer_verb_trains_the_specs_bpe(tmp_path, capsys):
+    (tmp_path / "corpus.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 100)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        TINY.read_text()
+        .replace("size: 260", "size: 300")
+        .replace(
+            "  special_tokens:", "  tokenizer: {type: bpe, corpus: [corpus.txt]}\n  special_tokens:"
+        )
+    )
+    out = tmp_path / "tokenizer.json"
+    assert main(["tokenizer", str(spec), "-o", str(out)]) == 0
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(out))
+    assert tokenizer.token_to_id("<pad>") == 0
+    assert len(tokenizer.encode("the quick brown fox").ids) < len("the quick brown fox")
+
+
+def test_tokenizer_verb_names_a_missing_corpus(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        TINY.read_text().replace(
+            "  special_tokens:", "  tokenizer: {type: bpe, corpus: [nope.txt]}\n  special_tokens:"
+        )
+    )
+    assert main(["tokenizer", str(spec), "-o", str(tmp_path / "t.json")]) == 1
+    assert "nope.txt" in capsys.readouterr().err
+    assert not (tmp_path / "t.json").exists()
