@@ -74,15 +74,38 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from llmspec.estimate import estimate
+    from llmspec.estimate import estimate, plot_memory
+    from llmspec.files import write_atomic
     from llmspec.loader import load_spec
 
     spec = load_spec(Path(args.spec))
     try:
-        result = estimate(spec, batch_size=args.batch_size, seq_len=args.seq_len, gpus=args.gpus)
+        result = estimate(
+            spec,
+            batch_size=args.batch_size,
+            seq_len=args.seq_len,
+            gpus=args.gpus,
+            tokens=args.tokens,
+            device=args.device,
+            mfu=args.mfu,
+        )
     except ValueError as err:
         print(f"llmspec estimate: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if args.plot:
+        try:
+            png = plot_memory(
+                spec, batch_size=args.batch_size, seq_len=args.seq_len, device=args.device
+            )
+        except ImportError as err:
+            print(
+                f"llmspec estimate: --plot needs matplotlib ({err}); "
+                "install it with: pip install 'llmspec[compile]'",
+                file=sys.stderr,
+            )
+            return EXIT_BAD_INPUT
+        write_atomic(args.plot, png)
+        print(f"wrote {args.plot}", file=sys.stderr)
     if args.json:
         _print_json(result.to_json())
     else:
@@ -155,6 +178,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return embed_command(args)
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from llmspec.evaluate import eval_command
+
+    return eval_command(args)
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -162,6 +191,31 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _token_count(text: str) -> int:
+    """A token count: ``1000000``, ``1e9`` or with a decimal suffix, ``300M``, ``2.5B``, ``1T``."""
+    scale = {"K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}.get(text[-1:].upper(), 1)
+    number = text[:-1] if scale > 1 else text
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a token count such as 1000000, 1e9 or 2.5B, got {text!r}"
+        ) from None
+    if not value >= 1 or value != int(value):  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text}")
+    return int(value)
+
+
+def _mfu(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
     return value
 
 
@@ -194,7 +248,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seq-len", type=_positive, default=None, metavar="S", help="default: context length"
     )
-    p.add_argument("--gpus", type=_positive, default=1, metavar="N", help="devices for sharding")
+    p.add_argument(
+        "--gpus", type=_positive, default=1, metavar="N", help="devices for sharding and timing"
+    )
+    p.add_argument(
+        "--tokens",
+        type=_token_count,
+        metavar="T",
+        help="training tokens for FLOPs and time (1e9, 2.5B); default: compute-optimal, 20/param",
+    )
+    from llmspec.estimate import DEFAULT_MFU, DEVICES
+
+    p.add_argument(
+        "--device",
+        choices=list(DEVICES),
+        help="device for the training time (peak dense bf16/fp16 FLOP/s): "
+        + ", ".join(f"{d.name} {d.peak_flops / 1e12:g}T" for d in DEVICES.values()),
+    )
+    p.add_argument(
+        "--mfu",
+        type=_mfu,
+        default=DEFAULT_MFU,
+        metavar="U",
+        help=f"model FLOPs utilization in (0, 1] (default {DEFAULT_MFU})",
+    )
+    p.add_argument(
+        "--plot", metavar="FILE", help="draw memory per device vs device count (1-64) as a PNG"
+    )
     p.add_argument("--json", action="store_true", help="print the estimate as JSON")
 
     p = verb(
@@ -231,6 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("embed", cmd_embed, "embed texts with an encoder artifact")
     add_embed_arguments(p)
+
+    p = verb("eval", cmd_eval, "the objective's loss (and perplexity, accuracy) on a corpus")
+    from llmspec.evaluate import add_eval_arguments
+
+    add_eval_arguments(p)
 
     p = verb("verify", cmd_verify, "re-check an artifact's files and its graphs' properties")
     from llmspec.verify import add_verify_arguments

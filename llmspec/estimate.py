@@ -11,7 +11,12 @@ anyone installs the compile extra. What it computes:
 * **training memory per device** for DDP, ZeRO-1/2/3 and FSDP, following Rajbhandari et al.
   2020 for model states (:func:`model_states_bytes`) and Korthikanti et al. 2022 for
   activations (:func:`layer_activation_bytes`);
-* **FLOPs per token**: 2 (forward) and 6 (training) per matrix-multiply parameter.
+* **FLOPs per token**: 2 (forward) and 6 (training) per matrix-multiply parameter;
+* the **training compute view** (:class:`TrainingCompute`): FLOPs for a token count, the
+  compute-optimal token count (20 per parameter) and, on a device from :data:`DEVICES` at an
+  assumed model FLOPs utilization (MFU), the training time;
+* **memory per device against device count** for each strategy (:func:`memory_by_gpus`),
+  drawn by :func:`plot_memory` (matplotlib, imported only there).
 
 References:
 
@@ -21,6 +26,10 @@ References:
   Transformer Models", https://arxiv.org/abs/2205.05198
 * FLOPs: Kaplan et al. 2020, "Scaling Laws for Neural Language Models", section 2.1,
   https://arxiv.org/abs/2001.08361
+* Compute-optimal tokens: Hoffmann et al. 2022, "Training Compute-Optimal Large Language
+  Models" (Chinchilla), https://arxiv.org/abs/2203.15556
+* MFU: Chowdhery et al. 2022, "PaLM: Scaling Language Modeling with Pathways", appendix B,
+  https://arxiv.org/abs/2204.02311
 * Quantization: ONNX Runtime's dynamic quantization (``quantize_dynamic``, int8) and
   ``MatMulNBits`` (int4), https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html
 
@@ -417,6 +426,143 @@ def _training_activations(spec: ModelSpec, batch_size: int, seq_len: int, recomp
 
 
 # ----------------------------------------------------------------------------------------
+# Compute and devices
+
+# Hoffmann et al. 2022 (table 3, and the 70B/1.4T-token Chinchilla): about 20 training tokens
+# per parameter for the least loss at a given compute. Their N counts every parameter,
+# embeddings included, so the compute-optimal count here is 20 x ParameterCount.total.
+TOKENS_PER_PARAMETER = 20
+DEFAULT_MFU = 0.4  # a good large-scale run; PaLM reports 46%, GPT-3 on V100s about 21%
+
+
+@dataclass(frozen=True)
+class Device:
+    """One accelerator: its peak dense matrix-multiply rate at ``precision`` (no 2:4 sparsity)
+    and, where it has its own, its memory."""
+
+    name: str
+    description: str
+    peak_flops: int  # FLOP/s
+    precision: str
+    memory_bytes: int | None = None
+
+
+# Vendor datasheet figures, dense (the datasheets also print twice these "with sparsity"):
+# * H100 SXM: 989 TFLOP/s bf16 tensor core, 80 GB HBM3
+#   (NVIDIA H100 Tensor Core GPU datasheet, https://www.nvidia.com/en-us/data-center/h100/)
+# * A100 SXM: 312 TFLOP/s bf16 tensor core, 80 GB HBM2e
+#   (NVIDIA A100 datasheet, https://www.nvidia.com/en-us/data-center/a100/)
+# * V100 SXM2: 125 TFLOP/s fp16 tensor core (no bf16), 32 GB HBM2
+#   (NVIDIA V100 datasheet, https://www.nvidia.com/en-us/data-center/v100/)
+# * L4: 121 TFLOP/s bf16 tensor core, 24 GB GDDR6
+#   (NVIDIA L4 datasheet, https://www.nvidia.com/en-us/data-center/l4/)
+# The CPUs are nominal machines, their peaks worked out from the vector units, fp32:
+# * cpu-avx512: 32 cores x 2.0 GHz x 64 FLOP/cycle (two 512-bit FMA units: 2 x 16 lanes x 2)
+# * cpu-avx2: 8 cores x 3.0 GHz x 32 FLOP/cycle (two 256-bit FMA units: 2 x 8 lanes x 2)
+DEVICES: dict[str, Device] = {
+    d.name: d
+    for d in (
+        Device("h100", "NVIDIA H100 SXM", 989 * 10**12, "bf16", 80 * 2**30),
+        Device("a100", "NVIDIA A100 SXM 80GB", 312 * 10**12, "bf16", 80 * 2**30),
+        Device("v100", "NVIDIA V100 SXM2 32GB", 125 * 10**12, "fp16", 32 * 2**30),
+        Device("l4", "NVIDIA L4", 121 * 10**12, "bf16", 24 * 2**30),
+        Device("cpu-avx512", "32-core AVX-512 CPU at 2.0 GHz", 32 * 2 * 10**9 * 64, "fp32"),
+        Device("cpu-avx2", "8-core AVX2 CPU at 3.0 GHz", 8 * 3 * 10**9 * 32, "fp32"),
+    )
+}
+
+
+def training_seconds(
+    flops: int, device: Device, *, gpus: int = 1, mfu: float = DEFAULT_MFU
+) -> float:
+    """Seconds to do ``flops`` on ``gpus`` devices, each at ``mfu`` of its peak: the model
+    FLOPs utilization (Chowdhery et al. 2022), the share of the peak that goes to the model's
+    own arithmetic. Communication is assumed hidden (perfect scaling across devices).
+
+    >>> round(training_seconds(989 * 10**12, DEVICES["h100"], mfu=0.5))
+    2
+    """
+    if not 0 < mfu <= 1:
+        raise ValueError(f"mfu must be in (0, 1], got {mfu}")
+    if gpus < 1:
+        raise ValueError(f"gpus must be at least 1, got {gpus}")
+    return flops / (gpus * device.peak_flops * mfu)
+
+
+@dataclass(frozen=True)
+class TrainingCompute:
+    """The training compute view: FLOPs for ``tokens`` (given, or else the compute-optimal
+    count) at 6 FLOPs per matrix-multiply parameter per token, and the time on a device.
+
+    ``matmul_parameters`` (:attr:`ParameterCount.matmul`) size the FLOPs, as for FLOPs per
+    token: ``flops = 6 x matmul_parameters x tokens``. ``parameters`` (all of them, embeddings
+    included, as Hoffmann et al. count) size the compute-optimal count: ``20 x parameters``.
+    """
+
+    parameters: int
+    matmul_parameters: int
+    compute_optimal_tokens: int
+    tokens: int
+    tokens_given: bool  # False: ``tokens`` is the compute-optimal count
+    device: Device | None
+    mfu: float
+    gpus: int
+
+    @property
+    def flops(self) -> int:
+        return 6 * self.matmul_parameters * self.tokens
+
+    @property
+    def compute_optimal_flops(self) -> int:
+        return 6 * self.matmul_parameters * self.compute_optimal_tokens
+
+    @property
+    def seconds(self) -> float | None:
+        """Training time for ``tokens`` on ``gpus`` devices; None without a device."""
+        if self.device is None:
+            return None
+        return training_seconds(self.flops, self.device, gpus=self.gpus, mfu=self.mfu)
+
+    def to_json(self) -> dict[str, Any]:
+        device = self.device
+        return {
+            "parameters": self.parameters,
+            "matmul_parameters": self.matmul_parameters,
+            "tokens_per_parameter": TOKENS_PER_PARAMETER,
+            "compute_optimal_tokens": self.compute_optimal_tokens,
+            "compute_optimal_flops": self.compute_optimal_flops,
+            "tokens": self.tokens,
+            "tokens_source": "given" if self.tokens_given else "compute-optimal",
+            "flops": self.flops,
+            "device": None
+            if device is None
+            else {
+                "name": device.name,
+                "description": device.description,
+                "peak_flops": device.peak_flops,
+                "precision": device.precision,
+                "memory_bytes": device.memory_bytes,
+            },
+            "mfu": self.mfu,
+            "gpus": self.gpus,
+            "seconds": self.seconds,
+        }
+
+
+def human_duration(seconds: float) -> str:
+    """A duration in the largest unit that keeps it readable: ``31.2 minutes``, ``3.5 days``."""
+    for factor, unit, limit in (
+        (1, "seconds", 120),
+        (60, "minutes", 120 * 60),
+        (3600, "hours", 72 * 3600),
+        (86400, "days", 730 * 86400),
+    ):
+        if seconds < limit:
+            return f"{seconds / factor:.1f} {unit}"
+    return f"{seconds / (365.25 * 86400):.1f} years"
+
+
+# ----------------------------------------------------------------------------------------
 # The estimate
 
 
@@ -438,6 +584,7 @@ class Estimate:
     training: tuple[TrainingMemory, ...]  # per device, one per STRATEGIES entry
     forward_flops_per_token: int  # 2 x matmul parameters
     training_flops_per_token: int  # 6 x matmul parameters (forward + backward)
+    compute: TrainingCompute  # training FLOPs, compute-optimal tokens, time on a device
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict with stable keys: counts, bytes and FLOPs as integers."""
@@ -487,6 +634,7 @@ class Estimate:
                 "forward": self.forward_flops_per_token,
                 "training": self.training_flops_per_token,
             },
+            "compute": self.compute.to_json(),
         }
 
     def render(self) -> str:
@@ -563,7 +711,59 @@ class Estimate:
             f"training {human_flops(self.training_flops_per_token)} "
             f"(2 and 6 x {human_count(p.matmul)} matmul parameters)",
         ]
+        out += ["", *self._render_compute()]
         return "\n".join(out) + "\n"
+
+    def _render_compute(self) -> list[str]:
+        """The training compute section: label, right-aligned value, then a note."""
+        c = self.compute
+        rows = [
+            [
+                "compute-optimal tokens",
+                human_count(c.compute_optimal_tokens),
+                f"{TOKENS_PER_PARAMETER} per parameter x {human_count(c.parameters)} parameters "
+                "(Hoffmann et al. 2022)",
+            ],
+            ["compute-optimal FLOPs", human_flops(c.compute_optimal_flops), ""],
+        ]
+        if c.tokens_given:
+            rows.append(["tokens", human_count(c.tokens), "--tokens"])
+            rows.append(["training FLOPs", human_flops(c.flops), ""])
+        seconds = c.seconds
+        if c.device is not None and seconds is not None:
+            d = c.device
+            rows += [
+                [
+                    "device",
+                    f"{c.gpus} x {d.name}",
+                    f"{d.description}, {d.peak_flops / 1e12:g} TFLOP/s dense {d.precision} peak",
+                ],
+                [
+                    "MFU",
+                    f"{c.mfu:g}",
+                    f"{human_flops(round(c.gpus * d.peak_flops * c.mfu))}/s achieved in all",
+                ],
+                [
+                    "training time",
+                    human_duration(seconds),
+                    f"for the {'given' if c.tokens_given else 'compute-optimal'} "
+                    f"{human_count(c.tokens)} tokens",
+                ],
+            ]
+        widths = [max(len(r[i]) for r in rows) for i in range(2)]
+        out = [
+            f"Training compute (6 FLOPs per token x {human_count(c.matmul_parameters)} "
+            "matmul parameters)"
+        ]
+        out += [
+            f"  {r[0].ljust(widths[0])}  {r[1].rjust(widths[1])}  {r[2]}".rstrip() for r in rows
+        ]
+        if seconds is None:
+            out.append(
+                f"  training time: give --device ({', '.join(DEVICES)}) and --gpus, --mfu "
+                f"(default {DEFAULT_MFU})"
+            )
+        return out
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -587,8 +787,9 @@ def human_count(n: int) -> str:
 
 
 def human_flops(n: int) -> str:
-    """FLOPs with a decimal SI prefix: ``248.88 MFLOP``."""
-    for factor, prefix in ((10**12, "T"), (10**9, "G"), (10**6, "M"), (10**3, "K")):
+    """FLOPs with a decimal SI prefix: ``248.88 MFLOP``, up to zetta (``7.41 EFLOP``)."""
+    prefixes = ((10**21, "Z"), (10**18, "E"), (10**15, "P"), (10**12, "T"), (10**9, "G"))
+    for factor, prefix in (*prefixes, (10**6, "M"), (10**3, "K")):
         if abs(n) >= factor:
             return f"{n / factor:.2f} {prefix}FLOP"
     return f"{n} FLOP"
@@ -603,23 +804,35 @@ def human_bytes(n: int) -> str:
 
 
 def estimate(
-    spec: ModelSpec, *, batch_size: int = 1, seq_len: int | None = None, gpus: int = 1
+    spec: ModelSpec,
+    *,
+    batch_size: int = 1,
+    seq_len: int | None = None,
+    gpus: int = 1,
+    tokens: int | None = None,
+    device: str | None = None,
+    mfu: float = DEFAULT_MFU,
 ) -> Estimate:
     """Estimate a spec's parameters, memory and FLOPs for a workload.
 
     ``batch_size`` sequences of ``seq_len`` tokens (default: the spec's context_length; both
     the encoder and decoder length for encoder-decoder models) per device; ``gpus``
-    data-parallel devices for the training split (inference is for one replica). Raises
-    ValueError for a batch, length or device count below 1, or a length beyond the context
-    window.
+    data-parallel devices for the training split (inference is for one replica) and for the
+    training time. ``tokens`` to train on (default: the compute-optimal count), ``device`` (a
+    :data:`DEVICES` name, or None for no training time) and its ``mfu``. Raises ValueError for
+    a batch, length, device or token count below 1, a length beyond the context window, an
+    unknown device or an MFU outside (0, 1].
     """
     context = spec.context_length
     seq = context if seq_len is None else seq_len
-    problems = [
-        f"{name} must be at least 1, got {value}"
-        for name, value in (("batch_size", batch_size), ("seq_len", seq), ("gpus", gpus))
-        if value < 1
-    ]
+    counts = [("batch_size", batch_size), ("seq_len", seq), ("gpus", gpus)]
+    if tokens is not None:
+        counts.append(("tokens", tokens))
+    problems = [f"{name} must be at least 1, got {value}" for name, value in counts if value < 1]
+    if not 0 < mfu <= 1:
+        problems.append(f"mfu must be in (0, 1], got {mfu}")
+    if device is not None and device not in DEVICES:
+        problems.append(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
     if seq > context:
         problems.append(
             f"seq_len {seq} exceeds {spec.name}'s context_length {context}; "
@@ -675,4 +888,101 @@ def estimate(
         training=training,
         forward_flops_per_token=2 * params.matmul,
         training_flops_per_token=6 * params.matmul,
+        compute=TrainingCompute(
+            parameters=params.total,
+            matmul_parameters=params.matmul,
+            compute_optimal_tokens=TOKENS_PER_PARAMETER * params.total,
+            tokens=TOKENS_PER_PARAMETER * params.total if tokens is None else tokens,
+            tokens_given=tokens is not None,
+            device=None if device is None else DEVICES[device],
+            mfu=mfu,
+            gpus=gpus,
+        ),
     )
+
+
+# ----------------------------------------------------------------------------------------
+# Memory against device count
+
+PLOT_GPUS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+
+
+def memory_by_gpus(
+    spec: ModelSpec,
+    *,
+    batch_size: int = 1,
+    seq_len: int | None = None,
+    gpus: tuple[int, ...] = PLOT_GPUS,
+) -> dict[StrategyName, list[int]]:
+    """Training bytes per device (model states plus the micro-batch's activations, no
+    recomputation) for each strategy at each device count in ``gpus``."""
+    per_count = [estimate(spec, batch_size=batch_size, seq_len=seq_len, gpus=n) for n in gpus]
+    return {
+        name: [e.training[i].total for e in per_count] for i, (name, _) in enumerate(STRATEGIES)
+    }
+
+
+def plot_memory(
+    spec: ModelSpec,
+    *,
+    batch_size: int = 1,
+    seq_len: int | None = None,
+    device: str | None = None,
+) -> bytes:
+    """A PNG of :func:`memory_by_gpus` over 1 to 64 devices, one line per strategy, on log
+    axes; with a ``device`` that has its own memory, a line at that capacity. matplotlib
+    (the compile extra) is imported here only, with the Agg canvas (no display needed)."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    seq = spec.context_length if seq_len is None else seq_len
+    memory = memory_by_gpus(spec, batch_size=batch_size, seq_len=seq)
+    figure = Figure(figsize=(8, 5), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    styles = {
+        "ddp": ("o-", "tab:red"),
+        "zero-1": ("s-", "tab:orange"),
+        "zero-2": ("^-", "tab:green"),
+        "zero-3": ("D-", "tab:blue"),
+        "fsdp": ("x--", "black"),  # the same numbers as ZeRO-3: dashed over it
+    }
+    for name, values in memory.items():
+        marker, color = styles[name]
+        label = "fsdp (full shard = zero-3)" if name == "fsdp" else name
+        axes.plot(PLOT_GPUS, [v / 2**30 for v in values], marker, color=color, label=label)
+    if device is not None and DEVICES[device].memory_bytes is not None:
+        d = DEVICES[device]
+        capacity = (d.memory_bytes or 0) / 2**30
+        axes.axhline(capacity, color="gray", linestyle=":", linewidth=1.5)
+        axes.annotate(
+            f"{d.name} memory ({capacity:.0f} GiB)",
+            (PLOT_GPUS[0], capacity),
+            xytext=(2, 3),
+            textcoords="offset points",
+            color="dimgray",
+        )
+    axes.set_xscale("log", base=2)
+    axes.xaxis.set_major_locator(FixedLocator(PLOT_GPUS))
+    axes.xaxis.set_minor_locator(NullLocator())
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    axes.set_yscale("log")
+    plain = FuncFormatter(lambda y, _: f"{y:.3g}")
+    axes.yaxis.set_major_formatter(plain)
+    axes.yaxis.set_minor_formatter(plain)  # short ranges have few or no major (decade) ticks
+    axes.set_xlabel("data-parallel devices")
+    axes.set_ylabel("training memory per device (GiB)")
+    params = count_parameters(spec)
+    axes.set_title(
+        f"{spec.name}: {human_count(params.total)} parameters, micro-batch {batch_size} x {seq}, "
+        f"{spec.precision.dtype}, Adam\nmodel states + activations (no recomputation)",
+        fontsize=10,
+    )
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1), title="strategy")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()

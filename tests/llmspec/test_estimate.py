@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,15 +15,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmspec import ModelSpec, load_spec
+from llmspec.cli import main
 from llmspec.estimate import (
+    DEVICES,
+    PLOT_GPUS,
     PRECISIONS,
     STRATEGIES,
     count_parameters,
     estimate,
     human_bytes,
     human_count,
+    human_duration,
+    human_flops,
     layer_activation_bytes,
+    memory_by_gpus,
     model_states_bytes,
+    training_seconds,
 )
 
 # Real-size specs, written here so these tests pin the counting rules, not the example files.
@@ -564,6 +572,7 @@ def test_json_has_stable_keys_and_integer_numbers(text: str) -> None:
         "inference",
         "training",
         "flops_per_token",
+        "compute",
     ]
     assert data["inputs"] == {"batch_size": 2, "seq_len": 128, "gpus": 4}
     assert list(data["weights_bytes"]) == list(PRECISIONS)
@@ -576,6 +585,8 @@ def test_json_has_stable_keys_and_integer_numbers(text: str) -> None:
             return [v for value in node for v in numbers(value)]
         return [node] if isinstance(node, int | float) and not isinstance(node, bool) else []
 
+    floats = {"mfu": data["compute"].pop("mfu")}  # a ratio; seconds is None without a device
+    assert isinstance(floats["mfu"], float)
     assert all(isinstance(n, int) for n in numbers(data))
 
 
@@ -605,3 +616,192 @@ def test_human_bytes_uses_binary_units(n: int, shown: str) -> None:
 def test_estimating_does_not_import_torch() -> None:
     code = "import sys, llmspec.estimate; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# ----------------------------------------------------------------------------------------
+# Training compute: FLOPs for a token count, compute-optimal tokens, time on a device
+
+GPT2_TOTAL = 124_439_808
+GPT2_MATMUL = 12 * (4 * 768 * 768 + 2 * 768 * 3072) + 50257 * 768  # tied output included
+
+
+def test_training_flops_are_6_x_matmul_parameters_x_tokens() -> None:
+    compute = estimate(spec_of(GPT2_SMALL), tokens=10**9).compute
+    assert compute.matmul_parameters == GPT2_MATMUL == 123_532_032
+    assert compute.flops == 6 * 123_532_032 * 10**9 == 741_192_192 * 10**9
+    assert compute.tokens_given
+    # the same count as the per-token figure, times the tokens
+    assert compute.flops == estimate(spec_of(GPT2_SMALL)).training_flops_per_token * 10**9
+
+
+def test_compute_optimal_tokens_are_20_per_parameter_and_the_default_token_count() -> None:
+    compute = estimate(spec_of(GPT2_SMALL)).compute
+    assert compute.compute_optimal_tokens == 20 * GPT2_TOTAL == 2_488_796_160
+    assert compute.tokens == compute.compute_optimal_tokens and not compute.tokens_given
+    assert compute.compute_optimal_flops == 6 * GPT2_MATMUL * 2_488_796_160
+    assert compute.seconds is None  # no device, no time
+    given = estimate(spec_of(GPT2_SMALL), tokens=5).compute
+    assert given.compute_optimal_tokens == 2_488_796_160  # shown always
+
+
+def test_h100_at_mfu_0_4_trains_gpt2_small_on_1b_tokens_in_31_minutes() -> None:
+    # 741.19 PFLOP / (989 TFLOP/s x 0.4) = 7.41192192e17 / 3.956e14 = 1873.58997 s
+    compute = estimate(spec_of(GPT2_SMALL), tokens=10**9, device="h100").compute
+    assert compute.seconds == pytest.approx(1873.5899697, rel=1e-9)
+    assert human_duration(1873.5899697) == "31.2 minutes"
+    eight = estimate(spec_of(GPT2_SMALL), tokens=10**9, device="h100", gpus=8, mfu=0.5)
+    assert eight.compute.seconds == pytest.approx(7.41192192e17 / (8 * 989e12 * 0.5))
+
+
+def test_device_table_holds_the_vendor_dense_peaks() -> None:
+    peaks = {name: d.peak_flops for name, d in DEVICES.items()}
+    assert peaks["h100"] == 989 * 10**12
+    assert peaks["a100"] == 312 * 10**12
+    assert peaks["v100"] == 125 * 10**12
+    assert peaks["l4"] == 121 * 10**12
+    assert all(name.startswith("cpu-") for name in list(DEVICES)[4:])
+    assert training_seconds(312 * 10**12, DEVICES["a100"], mfu=1.0) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"mfu": 0.0}, r"mfu must be in \(0, 1\], got 0.0"),
+        ({"mfu": 1.5}, r"mfu must be in \(0, 1\], got 1.5"),
+        ({"device": "tpu"}, r"unknown device 'tpu'; choose one of: h100, a100, v100, l4"),
+        ({"tokens": 0}, r"tokens must be at least 1, got 0"),
+    ],
+)
+def test_bad_compute_arguments_raise_value_error(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        estimate(spec_of(GPT2_SMALL), **kwargs)
+
+
+def test_compute_json_keys() -> None:
+    data = estimate(spec_of(GPT2_SMALL), tokens=10**9, device="h100", gpus=2).to_json()
+    compute = data["compute"]
+    assert compute == {
+        "parameters": GPT2_TOTAL,
+        "matmul_parameters": GPT2_MATMUL,
+        "tokens_per_parameter": 20,
+        "compute_optimal_tokens": 20 * GPT2_TOTAL,
+        "compute_optimal_flops": 6 * GPT2_MATMUL * 20 * GPT2_TOTAL,
+        "tokens": 10**9,
+        "tokens_source": "given",
+        "flops": 6 * GPT2_MATMUL * 10**9,
+        "device": {
+            "name": "h100",
+            "description": "NVIDIA H100 SXM",
+            "peak_flops": 989 * 10**12,
+            "precision": "bf16",
+            "memory_bytes": 80 * 2**30,
+        },
+        "mfu": 0.4,
+        "gpus": 2,
+        "seconds": pytest.approx(1873.5899697 / 2),
+    }
+    assert json.loads(json.dumps(data)) == data
+
+
+def test_render_shows_the_compute_view() -> None:
+    text = estimate(spec_of(GPT2_SMALL), tokens=10**9, device="h100").render()
+    section = text.split("\nTraining compute")[1]
+    assert "2.49 B" in section and "Hoffmann et al. 2022" in section
+    assert "741.19 PFLOP" in section
+    assert "31.2 minutes" in section and "1 x h100" in section
+    bare = estimate(spec_of(GPT2_SMALL)).render()
+    assert "give --device (h100, a100, v100, l4" in bare
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(59, "59.0 seconds"), (3600, "60.0 minutes"), (86400, "24.0 hours"), (1e8, "3.2 years")],
+)
+def test_human_duration(seconds: float, shown: str) -> None:
+    assert human_duration(seconds) == shown
+
+
+def test_human_flops_reaches_exa() -> None:
+    assert human_flops(741_192_192 * 10**9) == "741.19 PFLOP"
+    assert human_flops(1_840_000_000_000_000_000) == "1.84 EFLOP"
+    assert human_flops(248_880_000) == "248.88 MFLOP"
+
+
+def test_memory_by_gpus_matches_the_estimate_at_each_device_count() -> None:
+    spec = spec_of(TINYLLAMA)
+    memory = memory_by_gpus(spec, batch_size=1, seq_len=256)
+    assert list(memory) == [name for name, _ in STRATEGIES]
+    assert PLOT_GPUS == (1, 2, 4, 8, 16, 32, 64)
+    for i, n in enumerate(PLOT_GPUS):
+        est = estimate(spec, seq_len=256, gpus=n)
+        assert [memory[t.strategy][i] for t in est.training] == [t.total for t in est.training]
+    assert len(set(memory["ddp"])) == 1  # DDP replicates: no saving from more devices
+    assert memory["fsdp"] == memory["zero-3"]
+    assert memory["zero-3"][-1] < memory["zero-2"][-1] < memory["zero-1"][-1] < memory["ddp"][-1]
+
+
+# ----------------------------------------------------------------------------------------
+# The estimate verb: compute flags, usage errors, the memory plot
+
+TINY_SPEC = Path(__file__).resolve().parents[2] / "specs" / "tiny-decoder.yaml"
+
+
+def test_estimate_verb_json_has_the_compute_view(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["estimate", str(TINY_SPEC), "--tokens", "2.5M", "--device", "a100", "--gpus", "4"]
+    assert main([*argv, "--mfu", "0.5", "--json"]) == 0
+    compute = json.loads(capsys.readouterr().out)["compute"]
+    assert compute["tokens"] == 2_500_000 and compute["tokens_source"] == "given"
+    assert compute["device"]["name"] == "a100" and compute["mfu"] == 0.5
+    assert compute["seconds"] == pytest.approx(compute["flops"] / (4 * 312e12 * 0.5))
+    assert main(["estimate", str(TINY_SPEC), "--json"]) == 0
+    compute = json.loads(capsys.readouterr().out)["compute"]
+    assert compute["tokens"] == compute["compute_optimal_tokens"] == 20 * compute["parameters"]
+    assert compute["device"] is None and compute["seconds"] is None
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--mfu", "0"], "must be in (0, 1], got 0"),
+        (["--mfu", "1.01"], "must be in (0, 1], got 1.01"),
+        (["--mfu", "lots"], "expected a number in (0, 1]"),
+        (["--device", "tpu-v5"], "invalid choice: 'tpu-v5' (choose from"),
+        (["--tokens", "0"], "must be a whole number of at least 1"),
+        (["--tokens", "many"], "expected a token count"),
+    ],
+)
+def test_bad_compute_flags_are_usage_errors(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["estimate", str(TINY_SPEC), *flags])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and message in err
+    if "--device" in flags:
+        assert all(name in err for name in DEVICES)
+
+
+def test_estimate_verb_writes_the_memory_plot_atomically(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmspec import files
+
+    written: list[tuple[Path, bytes]] = []
+    real = files.write_atomic
+
+    def spy(path: Path, data: str | bytes) -> Path:
+        assert isinstance(data, bytes)
+        written.append((Path(path), data))
+        return real(path, data)
+
+    monkeypatch.setattr(files, "write_atomic", spy)
+    target = tmp_path / "memory.png"
+    argv = ["estimate", str(TINY_SPEC), "--plot", str(target), "--device", "l4", "--json"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    json.loads(out)  # the plot does not disturb the JSON on stdout
+    assert f"wrote {target}" in err
+    assert written == [(target, target.read_bytes())]
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["memory.png"]  # no temporary left
