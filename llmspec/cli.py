@@ -184,6 +184,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return eval_command(args)
 
 
+def cmd_attention(args: argparse.Namespace) -> int:
+    from llmspec.attention import attention_command
+
+    return attention_command(args)
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -316,6 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     from llmspec.evaluate import add_eval_arguments
 
     add_eval_arguments(p)
+
+    p = verb("attention", cmd_attention, "draw a model's attention weights on a text as heat maps")
+    from llmspec.attention import add_attention_arguments
+
+    add_attention_arguments(p)
 
     p = verb("verify", cmd_verify, "re-check an artifact's files and its graphs' properties")
     from llmspec.verify import add_verify_arguments
