@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 DEMO ?= out/demo
 WITH_STDLIB = STDLIB=$$($(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['stdlib'])");
 CORPUS = $$STDLIB/json $$STDLIB/email $$STDLIB/logging $$STDLIB/collections
-TRAIN = --steps 300 --lr 3e-3 --warmup 30
+TRAIN = --steps 500 --lr 3e-3 --warmup 30
 
 demo: $(STAMP)
 	$(BIN)/llmspec validate specs/*.yaml
@@ -27,8 +27,8 @@ demo: $(STAMP)
 	$(WITH_STDLIB) $(BIN)/llmspec train specs/tiny-decoder.yaml --data $(CORPUS) \
 		-o $(DEMO)/decoder/run $(TRAIN) --batch-size 8 --seq-len 256
 	$(BIN)/llmspec export $(DEMO)/decoder/run -o $(DEMO)/decoder/artifact
-	$(BIN)/llmspec generate $(DEMO)/decoder/artifact --max-new-tokens 300 --seed 0 \
-		--prompt "import os$$(printf '\n\n')def "
+	$(BIN)/llmspec generate $(DEMO)/decoder/artifact --max-new-tokens 200 --seed 0 \
+		--prompt "    def __init__(self"
 	@echo "loss curve: $(DEMO)/decoder/run/loss.png"
 
 # The same for the tiny encoder (masked LM, then fill-mask) and the tiny T5 (span corruption).
