@@ -35,7 +35,7 @@ demo: $(STAMP)
 demo-encoder: $(STAMP)
 	rm -rf $(DEMO)/encoder
 	$(WITH_STDLIB) $(BIN)/llmspec train specs/tiny-encoder.yaml --data $(CORPUS) \
-		-o $(DEMO)/encoder/run $(TRAIN) --batch-size 16 --seq-len 128
+		-o $(DEMO)/encoder/run $(TRAIN) --steps 2000 --batch-size 16 --seq-len 128
 	$(BIN)/llmspec export $(DEMO)/encoder/run -o $(DEMO)/encoder/artifact
 	$(BIN)/llmspec fill-mask $(DEMO)/encoder/artifact "    def __init__(se[MASK]f):"
 	@echo "loss curve: $(DEMO)/encoder/run/loss.png"
@@ -43,7 +43,7 @@ demo-encoder: $(STAMP)
 demo-t5: $(STAMP)
 	rm -rf $(DEMO)/t5
 	$(WITH_STDLIB) $(BIN)/llmspec train specs/tiny-t5.yaml --data $(CORPUS) \
-		-o $(DEMO)/t5/run $(TRAIN) --batch-size 16 --seq-len 128
+		-o $(DEMO)/t5/run $(TRAIN) --steps 2000 --batch-size 16 --seq-len 128
 	$(BIN)/llmspec export $(DEMO)/t5/run -o $(DEMO)/t5/artifact
 	$(BIN)/llmspec generate $(DEMO)/t5/artifact --max-new-tokens 40 \
 		--prompt "    def __init__(self<extra_id_0>):<extra_id_1> = None"
