@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from llmspec.arguments import positive
 from llmspec.errors import SpecError
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE = 0, 1, 2
@@ -190,16 +191,6 @@ def cmd_attention(args: argparse.Namespace) -> int:
     return attention_command(args)
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _token_count(text: str) -> int:
     """A token count: ``1000000``, ``1e9`` or with a decimal suffix, ``300M``, ``2.5B``, ``1T``."""
     scale = {"K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}.get(text[-1:].upper(), 1)
@@ -250,12 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("estimate", cmd_estimate, "parameters, memory and FLOPs of a spec (no torch)")
     p.add_argument("spec", metavar="SPEC")
-    p.add_argument("--batch-size", type=_positive, default=1, metavar="B")
+    p.add_argument("--batch-size", type=positive, default=1, metavar="B")
     p.add_argument(
-        "--seq-len", type=_positive, default=None, metavar="S", help="default: context length"
+        "--seq-len", type=positive, default=None, metavar="S", help="default: context length"
     )
     p.add_argument(
-        "--gpus", type=_positive, default=1, metavar="N", help="devices for sharding and timing"
+        "--gpus", type=positive, default=1, metavar="N", help="devices for sharding and timing"
     )
     p.add_argument(
         "--tokens",

@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from llmspec.arguments import non_negative, positive
 from llmspec.objectives import IGNORE, Features, ObjectiveError, TokenIds, make_collator
 from llmspec.spec import ModelSpec
 
@@ -353,22 +354,8 @@ def _exp(loss: float) -> float:
 # Command line
 
 
-def _whole(least: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < least:
-            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
-        return value
-
-    return parse
-
-
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``llmspec eval`` arguments."""
-    positive = _whole(1)
     parser.add_argument("artifact", metavar="ARTIFACT", help="an artifact directory")
     parser.add_argument(
         "--data",
@@ -394,7 +381,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "--batches", type=positive, metavar="N", help="at most N batches (default: all the data)"
     )
     parser.add_argument(
-        "--seed", type=_whole(0), default=0, metavar="S", help="seed of the masking (default 0)"
+        "--seed", type=non_negative, default=0, metavar="S", help="seed of the masking (default 0)"
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(

@@ -15,24 +15,9 @@ import json
 import sys
 from typing import Any
 
+from llmspec.arguments import non_negative, positive
+
 EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE = 0, 1, 2
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = _non_negative(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _device_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +28,7 @@ def _device_arguments(parser: argparse.ArgumentParser) -> None:
         help="where to run: CUDA when it really works (auto, the default), cuda, or cpu",
     )
     parser.add_argument(
-        "--threads", type=_positive, metavar="N", help="ONNX Runtime intra-op threads"
+        "--threads", type=positive, metavar="N", help="ONNX Runtime intra-op threads"
     )
 
 
@@ -63,9 +48,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         "'beam_search=4' (default: the artifact's generation.json)",
     )
     parser.add_argument(
-        "--max-new-tokens", type=_non_negative, metavar="N", help="default: generation.json's"
+        "--max-new-tokens", type=non_negative, metavar="N", help="default: generation.json's"
     )
-    parser.add_argument("--seed", type=_non_negative, metavar="S", help="seed for sampling")
+    parser.add_argument("--seed", type=non_negative, metavar="S", help="seed for sampling")
     parser.add_argument(
         "--stop", action="append", metavar="TEXT", help="stop at this text (repeatable)"
     )
@@ -78,7 +63,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         "--examples", metavar="FILE", help="JSONL examples with 'input' and 'output' keys"
     )
     shots.add_argument(
-        "--shots", type=_non_negative, metavar="K", help="examples to show (default: all)"
+        "--shots", type=non_negative, metavar="K", help="examples to show (default: all)"
     )
     shots.add_argument(
         "--template",
@@ -92,7 +77,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
 def add_fill_mask_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("artifact", metavar="ARTIFACT")
     parser.add_argument("text", metavar="TEXT", help="a text with one mask token, e.g. [MASK]")
-    parser.add_argument("--top-k", type=_positive, default=5, metavar="K", help="default 5")
+    parser.add_argument("--top-k", type=positive, default=5, metavar="K", help="default 5")
     parser.add_argument("--json", action="store_true", help="print the candidates as JSON")
     _device_arguments(parser)
 

@@ -79,6 +79,7 @@ from typing import Any
 
 import numpy as np
 
+from llmspec.arguments import non_negative, positive
 from llmspec.files import publish_directory, staging_directory, write_atomic
 from llmspec.loader import dump_spec, load_spec, spec_sha256
 from llmspec.objectives import (
@@ -1069,20 +1070,6 @@ class _Run:
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``llmspec train`` arguments."""
-
-    def whole(least: int) -> Callable[[str], int]:
-        def parse(text: str) -> int:
-            try:
-                value = int(text)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-            if value < least:
-                raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
-            return value
-
-        return parse
-
-    positive, non_negative = whole(1), whole(0)
 
     def rate(text: str) -> float:
         try:

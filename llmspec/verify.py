@@ -67,6 +67,7 @@ from typing import Any
 
 import numpy as np
 
+from llmspec.arguments import positive
 from runtime import artifact as fmt
 from runtime.artifact import ArtifactError, Manifest
 
@@ -1065,7 +1066,7 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("artifact", metavar="ARTIFACT", help="an artifact directory")
     parser.add_argument(
         "--examples",
-        type=_positive,
+        type=positive,
         default=DEFAULT_EXAMPLES,
         metavar="N",
         help=f"hypothesis examples per property (default {DEFAULT_EXAMPLES})",
@@ -1077,16 +1078,6 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
         help="where to run the graphs (default cpu; auto: CUDA when ONNX Runtime has it)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def verify_command(args: Any) -> int:
