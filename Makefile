@@ -18,14 +18,14 @@ $(STAMP): pyproject.toml constraints.txt
 DEMO ?= out/demo
 WITH_STDLIB = STDLIB=$$($(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['stdlib'])");
 CORPUS = $$STDLIB/json $$STDLIB/email $$STDLIB/logging $$STDLIB/collections
-TRAIN = --steps 500 --lr 3e-3 --warmup 30
+TRAIN = --lr 3e-3 --warmup 30
 
 demo: $(STAMP)
 	$(BIN)/llmspec validate specs/*.yaml
 	$(BIN)/llmspec estimate specs/tiny-decoder.yaml
 	rm -rf $(DEMO)/decoder
 	$(WITH_STDLIB) $(BIN)/llmspec train specs/tiny-decoder.yaml --data $(CORPUS) \
-		-o $(DEMO)/decoder/run $(TRAIN) --batch-size 8 --seq-len 256
+		-o $(DEMO)/decoder/run $(TRAIN) --steps 500 --batch-size 8 --seq-len 256
 	$(BIN)/llmspec export $(DEMO)/decoder/run -o $(DEMO)/decoder/artifact
 	$(BIN)/llmspec generate $(DEMO)/decoder/artifact --max-new-tokens 200 --seed 0 \
 		--prompt "    def __init__(self"
