@@ -24,3 +24,27 @@ def whole_number(least: int) -> Callable[[str], int]:
 
 positive = whole_number(1)
 non_negative = whole_number(0)
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--threads`` for the verbs that open ONNX Runtime sessions."""
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cuda", "cpu"],
+        default="auto",
+        help="where to run: CUDA when it really works (auto, the default), cuda, or cpu",
+    )
+    parser.add_argument(
+        "--threads", type=positive, metavar="N", help="ONNX Runtime intra-op threads"
+    )
+
+
+def add_data_argument(parser: argparse.ArgumentParser) -> None:
+    """``--data PATH...`` for the verbs that read a text corpus."""
+    parser.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="text files, or directories of them",
+    )

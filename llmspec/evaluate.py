@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from llmspec.arguments import non_negative, positive
+from llmspec.arguments import add_data_argument, add_device_arguments, non_negative, positive
 from llmspec.objectives import IGNORE, Features, ObjectiveError, TokenIds, make_collator
 from llmspec.spec import ModelSpec
 
@@ -357,13 +357,7 @@ def _exp(loss: float) -> float:
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``llmspec eval`` arguments."""
     parser.add_argument("artifact", metavar="ARTIFACT", help="an artifact directory")
-    parser.add_argument(
-        "--data",
-        nargs="+",
-        required=True,
-        metavar="PATH",
-        help="text files, or directories of them",
-    )
+    add_data_argument(parser)
     parser.add_argument(
         "--batch-size",
         type=positive,
@@ -384,15 +378,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "--seed", type=non_negative, default=0, metavar="S", help="seed of the masking (default 0)"
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument(
-        "--device",
-        choices=["auto", "cuda", "cpu"],
-        default="auto",
-        help="where to run: CUDA when it really works (auto, the default), cuda, or cpu",
-    )
-    parser.add_argument(
-        "--threads", type=positive, metavar="N", help="ONNX Runtime intra-op threads"
-    )
+    add_device_arguments(parser)
 
 
 def eval_command(args: argparse.Namespace) -> int:

@@ -129,35 +129,6 @@ def _tokenizer(src: Source, spec: ModelSpec) -> Any:
         raise ExportError(str(err)) from None
 
 
-def cuda_usable() -> bool:
-    """Whether ONNX Runtime can really run a graph on CUDA here (onnxruntime-gpu lists the CUDA
-    provider even on machines without a GPU, then silently falls back to the CPU)."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return False
-    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "probe",
-        [value],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    try:
-        session = ort.InferenceSession(
-            model.SerializeToString(),
-            options,
-            providers=["CUDAExecutionProvider"],
-        )
-    except Exception:  # no driver, no device: ONNX Runtime raises plain RuntimeErrors
-        return False
-    return "CUDAExecutionProvider" in session.get_providers()
-
-
 BF16_NEEDS_CUDA = (
     "bf16 graphs need the CUDA provider to be checked (ONNX Runtime's CPU provider has no bf16 "
     "kernels) and CUDA is not usable here; export fp16 or fp32 on this machine, or bf16 on one "
@@ -324,8 +295,12 @@ def export(
         raise ExportError(f"{target} exists and is not an artifact; refusing to replace it")
     src = resolve_source(source, weights)
     spec = _with_precision(src.spec, precision, quantize)
-    if spec.precision.dtype == "bf16" and not cuda_usable():
-        raise ExportError(BF16_NEEDS_CUDA)
+    if spec.precision.dtype == "bf16":
+        from runtime.session import cuda_status
+
+        usable, why = cuda_status()
+        if not usable:
+            raise ExportError(f"{BF16_NEEDS_CUDA} ({why})")
     from llmspec.builder import build
 
     say(f"building {spec.name} ({spec.architecture})")

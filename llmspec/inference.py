@@ -15,21 +15,9 @@ import json
 import sys
 from typing import Any
 
-from llmspec.arguments import non_negative, positive
+from llmspec.arguments import add_device_arguments, non_negative, positive
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE = 0, 1, 2
-
-
-def _device_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--device",
-        choices=["auto", "cuda", "cpu"],
-        default="auto",
-        help="where to run: CUDA when it really works (auto, the default), cuda, or cpu",
-    )
-    parser.add_argument(
-        "--threads", type=positive, metavar="N", help="ONNX Runtime intra-op threads"
-    )
 
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +59,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         help="layout of one example with {input} and {output} (default: 'Input: {input}\\n"
         "Output: {output}')",
     )
-    _device_arguments(parser)
+    add_device_arguments(parser)
 
 
 def add_fill_mask_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,7 +67,7 @@ def add_fill_mask_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("text", metavar="TEXT", help="a text with one mask token, e.g. [MASK]")
     parser.add_argument("--top-k", type=positive, default=5, metavar="K", help="default 5")
     parser.add_argument("--json", action="store_true", help="print the candidates as JSON")
-    _device_arguments(parser)
+    add_device_arguments(parser)
 
 
 def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,7 +81,7 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--normalize", action="store_true", help="scale each vector to norm 1")
     parser.add_argument("--json", action="store_true", help="print the vectors as JSON")
-    _device_arguments(parser)
+    add_device_arguments(parser)
 
 
 def _usage(verb: str, message: str) -> int:

@@ -79,7 +79,7 @@ from typing import Any
 
 import numpy as np
 
-from llmspec.arguments import non_negative, positive
+from llmspec.arguments import add_data_argument, non_negative, positive
 from llmspec.files import publish_directory, staging_directory, write_atomic
 from llmspec.loader import dump_spec, load_spec, spec_sha256
 from llmspec.objectives import (
@@ -1085,13 +1085,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SPEC_OR_DIR",
         help="a spec file, or a run or model directory to continue from",
     )
-    parser.add_argument(
-        "--data",
-        nargs="+",
-        required=True,
-        metavar="PATH",
-        help="text files, or directories of them",
-    )
+    add_data_argument(parser)
     parser.add_argument(
         "-o", "--output", required=True, metavar="RUN_DIR", help="the run directory"
     )
