@@ -23,6 +23,7 @@ gated) where the CUDA provider works.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -378,9 +379,7 @@ def _write_files(
     )
     write_atomic(staged / fmt.MODEL_CARD, _model_card(spec, manifest, generation))
     files = sorted(p for p in staged.iterdir() if p.is_file())
-    manifest = fmt.Manifest(
-        **{**manifest.__dict__, "files": {p.name: fmt.file_info(p) for p in files}}
-    )
+    manifest = dataclasses.replace(manifest, files={p.name: fmt.file_info(p) for p in files})
     write_atomic(staged / fmt.MANIFEST, manifest.to_json())
 
 

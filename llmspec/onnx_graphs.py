@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,7 +286,6 @@ def quiet() -> Any:
 def export_graph(plan: GraphPlan, directory: Path) -> Path:
     """Export one graph into ``directory`` (weights in ``<file>.data``); return its path."""
     path = directory / plan.file
-    os.environ.setdefault("TORCH_LOGS", "-all")
     try:
         with quiet(), torch.no_grad():
             torch.onnx.export(
