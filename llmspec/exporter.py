@@ -38,7 +38,6 @@ from llmspec import __version__
 from llmspec.files import publish_directory, staging_directory, write_atomic
 from llmspec.loader import dump_spec, load_spec, spec_sha256
 from llmspec.onnx_graphs import (
-    OPSET,
     ExportError,
     export_graph,
     graph_info,
@@ -180,7 +179,7 @@ def _export_graphs(
     """Export, fuse (see :mod:`llmspec.optimize`) and, if asked, quantize the graphs.
 
     Returns the graph paths and each graph's fused-operator counts."""
-    from llmspec.optimize import optimize_graph
+    from llmspec.optimize import fuse_attention_file, optimize_graph
 
     precision, quantize = spec.precision.dtype, spec.precision.quantize
     fusions: dict[str, dict[str, int]] = {}
@@ -192,7 +191,7 @@ def _export_graphs(
             say(f"exporting {plan.file} ({precision})")
             path = export_graph(plan, staged)
             with quiet():
-                fusions[plan.file] = optimize_graph(path, spec)
+                fusions[plan.file] = _fused(optimize_graph(path, spec), fuse_attention_file(path))
             paths.append(path)
         return paths, fusions
     from llmspec.quantize import quantize_int4, quantize_int8
@@ -211,9 +210,23 @@ def _export_graphs(
                 quantize_int8(fp32, target)
             else:
                 quantize_int4(fp32, target, spec.precision.block_size)
+            fusions[plan.file] = _fused(fusions[plan.file], fuse_attention_file(target))
         paths.append(target)
     shutil.rmtree(scratch)
     return paths, fusions
+
+
+def _opset(path: Path) -> int:
+    """The default-domain opset a graph file imports (23 where attention was fused)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _fused(counts: dict[str, int], attention: int) -> dict[str, int]:
+    """The optimizer's fusion counts with the attention fusion's, if any, in name order."""
+    return dict(sorted({**counts, "Attention": attention}.items())) if attention else counts
 
 
 def _cast(model: torch.nn.Module, precision: str) -> torch.nn.Module:
@@ -365,7 +378,7 @@ def _write_files(
         spec_sha256=spec_sha256(spec),
         precision=spec.precision.dtype,
         quantize=spec.precision.quantize,
-        opset=OPSET,
+        opset=max(_opset(path) for path in graphs),
         vocab_size=spec.vocabulary.size,
         context_length=spec.context_length,
         layers=spec.num_decoder_layers or spec.layers,

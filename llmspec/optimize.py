@@ -10,7 +10,8 @@ Runtime applies its own graph optimizations when a session opens.
 The counts of each fusion go into the manifest; tests pin the counts expected for the example
 specs, so a change in the exported patterns (a new torch version, a template change) is noticed
 rather than silently making the graphs slower. Attention fusion does not match the dynamo
-exporter's attention pattern; it is not counted on.
+exporter's attention pattern; it is not counted on: :mod:`llmspec.attention_fusion` fuses
+attention into ONNX's own ``Attention`` operator afterwards (:func:`fuse_attention_file`).
 """
 
 from __future__ import annotations
@@ -40,3 +41,20 @@ def optimize_graph(path: Path, spec: ModelSpec) -> dict[str, int]:
     data.unlink(missing_ok=True)
     model.save_model_to_file(str(path), use_external_data_format=True, all_tensors_to_one_file=True)
     return dict(sorted(counts.items()))
+
+
+def fuse_attention_file(path: Path) -> int:
+    """Fuse ``path``'s attention sub-graphs in place (see :mod:`llmspec.attention_fusion`);
+    return how many were fused. Runs last, on the final (possibly quantized) graph: ONNX
+    Runtime's quantizers know a contrib ``Attention`` by the same name and would misread ours."""
+    import onnx
+    import onnx_ir as ir
+
+    from llmspec.attention_fusion import fuse_attention
+    from llmspec.quantize import save_graph
+
+    model = ir.from_proto(onnx.load(str(path), load_external_data=True))
+    fused = fuse_attention(model)
+    if fused:
+        save_graph(ir.to_proto(model), path)
+    return fused

@@ -57,11 +57,11 @@ def untie_output(path: Path) -> int:
         ]
         del graph.node[:]
         graph.node.extend(kept)
-        _save(model, path)
+        save_graph(model, path)
     return untied
 
 
-def _save(model: onnx.ModelProto, path: Path) -> None:
+def save_graph(model: onnx.ModelProto, path: Path) -> None:
     data = path.with_name(path.name + ".data")
     data.unlink(missing_ok=True)
     onnx.save_model(
@@ -104,7 +104,7 @@ def quantize_int4(source: Path, target: Path, block_size: int) -> None:
     )
     quantizer = MatMulNBitsQuantizer(model, algo_config=config)
     quantizer.process()
-    _save(quantizer.model.model, target)
+    save_graph(quantizer.model.model, target)
 
 
 def count_ops(path: Path) -> dict[str, int]:

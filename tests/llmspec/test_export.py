@@ -230,17 +230,26 @@ def test_cli_export_reports_bad_inputs_with_exit_one(tmp_path, capsys):
 
 
 # The fusions ONNX Runtime's transformer optimizer finds in each family's graphs, per layer
-# count L. A change here means the exported patterns changed: look before updating.
+# count L, and the attention sub-graphs fused into ONNX's Attention (llmspec.attention_fusion):
+# every one except T5's self-attention, whose relative position bias is added to the scores.
+# A change here means the exported patterns changed: look before updating.
 EXPECTED_FUSIONS = {
     # pre-norm LayerNorm: two per layer and the final norm; tanh GELU once per layer
-    "tiny-gpt": {"decoder.onnx": {"FastGelu": 2, "SkipLayerNormalization": 2 * 2 + 1}},
+    "tiny-gpt": {
+        "decoder.onnx": {"Attention": 2, "FastGelu": 2, "SkipLayerNormalization": 2 * 2 + 1}
+    },
     # RMSNorm: the first norm stands alone, the others follow a residual add
     "tiny-decoder": {
-        "decoder.onnx": {"SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 8}
+        "decoder.onnx": {
+            "Attention": 4,
+            "SimplifiedLayerNormalization": 1,
+            "SkipSimplifiedLayerNormalization": 8,
+        }
     },
     # BERT: embeddings + norm, post-norm after each residual, bias+GELU in layers and head
     "tiny-encoder": {
         "encoder.onnx": {
+            "Attention": 2,
             "BiasGelu": 2 + 1,
             "EmbedLayerNormalization": 1,
             "LayerNormalization": 1,
@@ -254,14 +263,25 @@ EXPECTED_FUSIONS = {
             "SkipSimplifiedLayerNormalization": 2 * 2,
         },
         "decoder.onnx": {
+            "Attention": 2,  # cross-attention only
             "FastGelu": 2,
             "SimplifiedLayerNormalization": 1,
             "SkipSimplifiedLayerNormalization": 3 * 2,
         },
     },
     "tiny-bart": {
-        "encoder.onnx": {"BiasGelu": 2, "EmbedLayerNormalization": 1, "SkipLayerNormalization": 4},
-        "decoder.onnx": {"BiasGelu": 3, "EmbedLayerNormalization": 1, "SkipLayerNormalization": 9},
+        "encoder.onnx": {
+            "Attention": 2,
+            "BiasGelu": 2,
+            "EmbedLayerNormalization": 1,
+            "SkipLayerNormalization": 4,
+        },
+        "decoder.onnx": {
+            "Attention": 3 * 2,
+            "BiasGelu": 3,
+            "EmbedLayerNormalization": 1,
+            "SkipLayerNormalization": 9,
+        },
     },
 }
 

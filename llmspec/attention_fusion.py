@@ -1,0 +1,323 @@
+"""Fusing each exported attention sub-graph into one ONNX ``Attention`` node (opset 23).
+
+The generated models spell attention out (see ``codegen/templates/attention.jinja``): append the
+new keys and values to the cache, repeat key/value heads for grouped-query attention, scale
+``q @ k^T``, replace masked scores with the dtype's minimum, softmax, multiply by the values.
+Exported as is, that is a dozen nodes per layer, and on every decode step ONNX Runtime
+materializes the repeated keys and values (``nh / nkv`` copies of the whole cache), the score
+tensor four times and the concatenated cache. The standard ``Attention`` operator (ONNX opset
+23) does all of it in one kernel on CPU and CUDA: grouped heads without copies, the boolean
+mask, the past and present cache of the graph contract (``[batch, kv_heads, length,
+head_dim]``, present = past followed by the new positions).
+
+The pass is a pattern match on the exported graph, not on the model: a sub-graph is replaced
+only when every piece is exactly what the templates produce, and anything else (ALiBi or T5
+position biases added to the scores, unknown shapes) is left alone and still runs correctly,
+only slower. The export parity gate runs on the fused graph, so a fusion that changed the
+numbers fails the export.
+
+Masked positions: by the ONNX definition, ``Attention`` adds ``-inf`` where a boolean mask is
+False, so a query whose keys are all masked (a left-padding position) would produce NaN, which
+would then flow into the cache and, multiplied by a zero weight, into real positions (ONNX
+Runtime's CPU kernel happens to use the lowest float instead, other backends need not). The
+fused node is therefore given an additive float mask holding the dtype's lowest value where the
+boolean mask is False, computed once per graph: every row stays finite on every backend, and
+padding queries attend uniformly, as with the template's ``masked_fill``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.convenience import get_const_tensor
+from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+ATTENTION_OPSET = 23
+
+
+@dataclass
+class _Match:
+    """One attention sub-graph, by the values the fused node needs and the ones it replaces."""
+
+    query: ir.Value
+    key: ir.Value  # the new keys, (B, kv_heads, S, hs)
+    value: ir.Value
+    past_key: ir.Value | None
+    past_value: ir.Value | None
+    present_key: ir.Value | None  # the Concat outputs the fused node takes over
+    present_value: ir.Value | None
+    mask: ir.Value  # bool, True where a query may see a key
+    scale: float
+    output: ir.Value  # probs @ v, (B, heads, S, hs)
+    anchor: ir.Node  # the last node of the sub-graph: the fused node goes before it
+    before: ir.Node | None = None  # a node the fused one needs, inserted before it
+
+
+def _producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
+    if value is None:
+        return None
+    node = value.producer()
+    if node is None or node.op_type != op_type or node.domain not in ("", "ai.onnx"):
+        return None
+    return node
+
+
+def _constant(value: ir.Value | None) -> np.ndarray | None:
+    if value is None:
+        return None
+    tensor = get_const_tensor(value)
+    return None if tensor is None else tensor.numpy()
+
+
+def _ints(node: ir.Node, name: str) -> tuple[int, ...] | None:
+    attribute = node.attributes.get(name)
+    return None if attribute is None else tuple(attribute.as_ints())
+
+
+def _skip_cast(value: ir.Value | None) -> ir.Value | None:
+    """The input of a Cast (the templates' softmax runs in float32), or the value itself."""
+    node = _producer(value, "Cast")
+    return node.inputs[0] if node is not None else value
+
+
+def _unrepeat(value: ir.Value | None) -> ir.Value | None:
+    """The key/value heads before ``repeat_interleave`` over the head axis, or the value itself.
+
+    torch exports ``x.repeat_interleave(r, dim=1)`` on (B, kv, T, hs) as
+    ``Reshape(Expand(Unsqueeze(x, 2), ...), (B, kv * r, T, hs))``: each key/value head is
+    repeated for consecutive query heads, which is the head grouping of ``Attention``."""
+    reshape = _producer(value, "Reshape")
+    expand = _producer(reshape.inputs[0] if reshape else None, "Expand")
+    unsqueeze = _producer(expand.inputs[0] if expand else None, "Unsqueeze")
+    if unsqueeze is None:
+        return value
+    axes = _constant(unsqueeze.inputs[1]) if len(unsqueeze.inputs) > 1 else None
+    if axes is None or axes.reshape(-1).tolist() != [2]:
+        return None  # some other broadcast: not ours to fuse
+    return unsqueeze.inputs[0]
+
+
+def _split_cache(value: ir.Value | None) -> tuple[ir.Value, ir.Value | None, ir.Value | None]:
+    """(new, past, present) for keys or values: ``present = Concat(past, new, axis=2)`` when a
+    cache is appended to, else the value is the new keys or values themselves."""
+    concat = _producer(value, "Concat")
+    assert value is not None
+    if concat is not None and len(concat.inputs) == 2 and concat.attributes.get_int("axis") == 2:
+        past, new = concat.inputs
+        if past is not None and past.is_graph_input() and new is not None:
+            return new, past, value
+    return value, None, None
+
+
+def _match(softmax: ir.Node) -> _Match | None:
+    """The attention sub-graph around ``softmax``, or None where it is not exactly ours."""
+    if softmax.attributes.get_int("axis", -1) not in (-1, 3):
+        return None
+    probs = softmax.outputs[0]
+    consumers = [node for node, _ in probs.uses()]
+    cast_back = consumers[0] if len(consumers) == 1 and consumers[0].op_type == "Cast" else None
+    if cast_back is not None:
+        probs = cast_back.outputs[0]
+        consumers = [node for node, _ in probs.uses()]
+    if (
+        len(consumers) != 1
+        or consumers[0].op_type != "MatMul"
+        or consumers[0].inputs[0] is not probs
+    ):
+        return None
+    weighted = consumers[0]
+    where = _producer(_skip_cast(softmax.inputs[0]), "Where")
+    if where is None:
+        return None
+    negated = _producer(where.inputs[0], "Not")
+    fill = _constant(where.inputs[1])
+    if negated is None or fill is None or fill.size != 1:
+        return None
+    scores = where.inputs[2]
+    scale = 1.0
+    multiply = _producer(scores, "Mul")
+    if multiply is not None:
+        factor = _constant(multiply.inputs[1])
+        if factor is None or factor.size != 1:
+            return None
+        scale, scores = float(factor.reshape(-1)[0]), multiply.inputs[0]
+    product = _producer(scores, "MatMul")
+    transpose = _producer(product.inputs[1] if product else None, "Transpose")
+    if product is None or transpose is None:
+        return None
+    perm = _ints(transpose, "perm")
+    if perm == (0, 2, 3, 1):  # (B, S, kv, hs) -> (B, kv, hs, S) in one step: no cache to append to
+        return _with_key_heads_first(product, transpose, where, negated, weighted, scale)
+    if perm != (0, 1, 3, 2):
+        return None
+    keys = _unrepeat(transpose.inputs[0])
+    values = _unrepeat(weighted.inputs[1])
+    if keys is None or values is None or product.inputs[0] is None:
+        return None
+    key, past_key, present_key = _split_cache(keys)
+    value, past_value, present_value = _split_cache(values)
+    if (past_key is None) != (past_value is None):
+        return None
+    mask = negated.inputs[0]
+    if mask is None or mask.dtype != ir.DataType.BOOL:
+        return None
+    return _Match(
+        query=product.inputs[0],
+        key=key,
+        value=value,
+        past_key=past_key,
+        past_value=past_value,
+        present_key=present_key,
+        present_value=present_value,
+        mask=mask,
+        scale=scale,
+        output=weighted.outputs[0],
+        anchor=weighted,
+    )
+
+
+def _with_key_heads_first(
+    product: ir.Node,
+    transpose: ir.Node,
+    where: ir.Node,
+    negated: ir.Node,
+    weighted: ir.Node,
+    scale: float,
+) -> _Match | None:
+    """The encoder form, where ONNX Runtime's optimizer merged the keys' two transposes: the
+    fused node gets the keys as (B, kv, S, hs) from one new Transpose."""
+    mask, query, value = negated.inputs[0], product.inputs[0], _unrepeat(weighted.inputs[1])
+    if mask is None or mask.dtype != ir.DataType.BOOL or query is None or value is None:
+        return None
+    if value.producer() is not None and _producer(value, "Concat") is not None:
+        return None
+    heads_first = ir.Node(
+        "", "Transpose", [transpose.inputs[0]], attributes=[ir.AttrInt64s("perm", [0, 2, 1, 3])]
+    )
+    return _Match(
+        query=query,
+        key=heads_first.outputs[0],
+        value=value,
+        past_key=None,
+        past_value=None,
+        present_key=None,
+        present_value=None,
+        mask=mask,
+        scale=scale,
+        output=weighted.outputs[0],
+        anchor=weighted,
+        before=heads_first,
+    )
+
+
+def _lowest(dtype: ir.DataType) -> float:
+    return float(np.finfo(dtype.numpy()).min)
+
+
+def fuse_attention(model: ir.Model) -> int:
+    """Replace every attention sub-graph the templates produce with one ``Attention`` node;
+    return how many were replaced. Raises the model's default opset to 23 when any was."""
+    graph = model.graph
+    matches = [m for node in list(graph) if node.op_type == "Softmax" for m in [_match(node)] if m]
+    if not matches:
+        return 0
+    additive: dict[tuple[str, ir.DataType], ir.Value] = {}
+    for match in matches:
+        dtype = match.output.dtype
+        assert dtype is not None
+        bias = additive.get((match.mask.name or "", dtype))
+        if bias is None:
+            bias = _additive_mask(graph, match.mask, dtype)
+            additive[(match.mask.name or "", dtype)] = bias
+        if _broadcasts_over_queries(match.mask):
+            bias = _expand_over_queries(graph, bias, match.query, match.anchor)
+        inputs: Sequence[ir.Value | None] = [match.query, match.key, match.value, bias]
+        if match.past_key is not None:
+            inputs = [*inputs, match.past_key, match.past_value]
+        fused = ir.Node(
+            "",
+            "Attention",
+            inputs,
+            attributes=[ir.AttrFloat32("scale", match.scale)],
+            num_outputs=3 if match.past_key is not None else 1,
+            name=f"{match.anchor.name}_attention",
+        )
+        if match.before is not None:
+            graph.insert_before(match.anchor, match.before)
+        graph.insert_before(match.anchor, fused)
+        _take_over(graph, match.output, fused.outputs[0])
+        if match.present_key is not None and match.present_value is not None:
+            _take_over(graph, match.present_key, fused.outputs[1])
+            _take_over(graph, match.present_value, fused.outputs[2])
+    RemoveUnusedNodesPass()(model)
+    graph.opset_imports[""] = max(graph.opset_imports.get("", 0), ATTENTION_OPSET)
+    model.opset_imports[""] = graph.opset_imports[""]
+    return len(matches)
+
+
+def _additive_mask(graph: ir.Graph, mask: ir.Value, dtype: ir.DataType) -> ir.Value:
+    """``Where(mask, 0, lowest)`` in ``dtype``, inserted right after the mask is produced."""
+    zero = _initializer(graph, f"{mask.name}_zero", np.zeros((), dtype.numpy()))
+    lowest = _initializer(graph, f"{mask.name}_lowest", np.array(_lowest(dtype), dtype.numpy()))
+    node = ir.Node("", "Where", [mask, zero, lowest], name=f"{mask.name}_additive")
+    node.outputs[0].name = f"{mask.name}_additive"
+    node.outputs[0].dtype = dtype
+    producer = mask.producer()
+    if producer is None:
+        graph.insert_before(next(iter(graph)), node)
+    else:
+        graph.insert_after(producer, node)
+    return node.outputs[0]
+
+
+def _broadcasts_over_queries(mask: ir.Value) -> bool:
+    """Whether the mask is (B, 1, 1, S), one row for every query (padding only)."""
+    shape = mask.shape
+    return shape is not None and len(shape) == 4 and shape[2] == 1
+
+
+def _expand_over_queries(
+    graph: ir.Graph, bias: ir.Value, query: ir.Value, anchor: ir.Node
+) -> ir.Value:
+    """``bias`` expanded to one row per query: ``Attention`` does not broadcast the mask's query
+    axis (ONNX Runtime 1.31 checks that it equals the query length)."""
+    ones = _initializer(graph, "attention_fusion_ones", np.ones(2, np.int64))
+    one = _initializer(graph, "attention_fusion_one", np.ones(1, np.int64))
+    queries = ir.Node(
+        "", "Shape", [query], attributes=[ir.AttrInt64("start", 2), ir.AttrInt64("end", 3)]
+    )
+    target = ir.Node(
+        "", "Concat", [ones, queries.outputs[0], one], attributes=[ir.AttrInt64("axis", 0)]
+    )
+    expand = ir.Node("", "Expand", [bias, target.outputs[0]])
+    if bias.dtype is not None:
+        expand.outputs[0].dtype = bias.dtype
+    for node in (queries, target, expand):
+        graph.insert_before(anchor, node)
+    return expand.outputs[0]
+
+
+def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    """The graph's initializer ``name``, registered with ``array`` if it is new."""
+    if name in graph.initializers:
+        return graph.initializers[name]
+    value = ir.Value(name=name, const_value=ir.tensor(array))
+    value.shape, value.dtype = ir.Shape(array.shape), ir.DataType.from_numpy(array.dtype)
+    graph.register_initializer(value)
+    return value
+
+
+def _take_over(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
+    """Make ``new`` stand for ``old`` everywhere, graph outputs (and their names) included."""
+    name, shape, dtype = old.name, old.shape, old.dtype
+    for index, output in enumerate(graph.outputs):
+        if output is old:
+            graph.outputs[index] = new
+    old.replace_all_uses_with(new)
+    old.name = None
+    new.name, new.shape = name, shape
+    if dtype is not None:
+        new.dtype = dtype
