@@ -361,6 +361,7 @@ def prepare(contestant: str, precision: str, device: str, key: str, setup_s: flo
     if contestant == "transformers":
         return Entry(contestant, precision, Path(sys.executable), HF, hf_footprint(precision))
     if contestant == "ours":
+        key = f"{key} {compiler_digest()}"
         cli = [sys.executable, "-m", "llmspec.cli"]
         imported = PEERS / "ours" / "import"
         command = [*cli, "import-hf", str(HF), "-o", str(imported), "--force"]
@@ -409,22 +410,38 @@ def prepare(contestant: str, precision: str, device: str, key: str, setup_s: flo
     return Entry(contestant, precision, python, target, onnx_footprint(target / graph))
 
 
+def compiler_digest() -> str:
+    """sha256 of llmspec's and codegen's sources: our artifacts are made again when the
+    compiler changes, not only when the model does."""
+    digest = hashlib.sha256()
+    for package in ("llmspec", "codegen"):
+        for path in sorted((ROOT / package).rglob("*")):
+            if path.suffix in (".py", ".jinja") and path.is_file():
+                digest.update(str(path.relative_to(ROOT)).encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def cache_bytes_per_token(dtype_bytes: int) -> int:
+    """KV cache bytes per token of context and per row: layers x (key, value) x kv heads x
+    head dim x the cache's dtype size."""
+    head_dim = LLAMA["hidden_size"] // LLAMA["num_attention_heads"]
+    return LLAMA["num_hidden_layers"] * 2 * LLAMA["num_key_value_heads"] * head_dim * dtype_bytes
+
+
 def onnx_footprint(graph: Path) -> Footprint:
-    """The weights one step reads (``decode.weight_bytes_per_step``) and the bytes per token
-    of the graph's cache inputs (``past*``: [batch, kv heads, past, head dim])."""
+    """The weights one step of ``graph`` reads (``decode.weight_bytes_per_step``) and its cache
+    per token, in the dtype of its ``past*`` inputs (their shapes are not always static:
+    the genai builder names the head dimension ``kv_cache_dim``)."""
     import onnx
 
     if not graph.is_file():
         raise PeerError(f"{graph} is missing: the export did not write it; delete its folder")
     model = onnx.load(str(graph), load_external_data=False)
     sizes = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2}
-    per_token = 0
-    for value in model.graph.input:
-        tensor = value.type.tensor_type
-        if value.name.startswith("past") and tensor.elem_type in sizes:
-            dims = [d.dim_value for d in tensor.shape.dim if d.HasField("dim_value")]
-            per_token += int(np.prod(dims)) * sizes[tensor.elem_type]
-    return Footprint(weight_bytes_per_step(graph), per_token)
+    cache = [v.type.tensor_type.elem_type for v in model.graph.input if v.name.startswith("past")]
+    if not cache or cache[0] not in sizes:
+        raise PeerError(f"{graph}: no float past* (KV cache) input; is it a decoder with a cache?")
+    return Footprint(weight_bytes_per_step(graph), cache_bytes_per_token(sizes[cache[0]]))
 
 
 def hf_footprint(precision: str) -> Footprint:
@@ -438,9 +455,7 @@ def hf_footprint(precision: str) -> Footprint:
         for name in tensors.keys():  # noqa: SIM118 (safe_open is no mapping)
             if name != "model.embed_tokens.weight":
                 weights += int(np.prod(tensors.get_slice(name).get_shape())) * size
-    head_dim = LLAMA["hidden_size"] // LLAMA["num_attention_heads"]
-    per_token = LLAMA["num_hidden_layers"] * 2 * LLAMA["num_key_value_heads"] * head_dim * size
-    return Footprint(weights, per_token)
+    return Footprint(weights, cache_bytes_per_token(size))
 
 
 # ----------------------------------------------------------------------------------------
@@ -460,10 +475,11 @@ def cuda_read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    # IR 9: what every ONNX Runtime since 1.15 reads (onnx itself writes a newer one).
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CUDAExecutionProvider"])
     count = int(gib * (1 << 30)) // 4
-    data = ort.OrtValue.ortvalue_from_shape_and_type([count], np.float32, "cuda", 0)
+    data = ort.OrtValue.ortvalue_from_numpy(np.ones(count, dtype=np.float32), "cuda", 0)
     binding = session.io_binding()
     binding.bind_ortvalue_input("x", data)
     binding.bind_output("y", "cuda")
@@ -634,7 +650,12 @@ def plot(runs: list[PeerRun], matrix: Matrix, device: str, path: Path) -> None:
             zorder=3,
         )
         axis.set_title(f"Llama 768x12 decode on {device}, batch {batch}, prompt {prompt}")
-        axis.set_xlabel("ms per step (one token per row; lower is better)")
+        for row, run in enumerate(chosen):
+            axis.annotate(
+                f" {run.ms_per_step:.1f}", (run.ms_per_step, row), va="center", fontsize=7
+            )
+        axis.set_xscale("log")  # peers differ by orders of magnitude; ratios read as distances
+        axis.set_xlabel("ms per step (one token per row; log scale, lower is better)")
         axis.invert_yaxis()
         axis.tick_params(axis="y", labelsize=7)
         if chosen:
