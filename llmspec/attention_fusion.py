@@ -248,10 +248,10 @@ def fuse_attention(model: ir.Model) -> int:
         if match.before is not None:
             graph.insert_before(match.anchor, match.before)
         graph.insert_before(match.anchor, fused)
-        _take_over(graph, match.output, fused.outputs[0])
+        take_over(graph, match.output, fused.outputs[0])
         if match.present_key is not None and match.present_value is not None:
-            _take_over(graph, match.present_key, fused.outputs[1])
-            _take_over(graph, match.present_value, fused.outputs[2])
+            take_over(graph, match.present_key, fused.outputs[1])
+            take_over(graph, match.present_value, fused.outputs[2])
     RemoveUnusedNodesPass()(model)
     graph.opset_imports[""] = max(graph.opset_imports.get("", 0), ATTENTION_OPSET)
     model.opset_imports[""] = graph.opset_imports[""]
@@ -310,7 +310,7 @@ def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     return value
 
 
-def _take_over(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
+def take_over(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
     """Make ``new`` stand for ``old`` everywhere, graph outputs (and their names) included."""
     name, shape, dtype = old.name, old.shape, old.dtype
     for index, output in enumerate(graph.outputs):

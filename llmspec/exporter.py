@@ -179,7 +179,7 @@ def _export_graphs(
     """Export, fuse (see :mod:`llmspec.optimize`) and, if asked, quantize the graphs.
 
     Returns the graph paths and each graph's fused-operator counts."""
-    from llmspec.optimize import fuse_attention_file, optimize_graph
+    from llmspec.optimize import fuse_attention_file, optimize_graph, pack_matmuls_file
 
     precision, quantize = spec.precision.dtype, spec.precision.quantize
     fusions: dict[str, dict[str, int]] = {}
@@ -191,7 +191,9 @@ def _export_graphs(
             say(f"exporting {plan.file} ({precision})")
             path = export_graph(plan, staged)
             with quiet():
-                fusions[plan.file] = _fused(optimize_graph(path, spec), fuse_attention_file(path))
+                counts = optimize_graph(path, spec)
+                packed = pack_matmuls_file(path)
+                fusions[plan.file] = _fused(counts, packed, fuse_attention_file(path))
             paths.append(path)
         return paths, fusions
     from llmspec.quantize import quantize_int4, quantize_int8
@@ -205,12 +207,13 @@ def _export_graphs(
         target = staged / plan.file
         say(f"quantizing {plan.file} to {quantize}")
         with quiet():
-            fusions[plan.file] = optimize_graph(fp32, spec)
+            counts = optimize_graph(fp32, spec)
+            packed = pack_matmuls_file(fp32)
             if quantize == "int8":
                 quantize_int8(fp32, target)
             else:
                 quantize_int4(fp32, target, spec.precision.block_size)
-            fusions[plan.file] = _fused(fusions[plan.file], fuse_attention_file(target))
+            fusions[plan.file] = _fused(counts, packed, fuse_attention_file(target))
         paths.append(target)
     shutil.rmtree(scratch)
     return paths, fusions
@@ -224,9 +227,11 @@ def _opset(path: Path) -> int:
     return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def _fused(counts: dict[str, int], attention: int) -> dict[str, int]:
-    """The optimizer's fusion counts with the attention fusion's, if any, in name order."""
-    return dict(sorted({**counts, "Attention": attention}.items())) if attention else counts
+def _fused(counts: dict[str, int], packed: int, attention: int) -> dict[str, int]:
+    """The optimizer's fusion counts with our own rewrites' (packed MatMuls, Attention), the
+    non-zero ones, in name order."""
+    ours = {"PackedMatMul": packed, "Attention": attention}
+    return dict(sorted({**counts, **{k: n for k, n in ours.items() if n}}.items()))
 
 
 def _cast(model: torch.nn.Module, precision: str) -> torch.nn.Module:

@@ -16,7 +16,9 @@ attention into ONNX's own ``Attention`` operator afterwards (:func:`fuse_attenti
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from llmspec.spec import ModelSpec
 
@@ -47,14 +49,28 @@ def fuse_attention_file(path: Path) -> int:
     """Fuse ``path``'s attention sub-graphs in place (see :mod:`llmspec.attention_fusion`);
     return how many were fused. Runs last, on the final (possibly quantized) graph: ONNX
     Runtime's quantizers know a contrib ``Attention`` by the same name and would misread ours."""
+    from llmspec.attention_fusion import fuse_attention
+
+    return _rewrite(path, fuse_attention)
+
+
+def pack_matmuls_file(path: Path) -> int:
+    """Pack the MatMuls of ``path`` that share their input, in place (see
+    :mod:`llmspec.matmul_packing`); return how many packed MatMuls were made. Runs before
+    quantization, so that a packed weight is quantized (and its input quantized) once."""
+    from llmspec.matmul_packing import pack_matmuls
+
+    return _rewrite(path, pack_matmuls)
+
+
+def _rewrite(path: Path, rewrite: Callable[[Any], int]) -> int:
     import onnx
     import onnx_ir as ir
 
-    from llmspec.attention_fusion import fuse_attention
     from llmspec.quantize import save_graph
 
     model = ir.from_proto(onnx.load(str(path), load_external_data=True))
-    fused = fuse_attention(model)
-    if fused:
+    changed = rewrite(model)
+    if changed:
         save_graph(ir.to_proto(model), path)
-    return fused
+    return changed

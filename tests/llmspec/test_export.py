@@ -231,17 +231,25 @@ def test_cli_export_reports_bad_inputs_with_exit_one(tmp_path, capsys):
 
 # The fusions ONNX Runtime's transformer optimizer finds in each family's graphs, per layer
 # count L, and the attention sub-graphs fused into ONNX's Attention (llmspec.attention_fusion):
-# every one except T5's self-attention, whose relative position bias is added to the scores.
+# every one except T5's self-attention, whose relative position bias is added to the scores;
+# and the MatMuls that read the same input packed into one (llmspec.matmul_packing): q|k|v,
+# gate|up of gated feed-forwards, every decoder layer's cross-attention k|v from the encoder.
 # A change here means the exported patterns changed: look before updating.
 EXPECTED_FUSIONS = {
     # pre-norm LayerNorm: two per layer and the final norm; tanh GELU once per layer
     "tiny-gpt": {
-        "decoder.onnx": {"Attention": 2, "FastGelu": 2, "SkipLayerNormalization": 2 * 2 + 1}
+        "decoder.onnx": {
+            "Attention": 2,
+            "FastGelu": 2,
+            "PackedMatMul": 2,
+            "SkipLayerNormalization": 2 * 2 + 1,
+        }
     },
     # RMSNorm: the first norm stands alone, the others follow a residual add
     "tiny-decoder": {
         "decoder.onnx": {
             "Attention": 4,
+            "PackedMatMul": 4 * 2,  # q|k|v and gate|up
             "SimplifiedLayerNormalization": 1,
             "SkipSimplifiedLayerNormalization": 8,
         }
@@ -253,18 +261,21 @@ EXPECTED_FUSIONS = {
             "BiasGelu": 2 + 1,
             "EmbedLayerNormalization": 1,
             "LayerNormalization": 1,
+            "PackedMatMul": 2,
             "SkipLayerNormalization": 2 * 2,
         }
     },
     "tiny-t5": {
         "encoder.onnx": {
             "FastGelu": 2,
+            "PackedMatMul": 2 * 2 + 1,  # q|k|v, wi_0|wi_1, then all cross k|v of the decoder
             "SimplifiedLayerNormalization": 1,
             "SkipSimplifiedLayerNormalization": 2 * 2,
         },
         "decoder.onnx": {
             "Attention": 2,  # cross-attention only
             "FastGelu": 2,
+            "PackedMatMul": 2 * 2,  # self q|k|v, wi_0|wi_1
             "SimplifiedLayerNormalization": 1,
             "SkipSimplifiedLayerNormalization": 3 * 2,
         },
@@ -274,12 +285,14 @@ EXPECTED_FUSIONS = {
             "Attention": 2,
             "BiasGelu": 2,
             "EmbedLayerNormalization": 1,
+            "PackedMatMul": 2 + 1,  # q|k|v per layer, the decoder's cross k|v
             "SkipLayerNormalization": 4,
         },
         "decoder.onnx": {
             "Attention": 3 * 2,
             "BiasGelu": 3,
             "EmbedLayerNormalization": 1,
+            "PackedMatMul": 3,  # self q|k|v
             "SkipLayerNormalization": 9,
         },
     },
@@ -291,4 +304,7 @@ def test_graphs_get_the_expected_fusions(tiny_artifact, name):
     manifest = fmt.read_manifest(tiny_artifact(name))
     assert manifest.fusions == EXPECTED_FUSIONS[name]
     for graph, fused in manifest.fusions.items():
-        assert set(fused) <= set(count_ops(tiny_artifact(name) / graph))
+        ops = count_ops(tiny_artifact(name) / graph)
+        packed = fused.pop("PackedMatMul", 0)  # a MatMul like the others, followed by a Split
+        assert set(fused) <= set(ops)
+        assert ops.get("Split", 0) >= packed

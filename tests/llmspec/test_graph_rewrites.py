@@ -1,0 +1,165 @@
+"""Our graph rewrites on exported graphs. The attention fusion (llmspec.attention_fusion): the
+fused graph computes what the exported one does, stays finite on padding, owns the cache
+outputs, and leaves other patterns alone. MatMul packing (llmspec.matmul_packing): the same
+numbers from fewer MatMuls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+import torch
+
+from llmspec.attention_fusion import ATTENTION_OPSET, fuse_attention
+from llmspec.builder import build
+from llmspec.loader import load_spec
+from llmspec.matmul_packing import pack_matmuls
+from llmspec.onnx_graphs import OPSET, export_graph, plan_graphs
+from llmspec.quantize import count_ops, save_graph
+from tests.conftest import SPECS
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """tiny-decoder's decoder graph as the exporter writes it (no optimizer) and fused."""
+    directory = tmp_path_factory.mktemp("fusion")
+    spec = load_spec(Path(SPECS) / "tiny-decoder.yaml")
+    torch.manual_seed(0)
+    (plan,) = plan_graphs(spec, build(spec).eval(), torch.float32)
+    plain = export_graph(plan, directory)
+    fused_dir = directory / "fused"
+    fused_dir.mkdir()
+    model = ir.from_proto(onnx.load(str(plain)))
+    count = fuse_attention(model)
+    fused = fused_dir / plain.name
+    save_graph(ir.to_proto(model), fused)
+    return spec, plain, fused, count
+
+
+def _session(path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _run_steps(session, spec, ids, mask, steps):
+    """Prefill then greedy steps; every output of every call."""
+    layers, kv, hs = spec.layers, spec.kv_heads, spec.head_dim
+    batch = ids.shape[0]
+    past = [np.zeros((batch, kv, 0, hs), np.float32) for _ in range(2 * layers)]
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+    results = []
+    for _ in range(steps):
+        feed = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+        for i in range(layers):
+            feed[f"past_key_values.{i}.key"] = past[2 * i]
+            feed[f"past_key_values.{i}.value"] = past[2 * i + 1]
+        out = session.run(None, feed)
+        results.append(out)
+        past = out[1:]
+        ids = out[0][:, -1].argmax(-1)[:, None].astype(np.int64)
+        mask = np.concatenate([mask, np.ones((batch, 1), np.int64)], axis=1)
+        positions = positions[:, -1:] + 1
+    return results
+
+
+def test_every_layer_is_fused_into_one_attention_node(exported):
+    spec, plain, fused, count = exported
+    assert count == spec.layers
+    ops = count_ops(fused)
+    assert ops["Attention"] == spec.layers
+    assert "Softmax" not in ops and "Expand" not in ops  # no score tensor, no repeated heads
+    assert count_ops(plain)["Softmax"] == spec.layers
+    model = onnx.load(str(fused), load_external_data=False)
+    default = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    assert default == [ATTENTION_OPSET] and OPSET < ATTENTION_OPSET
+    # the cache outputs are now the fused nodes' own, under the contract's names
+    producers = {out: node.op_type for node in model.graph.node for out in node.output}
+    assert all(producers[o.name] == "Attention" for o in model.graph.output[1:])
+
+
+def test_fused_graph_matches_the_export_on_left_padded_batches(exported):
+    spec, plain, fused, _ = exported
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, spec.vocabulary.size, (3, 9)).astype(np.int64)
+    mask = np.ones((3, 9), np.int64)
+    mask[1, :4] = 0
+    mask[2, :8] = 0  # one real token
+    reference = _run_steps(_session(plain), spec, ids, mask, steps=5)
+    candidate = _run_steps(_session(fused), spec, ids, mask, steps=5)
+    real = mask.astype(bool)
+    for step, (want, got) in enumerate(zip(reference, candidate, strict=True)):
+        assert all(np.isfinite(x).all() for x in got), "padding must not produce NaN or inf"
+        logits_want = want[0][real] if step == 0 else want[0]
+        logits_got = got[0][real] if step == 0 else got[0]
+        np.testing.assert_allclose(logits_got, logits_want, atol=1e-5, rtol=1e-5)
+        for cache_want, cache_got in zip(want[1:], got[1:], strict=True):
+            assert cache_got.shape == cache_want.shape
+            # real positions of the cache agree; padding positions hold whatever attention to
+            # nothing gives, and no real query ever sees them
+            keep = np.concatenate([real, np.ones((3, step), bool)], axis=1)
+            np.testing.assert_allclose(
+                cache_got.transpose(0, 2, 1, 3)[keep],
+                cache_want.transpose(0, 2, 1, 3)[keep],
+                atol=1e-5,
+                rtol=1e-5,
+            )
+
+
+def test_attention_with_an_added_position_bias_is_left_alone(tiny_artifact):
+    """T5 adds its relative position bias to the scores: not the pattern, so not fused, and the
+    artifact still passed the gate."""
+    artifact = tiny_artifact("tiny-t5")
+    assert count_ops(artifact / "encoder.onnx")["Softmax"] == 2  # two self-attention layers
+    assert "Attention" not in count_ops(artifact / "encoder.onnx")
+    decoder = count_ops(artifact / "decoder.onnx")
+    assert decoder["Softmax"] == 2 and decoder["Attention"] == 2  # self kept, cross fused
+
+
+def test_a_graph_without_the_pattern_is_returned_unchanged():
+    x = ir.Value(name="x", shape=ir.Shape([2, 3]), type=ir.TensorType(ir.DataType.FLOAT))
+    node = ir.Node("", "Softmax", [x], attributes=[ir.AttrInt64("axis", -1)])
+    node.outputs[0].name = "y"
+    graph = ir.Graph([x], node.outputs, nodes=[node], opset_imports={"": OPSET})
+    model = ir.Model(graph, ir_version=10)
+    assert fuse_attention(model) == 0
+    assert [n.op_type for n in model.graph] == ["Softmax"]
+    assert model.graph.opset_imports[""] == OPSET
+
+
+def _packed_copy(source, directory):
+    model = ir.from_proto(onnx.load(str(source)))
+    groups = pack_matmuls(model)
+    directory.mkdir()
+    target = directory / source.name
+    save_graph(ir.to_proto(model), target)
+    return target, groups
+
+
+def test_matmuls_sharing_their_input_are_packed(exported, tmp_path):
+    """tiny-decoder: per layer q|k|v and gate|up become one MatMul each; the attention output
+    projection, the down projection and the output head read their own inputs."""
+    spec, plain, _, _ = exported
+    packed, groups = _packed_copy(plain, tmp_path / "packed")
+    assert groups == 2 * spec.layers
+    before, after = count_ops(plain)["MatMul"], count_ops(packed)["MatMul"]
+    assert before - after == spec.layers * (3 - 1) + spec.layers * (2 - 1)
+    assert count_ops(packed)["Split"] >= groups
+
+
+def test_packed_graph_gives_the_same_numbers(exported, tmp_path):
+    spec, plain, _, _ = exported
+    packed, _ = _packed_copy(plain, tmp_path / "packed")
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, spec.vocabulary.size, (2, 6)).astype(np.int64)
+    mask = np.ones((2, 6), np.int64)
+    mask[0, :2] = 0
+    want = _run_steps(_session(plain), spec, ids, mask, steps=3)
+    got = _run_steps(_session(packed), spec, ids, mask, steps=3)
+    for step_want, step_got in zip(want, got, strict=True):
+        for a, b in zip(step_want, step_got, strict=True):
+            np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
