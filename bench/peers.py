@@ -60,7 +60,12 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+BENCH = Path(__file__).resolve().parent
+# Python puts a script's folder first on sys.path, where a benchmark named like a standard
+# module (bench/profile.py: `profile`, which cProfile imports) hides that module from every
+# import. Keep bench/ last: its modules (decode) still import, the standard ones win.
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != BENCH]
+sys.path.append(str(BENCH))
 
 from decode import GREEDY, TOP_P, Run, _cpu_name, read_bandwidth, weight_bytes_per_step  # noqa: E402
 
@@ -69,7 +74,7 @@ HF = PEERS / "hf"
 LOGS = PEERS / "logs"
 WORK = PEERS / "work"
 ENVS = ROOT / "bench" / ".envs"
-WORKER = Path(__file__).resolve().parent / "peers_worker.py"
+WORKER = BENCH / "peers_worker.py"
 CHAINS = [GREEDY, TOP_P]
 WORKER_TIMEOUT_S = 1800
 
@@ -394,20 +399,18 @@ def prepare(contestant: str, precision: str, device: str, key: str, setup_s: flo
         options = ["-p", precision, "-e", device]
         command = [str(python), "-m", "onnxruntime_genai.models.builder", "-i", str(HF)]
         command += ["-o", str(target), *options, "-c", str(cache)]
-        graph = "model.onnx"
     else:
         options = ["--task", "text-generation-with-past"]
         if device == "cuda":
             options += ["--dtype", "fp16", "--device", "cuda"]
         command = [str(python.with_name("optimum-cli")), "export", "onnx", "--model", str(HF)]
         command += [*options, str(target)]
-        graph = "model.onnx"
     made_from(
         target,
         f"{key} {' '.join(options)}",
         lambda: run_logged(command, log, f"the {contestant} model export", 1800),
     )
-    return Entry(contestant, precision, python, target, onnx_footprint(target / graph))
+    return Entry(contestant, precision, python, target, onnx_footprint(target / "model.onnx"))
 
 
 def compiler_digest() -> str:
@@ -520,7 +523,7 @@ def prompts_file(batch: int, length: int) -> Path:
 
 
 def run_cell(
-    entry: Entry, device: str, threads: int, batch: int, length: int, new: int
+    entry: Entry, device: str, threads: int, batch: int, length: int, matrix: Matrix
 ) -> dict[str, Any]:
     """One worker process: ``entry`` on one (batch, prompt) cell, both chains."""
     name = f"{entry.contestant}-{device}-{entry.precision}-b{batch}-p{length}"
@@ -533,7 +536,7 @@ def run_cell(
         "device": device,
         "threads": threads,
         "prompts": str(prompts_file(batch, length)),
-        "new_tokens": new,
+        "new_tokens": matrix.new_tokens,
         "chains": CHAINS,
         "result": str(result),
     }
@@ -555,10 +558,12 @@ def run_cell(
 # Report
 
 
-def roofline_ms(footprint: Footprint, batch: int, prompt: int, new: int, bandwidth: float) -> float:
+def roofline_ms(
+    footprint: Footprint, batch: int, prompt: int, matrix: Matrix, bandwidth: float
+) -> float:
     """Milliseconds to read a step's bytes: the weights, and every row's cache at the mean
     context length of the timed steps (prompt + new / 2)."""
-    cache = footprint.cache_bytes_per_token * batch * (prompt + new / 2)
+    cache = footprint.cache_bytes_per_token * batch * (prompt + matrix.new_tokens / 2)
     return 1000 * (footprint.weight_bytes + cache) / bandwidth
 
 
@@ -775,47 +780,41 @@ def main() -> int:
                 say(f"  FAILED: {err}")
                 failures.append(Failure(contestant, precision, str(err)))
                 continue
-            entries[f"{contestant} {precision}"] = {
-                "model": str(entry.model.relative_to(ROOT)),
-                "python": str(entry.python),
-                **asdict(entry.footprint),
-                **entry.facts,
-            }
+            facts = {"model": str(entry.model.relative_to(ROOT)), "python": str(entry.python)}
+            entries[f"{contestant} {precision}"] = facts | asdict(entry.footprint) | entry.facts
             for batch in matrix.batches:
                 for prompt in matrix.prompts:
                     try:
-                        result = run_cell(
-                            entry, device, args.threads, batch, prompt, matrix.new_tokens
-                        )
+                        result = run_cell(entry, device, args.threads, batch, prompt, matrix)
                     except PeerError as err:
                         say(f"  FAILED: {err}")
                         failures.append(Failure(contestant, precision, str(err)))
                         continue
                     results[(contestant, precision, batch, prompt)] = result
                     entries[f"{contestant} {precision}"].update(result["facts"])
-                    roofline = roofline_ms(
-                        entry.footprint, batch, prompt, matrix.new_tokens, bandwidth
-                    )
-                    for run in result["runs"]:
-                        runs.append(
-                            PeerRun(
-                                **run,
-                                prompt=prompt,
-                                new_tokens=matrix.new_tokens,
-                                peak_rss_mib=result["peak_rss_mib"],
-                                roofline_ms=roofline,
-                            )
+                    roofline = roofline_ms(entry.footprint, batch, prompt, matrix, bandwidth)
+                    cell = [
+                        PeerRun(
+                            **run,
+                            prompt=prompt,
+                            new_tokens=matrix.new_tokens,
+                            peak_rss_mib=result["peak_rss_mib"],
+                            roofline_ms=roofline,
                         )
-                    greedy = next(r for r in runs[-len(result["runs"]) :] if r.chain == GREEDY)
+                        for run in result["runs"]
+                    ]
+                    runs += cell
                     say(
-                        f"  batch {batch} prompt {prompt}: {greedy.ms_per_step:.1f} ms/step greedy "
-                        f"(roofline {roofline:.1f}), prefill {greedy.prefill_ms:.0f} ms, "
+                        f"  batch {batch} prompt {prompt}: "
+                        + ", ".join(f"{r.chain} {r.ms_per_step:.1f} ms/step" for r in cell)
+                        + f" (roofline {roofline:.1f}), prefill {cell[0].prefill_ms:.0f} ms, "
                         f"peak RSS {result['peak_rss_mib']:.0f} MiB"
                     )
 
     runs.sort(key=lambda r: (r.batch, r.prompt, CONTESTANTS.index(r.contestant)))
     agreement = greedy_agreement(results, matrix, device)
     vs = ratios(runs, device)
+    date = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     report = {
         "machine": {
             "platform": platform.platform(),
@@ -827,7 +826,7 @@ def main() -> int:
             "load_average_before": load_before,
             "load_average_after": os.getloadavg(),
             "read_bandwidth_gib_s": bandwidth / 2**30,
-            "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+            "date_utc": date,
         },
         "setup": {**asdict(matrix), "chains": CHAINS, "hf_sha256": key, "model": LLAMA},
         "contestants": entries,
@@ -840,16 +839,16 @@ def main() -> int:
         "seconds": time.perf_counter() - started,
     }
     (results_dir / "peers.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(runs, device, failures, agreement)
+    summary = (
+        f"{date} UTC, {_cpu_name()}, {device}, {args.threads} threads, "
+        f"read bandwidth {bandwidth / 2**30:.1f} GiB/s, load average {load_before[0]:.1f} "
+        f"before and {os.getloadavg()[0]:.1f} after, {time.perf_counter() - started:.0f} s"
+    )
+    table = markdown(runs, device, failures, agreement) + f"\n\n- {summary}"
     (results_dir / "peers.md").write_text(table + "\n")
     plot(runs, matrix, device, results_dir / "peers.png")
     print(table)
-    print()
-    print(
-        f"- {device}, {args.threads} threads, read bandwidth {bandwidth / 2**30:.1f} GiB/s, load "
-        f"average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after, "
-        f"{time.perf_counter() - started:.0f} s in all; wrote {results_dir}/peers.{{json,md,png}}"
-    )
+    say(f"wrote {results_dir}/peers.{{json,md,png}}")
     return 1 if failures else 0
 
 

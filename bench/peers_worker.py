@@ -26,9 +26,14 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+BENCH = Path(__file__).resolve().parent
+# Python puts a script's folder first on sys.path, where a benchmark named like a standard
+# module (bench/profile.py: `profile`, which cProfile imports) hides that module from every
+# import. Keep bench/ last: its modules (decode) still import, the standard ones win.
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != BENCH]
+sys.path.append(str(BENCH))
 
-from decode import GREEDY, TOP_P, from_stamps
+from decode import GREEDY, TOP_P, from_stamps  # noqa: E402
 
 WARMUP_PROMPT, WARMUP_NEW = 16, 4  # a short generate first: sessions and arenas settle
 CHECK_TOKENS = 16  # greedy tokens of the first row kept for the same-weights check
