@@ -630,6 +630,7 @@ def plot(runs: list[PeerRun], matrix: Matrix, device: str, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     cells = [(b, p) for b in matrix.batches for p in matrix.prompts]
     columns = len(matrix.prompts)
@@ -645,26 +646,25 @@ def plot(runs: list[PeerRun], matrix: Matrix, device: str, path: Path) -> None:
         axis.barh(
             labels, [r.ms_per_step for r in chosen], color=[colors[r.contestant] for r in chosen]
         )
-        axis.scatter(
-            [r.roofline_ms for r in chosen],
-            range(len(chosen)),
-            marker="|",
-            s=400,
-            color="black",
-            label="roofline (weights + KV cache read once)",
-            zorder=3,
-        )
-        axis.set_title(f"Llama 768x12 decode on {device}, batch {batch}, prompt {prompt}")
+        rows = range(len(chosen))
+        roofline = [r.roofline_ms for r in chosen]
+        axis.scatter(roofline, rows, marker="|", s=400, color="black", zorder=3)
         for row, run in enumerate(chosen):
             axis.annotate(
                 f" {run.ms_per_step:.1f}", (run.ms_per_step, row), va="center", fontsize=7
             )
+        axis.set_title(f"batch {batch}, prompt {prompt}")
         axis.set_xscale("log")  # peers differ by orders of magnitude; ratios read as distances
+        axis.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.xaxis.set_major_formatter(ScalarFormatter())
+        axis.xaxis.set_minor_formatter(NullFormatter())
         axis.set_xlabel("ms per step (one token per row; log scale, lower is better)")
         axis.invert_yaxis()
         axis.tick_params(axis="y", labelsize=7)
-        if chosen:
-            axis.legend(loc="lower right", fontsize=7)
+    fig.suptitle(
+        f"Llama-style decoder (768 x 12 layers, 32k vocabulary) decode on {device}; "
+        "black tick: the run's roofline (weights + KV cache read once per step)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -761,6 +761,7 @@ def main() -> int:
         folder.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     started = time.perf_counter()
+    date = time.strftime("%Y-%m-%d %H:%M", time.gmtime())  # the start, in UTC
 
     key = hf_folder()
     say(f"measuring the read bandwidth ({device})")
@@ -814,7 +815,6 @@ def main() -> int:
     runs.sort(key=lambda r: (r.batch, r.prompt, CONTESTANTS.index(r.contestant)))
     agreement = greedy_agreement(results, matrix, device)
     vs = ratios(runs, device)
-    date = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     report = {
         "machine": {
             "platform": platform.platform(),
@@ -826,7 +826,7 @@ def main() -> int:
             "load_average_before": load_before,
             "load_average_after": os.getloadavg(),
             "read_bandwidth_gib_s": bandwidth / 2**30,
-            "date_utc": date,
+            "started_utc": date,
         },
         "setup": {**asdict(matrix), "chains": CHAINS, "hf_sha256": key, "model": LLAMA},
         "contestants": entries,
