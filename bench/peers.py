@@ -62,7 +62,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
 # Python puts a script's folder first on sys.path, where a benchmark named like a standard
-# module (bench/profile.py: `profile`, which cProfile imports) hides that module from every
+# module (a bench/profile.py: `profile`, which cProfile imports) hides that module from every
 # import. Keep bench/ last: its modules (decode) still import, the standard ones win.
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != BENCH]
 sys.path.append(str(BENCH))
@@ -318,7 +318,7 @@ def peer_python(peer: str, device: str, timeout: float) -> Path:
     stamp = root / "requirements.txt"
     if python.is_file() and stamp.is_file() and stamp.read_text() == wanted:
         return python
-    say(f"creating {root.relative_to(ROOT)} (once): pip install {' '.join(wanted.split())}")
+    say(f"creating {root} (once): pip install {' '.join(wanted.split())}")
     shutil.rmtree(root, ignore_errors=True)
     log = LOGS / f"env-{name}.log"
     log.unlink(missing_ok=True)

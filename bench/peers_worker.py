@@ -28,7 +28,7 @@ import numpy as np
 
 BENCH = Path(__file__).resolve().parent
 # Python puts a script's folder first on sys.path, where a benchmark named like a standard
-# module (bench/profile.py: `profile`, which cProfile imports) hides that module from every
+# module (a bench/profile.py: `profile`, which cProfile imports) hides that module from every
 # import. Keep bench/ last: its modules (decode) still import, the standard ones win.
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != BENCH]
 sys.path.append(str(BENCH))
