@@ -26,6 +26,17 @@ positive = whole_number(1)
 non_negative = whole_number(0)
 
 
+def positive_fraction(text: str) -> float:
+    """An argparse ``type``: a number above 0 and at most 1 (a relative tolerance)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {value}")
+    return value
+
+
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     """``--device`` and ``--threads`` for the verbs that open ONNX Runtime sessions."""
     parser.add_argument(

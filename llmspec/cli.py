@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from llmspec.arguments import positive
+from llmspec.arguments import positive, positive_fraction
 from llmspec.errors import SpecError
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE = 0, 1, 2
@@ -293,6 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="default: the spec's")
     p.add_argument("--quantize", choices=["none", "int8", "int4"], help="default: the spec's")
     p.add_argument("--force", action="store_true", help="replace an existing artifact")
+    p.add_argument(
+        "--tolerance",
+        type=positive_fraction,
+        metavar="REL",
+        help="the parity gate's tolerance, relative to the logit scale, instead of the "
+        "precision's (fp32 1e-4, fp16 0.02, bf16 0.06, int8 0.15, int4 0.3); top-1 must "
+        "still agree; recorded in the manifest",
+    )
 
     from llmspec.inference import (
         add_embed_arguments,

@@ -11,7 +11,7 @@ The counts of each fusion go into the manifest; tests pin the counts expected fo
 specs, so a change in the exported patterns (a new torch version, a template change) is noticed
 rather than silently making the graphs slower. Attention fusion does not match the dynamo
 exporter's attention pattern; it is not counted on: :mod:`llmspec.attention_fusion` fuses
-attention into ONNX's own ``Attention`` operator afterwards (:func:`fuse_attention_file`).
+attention into ONNX's own ``Attention`` operator afterwards (:func:`rewrite_graph_file`).
 """
 
 from __future__ import annotations
@@ -45,32 +45,21 @@ def optimize_graph(path: Path, spec: ModelSpec) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def fuse_attention_file(path: Path) -> int:
-    """Fuse ``path``'s attention sub-graphs in place (see :mod:`llmspec.attention_fusion`);
-    return how many were fused. Runs last, on the final (possibly quantized) graph: ONNX
-    Runtime's quantizers know a contrib ``Attention`` by the same name and would misread ours."""
-    from llmspec.attention_fusion import fuse_attention
+def rewrite_graph_file(path: Path, *rewrites: Callable[[Any], int]) -> list[int]:
+    """Run our own graph rewrites on ``path`` in place, in order, loading and saving it once;
+    return what each one counted (the MatMuls packed, the rotations or attentions fused).
 
-    return _rewrite(path, fuse_attention)
-
-
-def pack_matmuls_file(path: Path) -> int:
-    """Pack the MatMuls of ``path`` that share their input, in place (see
-    :mod:`llmspec.matmul_packing`); return how many packed MatMuls were made. Runs before
-    quantization, so that a packed weight is quantized (and its input quantized) once."""
-    from llmspec.matmul_packing import pack_matmuls
-
-    return _rewrite(path, pack_matmuls)
-
-
-def _rewrite(path: Path, rewrite: Callable[[Any], int]) -> int:
+    Before quantization: :func:`llmspec.matmul_packing.pack_matmuls` (so that a packed weight
+    and its input are quantized once) and :func:`llmspec.rotary_fusion.fuse_rotary`. On the final
+    graph: :func:`llmspec.attention_fusion.fuse_attention` (ONNX Runtime's quantizers know a
+    contrib ``Attention`` by the same name and would misread ours)."""
     import onnx
     import onnx_ir as ir
 
     from llmspec.quantize import save_graph
 
     model = ir.from_proto(onnx.load(str(path), load_external_data=True))
-    changed = rewrite(model)
-    if changed:
+    counts = [rewrite(model) for rewrite in rewrites]
+    if any(counts):
         save_graph(ir.to_proto(model), path)
-    return changed
+    return counts

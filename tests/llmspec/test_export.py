@@ -250,6 +250,7 @@ EXPECTED_FUSIONS = {
         "decoder.onnx": {
             "Attention": 4,
             "PackedMatMul": 4 * 2,  # q|k|v and gate|up
+            "RotaryEmbedding": 4 * 2,  # queries and keys (llmspec.rotary_fusion)
             "SimplifiedLayerNormalization": 1,
             "SkipSimplifiedLayerNormalization": 8,
         }
@@ -308,3 +309,54 @@ def test_graphs_get_the_expected_fusions(tiny_artifact, name):
         packed = fused.pop("PackedMatMul", 0)  # a MatMul like the others, followed by a Split
         assert set(fused) <= set(ops)
         assert ops.get("Split", 0) >= packed
+
+
+def test_the_gate_tolerance_can_be_set_and_is_recorded(tmp_path):
+    from llmspec.parity import ParityError
+
+    with pytest.raises(ParityError, match="int8 graphs fail the parity gate"):
+        export(
+            SPECS / "tiny-decoder.yaml",
+            tmp_path / "strict",
+            quantize="int8",
+            tolerance=1e-9,
+            progress=_quiet,
+        )
+    assert not (tmp_path / "strict").exists()
+    target = export(
+        SPECS / "tiny-decoder.yaml",
+        tmp_path / "loose",
+        quantize="int8",
+        tolerance=0.5,
+        progress=_quiet,
+    )
+    parity = fmt.read_manifest(target).parity
+    assert parity["relative_tolerance"] == 0.5 and parity["tolerance_overridden"] is True
+    assert all(c["tolerance"] >= 0.5 for c in parity["checks"])
+
+
+@pytest.mark.parametrize("bad", ["0", "-0.1", "1.5", "tight"])
+def test_cli_rejects_a_tolerance_outside_0_1(bad, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "export",
+                str(SPECS / "tiny-decoder.yaml"),
+                "-o",
+                str(tmp_path / "a"),
+                "--tolerance",
+                bad,
+            ]
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--tolerance" in err and ("at most 1" in err or "expected a number" in err)
+
+
+def test_a_failed_gate_whose_top1_agrees_points_at_the_tolerance():
+    from llmspec.parity import Check, ParityError, ParityReport
+
+    near = ParityReport("int4", "CPUExecutionProvider", [Check("prefill", 0.9, 2.5, 0.75, True)])
+    assert "--tolerance (now 0.3)" in str(ParityError(near))
+    wrong = ParityReport("int4", "CPUExecutionProvider", [Check("prefill", 0.9, 2.5, 0.75, False)])
+    assert "--tolerance" not in str(ParityError(wrong))  # a wrong answer is not a tolerance matter

@@ -1,7 +1,7 @@
 """Our graph rewrites on exported graphs. The attention fusion (llmspec.attention_fusion): the
 fused graph computes what the exported one does, stays finite on padding, owns the cache
-outputs, and leaves other patterns alone. MatMul packing (llmspec.matmul_packing): the same
-numbers from fewer MatMuls."""
+outputs, and leaves other patterns alone. MatMul packing (llmspec.matmul_packing) and the
+rotary fusion (llmspec.rotary_fusion): the same numbers from fewer nodes."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from llmspec.loader import load_spec
 from llmspec.matmul_packing import pack_matmuls
 from llmspec.onnx_graphs import OPSET, export_graph, plan_graphs
 from llmspec.quantize import count_ops, save_graph
+from llmspec.rotary_fusion import fuse_rotary
 from tests.conftest import SPECS
 
 
@@ -131,20 +132,20 @@ def test_a_graph_without_the_pattern_is_returned_unchanged():
     assert model.graph.opset_imports[""] == OPSET
 
 
-def _packed_copy(source, directory):
+def _rewritten_copy(source, directory, rewrite):
     model = ir.from_proto(onnx.load(str(source)))
-    groups = pack_matmuls(model)
+    count = rewrite(model)
     directory.mkdir()
     target = directory / source.name
     save_graph(ir.to_proto(model), target)
-    return target, groups
+    return target, count
 
 
 def test_matmuls_sharing_their_input_are_packed(exported, tmp_path):
     """tiny-decoder: per layer q|k|v and gate|up become one MatMul each; the attention output
     projection, the down projection and the output head read their own inputs."""
     spec, plain, _, _ = exported
-    packed, groups = _packed_copy(plain, tmp_path / "packed")
+    packed, groups = _rewritten_copy(plain, tmp_path / "packed", pack_matmuls)
     assert groups == 2 * spec.layers
     before, after = count_ops(plain)["MatMul"], count_ops(packed)["MatMul"]
     assert before - after == spec.layers * (3 - 1) + spec.layers * (2 - 1)
@@ -153,7 +154,7 @@ def test_matmuls_sharing_their_input_are_packed(exported, tmp_path):
 
 def test_packed_graph_gives_the_same_numbers(exported, tmp_path):
     spec, plain, _, _ = exported
-    packed, _ = _packed_copy(plain, tmp_path / "packed")
+    packed, _ = _rewritten_copy(plain, tmp_path / "packed", pack_matmuls)
     rng = np.random.default_rng(1)
     ids = rng.integers(0, spec.vocabulary.size, (2, 6)).astype(np.int64)
     mask = np.ones((2, 6), np.int64)
@@ -163,3 +164,31 @@ def test_packed_graph_gives_the_same_numbers(exported, tmp_path):
     for step_want, step_got in zip(want, got, strict=True):
         for a, b in zip(step_want, step_got, strict=True):
             np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
+
+
+def test_rotary_embeddings_become_one_node_each(exported, tmp_path):
+    spec, plain, _, _ = exported
+    rotated, count = _rewritten_copy(plain, tmp_path / "rotary", fuse_rotary)
+    assert count == 2 * spec.layers  # queries and keys of every layer
+    ops = count_ops(rotated)
+    assert ops["RotaryEmbedding"] == 2 * spec.layers
+    assert "Neg" not in ops  # rotate_half is gone everywhere
+    assert ops["Cos"] == ops["Sin"] == 1  # the half tables are computed once per graph
+
+
+def test_rotary_fusion_keeps_the_numbers_with_left_padding(exported, tmp_path):
+    """Left padding gives rows different positions: the tables must follow position_ids."""
+    spec, plain, _, _ = exported
+    rotated, _ = _rewritten_copy(plain, tmp_path / "rotary", fuse_rotary)
+    rng = np.random.default_rng(2)
+    ids = rng.integers(0, spec.vocabulary.size, (3, 7)).astype(np.int64)
+    mask = np.ones((3, 7), np.int64)
+    mask[0, :3] = 0
+    mask[2, :5] = 0
+    real = mask.astype(bool)
+    want = _run_steps(_session(plain), spec, ids, mask, steps=4)
+    got = _run_steps(_session(rotated), spec, ids, mask, steps=4)
+    for step, (step_want, step_got) in enumerate(zip(want, got, strict=True)):
+        logits_want = step_want[0][real] if step == 0 else step_want[0]
+        logits_got = step_got[0][real] if step == 0 else step_got[0]
+        np.testing.assert_allclose(logits_got, logits_want, rtol=1e-5, atol=1e-5)
