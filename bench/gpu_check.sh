@@ -8,7 +8,10 @@
 # 3. the Llama model of bench/peers.py exported to fp16 through the parity gate, and a quick
 #    timed run of our runtime on CUDA (peers.py --device cuda --only ours --quick);
 # 4. our runtime's session really on CUDAExecutionProvider (session.get_providers()), the
-#    gate's figures from the artifact's manifest, 8 greedy tokens on the GPU;
+#    gate's figures from the artifact's manifest, 8 greedy tokens on the GPU; then where each
+#    kind of node really ran (ONNX Runtime's per-node profile): a MatMul, Attention,
+#    RotaryEmbedding or norm left on the CPU fails the check (the CUDA provider lacking a
+#    kernel for the export's opset-23 fusions would show here);
 # 5. the comparison (peers.py --device cuda): ours fp16, onnxruntime-genai-cuda fp16 and int4,
 #    Optimum fp16 on CUDAExecutionProvider, transformers fp16. Peers whose environment pip
 #    cannot create (no package index there) are reported as failed, and the rest goes on.
@@ -89,6 +92,53 @@ if model.providers[0] != "CUDAExecutionProvider":
     raise SystemExit("our runtime does not run on CUDAExecutionProvider")
 tokens = model.generate([[5, 6, 7]], max_new_tokens=8, chain="greedy").tokens[0]
 print("8 greedy tokens on CUDA:", tokens)
+EOF
+
+# ONNX Runtime silently runs a node on the CPU when the CUDA provider has no kernel for it:
+# the per-node profile of one prefill says where each kind of node ran.
+step "where our graph's nodes run on CUDA" 120 "$PYTHON" - <<'EOF'
+import collections
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from runtime import artifact as fmt
+
+artifact = Path("bench/results/peers/ours/cuda-fp16")
+manifest = fmt.read_manifest(artifact)
+options = ort.SessionOptions()
+options.enable_profiling = True
+options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "placement")
+session = ort.InferenceSession(
+    str(artifact / "decoder.onnx"), options, providers=["CUDAExecutionProvider"]
+)
+batch, length = 2, 16
+shape = (batch, manifest.kv_heads, 0, manifest.head_dim)
+feed = {
+    "input_ids": np.full((batch, length), 5, np.int64),
+    "attention_mask": np.ones((batch, length), np.int64),
+    "position_ids": np.tile(np.arange(length, dtype=np.int64), (batch, 1)),
+}
+for i in range(manifest.layers):
+    for kind in ("key", "value"):
+        feed[f"past_key_values.{i}.{kind}"] = np.zeros(shape, np.float16)
+session.run(None, feed)
+events = json.loads(Path(session.end_profiling()).read_text())
+where = collections.Counter(
+    (e["args"]["op_name"], e["args"].get("provider", "?"))
+    for e in events
+    if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+)
+for (op, provider), count in sorted(where.items()):
+    print(f"  {op:40s} {provider:28s} {count}")
+heavy = {"MatMul", "Attention", "RotaryEmbedding", "SkipSimplifiedLayerNormalization"}
+on_cpu = sorted({op for (op, provider), _ in where.items() if op in heavy and "CPU" in provider})
+if on_cpu:
+    raise SystemExit(f"on the CPU although the session is on CUDA: {', '.join(on_cpu)}")
+print("every MatMul, Attention, RotaryEmbedding and norm ran on CUDA")
 EOF
 
 # Peer environments get 100 s of pip each: without a package index they fail fast and are
