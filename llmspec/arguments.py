@@ -27,7 +27,7 @@ non_negative = whole_number(0)
 
 
 def positive_fraction(text: str) -> float:
-    """An argparse ``type``: a number above 0 and at most 1 (a relative tolerance)."""
+    """An argparse ``type``: a number above 0 and at most 1 (a relative tolerance, an MFU)."""
     try:
         value = float(text)
     except ValueError:

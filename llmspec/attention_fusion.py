@@ -56,7 +56,8 @@ class _Match:
     before: ir.Node | None = None  # a node the fused one needs, inserted before it
 
 
-def _producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
+def producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
+    """The default-domain node of type ``op_type`` that makes ``value``, or None."""
     if value is None:
         return None
     node = value.producer()
@@ -79,7 +80,7 @@ def _ints(node: ir.Node, name: str) -> tuple[int, ...] | None:
 
 def _skip_cast(value: ir.Value | None) -> ir.Value | None:
     """The input of a Cast (the templates' softmax runs in float32), or the value itself."""
-    node = _producer(value, "Cast")
+    node = producer(value, "Cast")
     return node.inputs[0] if node is not None else value
 
 
@@ -89,9 +90,9 @@ def _unrepeat(value: ir.Value | None) -> ir.Value | None:
     torch exports ``x.repeat_interleave(r, dim=1)`` on (B, kv, T, hs) as
     ``Reshape(Expand(Unsqueeze(x, 2), ...), (B, kv * r, T, hs))``: each key/value head is
     repeated for consecutive query heads, which is the head grouping of ``Attention``."""
-    reshape = _producer(value, "Reshape")
-    expand = _producer(reshape.inputs[0] if reshape else None, "Expand")
-    unsqueeze = _producer(expand.inputs[0] if expand else None, "Unsqueeze")
+    reshape = producer(value, "Reshape")
+    expand = producer(reshape.inputs[0] if reshape else None, "Expand")
+    unsqueeze = producer(expand.inputs[0] if expand else None, "Unsqueeze")
     if unsqueeze is None:
         return value
     axes = _constant(unsqueeze.inputs[1]) if len(unsqueeze.inputs) > 1 else None
@@ -103,7 +104,7 @@ def _unrepeat(value: ir.Value | None) -> ir.Value | None:
 def _split_cache(value: ir.Value | None) -> tuple[ir.Value, ir.Value | None, ir.Value | None]:
     """(new, past, present) for keys or values: ``present = Concat(past, new, axis=2)`` when a
     cache is appended to, else the value is the new keys or values themselves."""
-    concat = _producer(value, "Concat")
+    concat = producer(value, "Concat")
     assert value is not None
     if concat is not None and len(concat.inputs) == 2 and concat.attributes.get_int("axis") == 2:
         past, new = concat.inputs
@@ -129,23 +130,23 @@ def _match(softmax: ir.Node) -> _Match | None:
     ):
         return None
     weighted = consumers[0]
-    where = _producer(_skip_cast(softmax.inputs[0]), "Where")
+    where = producer(_skip_cast(softmax.inputs[0]), "Where")
     if where is None:
         return None
-    negated = _producer(where.inputs[0], "Not")
+    negated = producer(where.inputs[0], "Not")
     fill = _constant(where.inputs[1])
     if negated is None or fill is None or fill.size != 1:
         return None
     scores = where.inputs[2]
     scale = 1.0
-    multiply = _producer(scores, "Mul")
+    multiply = producer(scores, "Mul")
     if multiply is not None:
         factor = _constant(multiply.inputs[1])
         if factor is None or factor.size != 1:
             return None
         scale, scores = float(factor.reshape(-1)[0]), multiply.inputs[0]
-    product = _producer(scores, "MatMul")
-    transpose = _producer(product.inputs[1] if product else None, "Transpose")
+    product = producer(scores, "MatMul")
+    transpose = producer(product.inputs[1] if product else None, "Transpose")
     if product is None or transpose is None:
         return None
     perm = _ints(transpose, "perm")
@@ -192,7 +193,7 @@ def _with_key_heads_first(
     mask, query, value = negated.inputs[0], product.inputs[0], _unrepeat(weighted.inputs[1])
     if mask is None or mask.dtype != ir.DataType.BOOL or query is None or value is None:
         return None
-    if value.producer() is not None and _producer(value, "Concat") is not None:
+    if value.producer() is not None and producer(value, "Concat") is not None:
         return None
     heads_first = ir.Node(
         "", "Transpose", [transpose.inputs[0]], attributes=[ir.AttrInt64s("perm", [0, 2, 1, 3])]
@@ -321,3 +322,99 @@ def take_over(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
     new.name, new.shape = name, shape
     if dtype is not None:
         new.dtype = dtype
+
+
+def _heads_split(value: ir.Value | None) -> tuple[ir.Value, int] | None:
+    """``(x, heads)`` when ``value`` is ``Transpose(Reshape(x, (B, S, heads, hs)), (0, 2, 1, 3))``
+    with x of shape (B, S, heads * hs), the templates' split into heads."""
+    transpose = producer(value, "Transpose")
+    if transpose is None or _ints(transpose, "perm") != (0, 2, 1, 3):
+        return None
+    reshape = producer(transpose.inputs[0], "Reshape")
+    if reshape is None or reshape.inputs[0] is None:
+        return None
+    split, flat = reshape.outputs[0].shape, reshape.inputs[0].shape
+    if split is None or flat is None or len(split) != 4 or len(flat) != 3:
+        return None
+    heads, size = split[2], split[3]
+    if not isinstance(heads, int) or not isinstance(size, int) or flat[2] != heads * size:
+        return None
+    return reshape.inputs[0], heads
+
+
+def _rotated_split(value: ir.Value | None) -> tuple[ir.Value, int, ir.Node | None] | None:
+    """Like :func:`_heads_split`, also through a ``RotaryEmbedding`` applied after the split."""
+    rotary = producer(value, "RotaryEmbedding")
+    found = _heads_split(rotary.inputs[0] if rotary is not None else value)
+    if found is None:
+        return None
+    return found[0], found[1], rotary
+
+
+def use_sequence_major_layout(model: ir.Model) -> int:
+    """Feed fused ``Attention`` nodes (see :func:`fuse_attention`) queries, keys and values as
+    (B, S, heads * hs), as the projections make them, instead of split into heads and
+    transposed, and take their output in that layout too: ``Attention`` and
+    ``RotaryEmbedding`` accept it (given the head counts), so the reshapes and transposes
+    around every attention go. The cache stays (B, kv_heads, T, hs), the graph contract's
+    layout. Returns how many attentions changed."""
+    graph = model.graph
+    changed = 0
+    for node in list(graph):
+        if node.op_type != "Attention" or node.domain not in ("", "ai.onnx"):
+            continue
+        pieces = [_rotated_split(value) for value in node.inputs[:3]]
+        output = node.outputs[0]
+        users = [user for user, _ in output.uses()]
+        if any(piece is None for piece in pieces) or len(users) != 1:
+            continue
+        merge = users[0]
+        if merge.op_type != "Transpose" or _ints(merge, "perm") != (0, 2, 1, 3):
+            continue
+        flat_users = [user for user, _ in merge.outputs[0].uses()]
+        if len(flat_users) != 1 or flat_users[0].op_type != "Reshape":
+            continue
+        reshape = flat_users[0]
+        (query, heads, query_rotary), (key, kv_heads, key_rotary), (value, _, value_rotary) = [
+            piece for piece in pieces if piece is not None
+        ]
+        if value_rotary is not None or (query_rotary is None) != (key_rotary is None):
+            continue
+        if query_rotary is not None and key_rotary is not None:
+            query = _rotate_flat(graph, query_rotary, query, heads, node)
+            key = _rotate_flat(graph, key_rotary, key, kv_heads, node)
+        fused = ir.Node(
+            "",
+            "Attention",
+            [query, key, value, *node.inputs[3:]],
+            attributes=[
+                *node.attributes.values(),
+                ir.AttrInt64("q_num_heads", heads),
+                ir.AttrInt64("kv_num_heads", kv_heads),
+            ],
+            num_outputs=len(node.outputs),
+            name=f"{node.name}_bsh",
+        )
+        graph.insert_before(node, fused)
+        take_over(graph, reshape.outputs[0], fused.outputs[0])
+        for old, new in zip(node.outputs[1:], fused.outputs[1:], strict=True):
+            take_over(graph, old, new)
+        changed += 1
+    if changed:
+        RemoveUnusedNodesPass()(model)
+    return changed
+
+
+def _rotate_flat(
+    graph: ir.Graph, rotary: ir.Node, flat: ir.Value, heads: int, before: ir.Node
+) -> ir.Value:
+    """``RotaryEmbedding`` of the (B, S, heads * hs) values, with the tables of ``rotary``."""
+    node = ir.Node(
+        "",
+        "RotaryEmbedding",
+        [flat, *rotary.inputs[1:]],
+        attributes=[*rotary.attributes.values(), ir.AttrInt64("num_heads", heads)],
+        name=f"{rotary.name}_bsh",
+    )
+    graph.insert_before(before, node)
+    return node.outputs[0]

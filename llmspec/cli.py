@@ -206,16 +206,6 @@ def _token_count(text: str) -> int:
     return int(value)
 
 
-def _mfu(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     from llmspec import __version__
 
@@ -264,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--mfu",
-        type=_mfu,
+        type=positive_fraction,
         default=DEFAULT_MFU,
         metavar="U",
         help=f"model FLOPs utilization in (0, 1] (default {DEFAULT_MFU})",

@@ -185,7 +185,7 @@ def _export_graphs(
     """Export, fuse (see :mod:`llmspec.optimize`) and, if asked, quantize the graphs.
 
     Returns the graph paths and each graph's fused-operator counts."""
-    from llmspec.attention_fusion import fuse_attention
+    from llmspec.attention_fusion import fuse_attention, use_sequence_major_layout
     from llmspec.matmul_packing import pack_matmuls
     from llmspec.optimize import optimize_graph, rewrite_graph_file
     from llmspec.rotary_fusion import fuse_rotary
@@ -201,8 +201,10 @@ def _export_graphs(
             path = export_graph(plan, staged)
             with quiet():
                 counts = optimize_graph(path, spec)
-                ours = rewrite_graph_file(path, pack_matmuls, fuse_rotary, fuse_attention)
-                fusions[plan.file] = _fused(counts, *ours)
+                packed, rotary, attention, _ = rewrite_graph_file(
+                    path, pack_matmuls, fuse_rotary, fuse_attention, use_sequence_major_layout
+                )
+                fusions[plan.file] = _fused(counts, packed, rotary, attention)
             paths.append(path)
         return paths, fusions
     from llmspec.quantize import quantize_int4, quantize_int8
@@ -222,7 +224,7 @@ def _export_graphs(
                 quantize_int8(fp32, target)
             else:
                 quantize_int4(fp32, target, spec.precision.block_size)
-            (attention,) = rewrite_graph_file(target, fuse_attention)
+            attention, _ = rewrite_graph_file(target, fuse_attention, use_sequence_major_layout)
             fusions[plan.file] = _fused(counts, packed, rotary, attention)
         paths.append(target)
     shutil.rmtree(scratch)

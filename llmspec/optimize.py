@@ -52,7 +52,8 @@ def rewrite_graph_file(path: Path, *rewrites: Callable[[Any], int]) -> list[int]
     Before quantization: :func:`llmspec.matmul_packing.pack_matmuls` (so that a packed weight
     and its input are quantized once) and :func:`llmspec.rotary_fusion.fuse_rotary`. On the final
     graph: :func:`llmspec.attention_fusion.fuse_attention` (ONNX Runtime's quantizers know a
-    contrib ``Attention`` by the same name and would misread ours)."""
+    contrib ``Attention`` by the same name and would misread ours), then
+    :func:`llmspec.attention_fusion.use_sequence_major_layout`."""
     import onnx
     import onnx_ir as ir
 

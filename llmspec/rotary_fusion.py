@@ -20,16 +20,7 @@ from dataclasses import dataclass
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from llmspec.attention_fusion import ATTENTION_OPSET, take_over
-
-
-def _producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
-    if value is None:
-        return None
-    node = value.producer()
-    if node is None or node.op_type != op_type or node.domain not in ("", "ai.onnx"):
-        return None
-    return node
+from llmspec.attention_fusion import ATTENTION_OPSET, producer, take_over
 
 
 @dataclass
@@ -43,14 +34,14 @@ class _Table:
 
 
 def _table(value: ir.Value | None, function: str) -> _Table | None:
-    cast = _producer(value, "Cast")
+    cast = producer(value, "Cast")
     cast_to = None
     if cast is not None:
         cast_to = cast.attributes.get_int("to")
         value = cast.inputs[0]
-    trig = _producer(value, function)
-    unsqueeze = _producer(trig.inputs[0] if trig else None, "Unsqueeze")
-    concat = _producer(unsqueeze.inputs[0] if unsqueeze else None, "Concat")
+    trig = producer(value, function)
+    unsqueeze = producer(trig.inputs[0] if trig else None, "Unsqueeze")
+    concat = producer(unsqueeze.inputs[0] if unsqueeze else None, "Concat")
     if concat is None or unsqueeze is None or len(concat.inputs) != 2:
         return None
     first, second = concat.inputs
@@ -82,16 +73,16 @@ def _match(add: ir.Node) -> _Rotation | None:
     if len(add.inputs) != 2:
         return None
     for straight_value, rotated_value in (add.inputs, reversed(add.inputs)):
-        straight = _producer(straight_value, "Mul")
-        rotated = _producer(rotated_value, "Mul")
+        straight = producer(straight_value, "Mul")
+        rotated = producer(rotated_value, "Mul")
         if straight is None or rotated is None:
             continue
         for half in rotated.inputs:
-            concat = _producer(half, "Concat")
+            concat = producer(half, "Concat")
             if concat is None or len(concat.inputs) != 2 or half is None:
                 continue
-            negate = _producer(concat.inputs[0], "Neg")
-            split = _producer(negate.inputs[0] if negate else None, "Split")
+            negate = producer(concat.inputs[0], "Neg")
+            split = producer(negate.inputs[0] if negate else None, "Split")
             if split is None or negate is None or len(split.outputs) != 2:
                 continue
             x1, x2 = split.outputs

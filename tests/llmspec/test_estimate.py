@@ -762,9 +762,9 @@ def test_estimate_verb_json_has_the_compute_view(capsys: pytest.CaptureFixture[s
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--mfu", "0"], "must be in (0, 1], got 0"),
-        (["--mfu", "1.01"], "must be in (0, 1], got 1.01"),
-        (["--mfu", "lots"], "expected a number in (0, 1]"),
+        (["--mfu", "0"], "must be above 0 and at most 1, got 0.0"),
+        (["--mfu", "1.01"], "must be above 0 and at most 1, got 1.01"),
+        (["--mfu", "lots"], "expected a number, got 'lots'"),
         (["--device", "tpu-v5"], "invalid choice: 'tpu-v5' (choose from"),
         (["--tokens", "0"], "must be a whole number of at least 1"),
         (["--tokens", "many"], "expected a token count"),

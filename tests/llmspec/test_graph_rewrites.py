@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from llmspec.attention_fusion import ATTENTION_OPSET, fuse_attention
+from llmspec.attention_fusion import ATTENTION_OPSET, fuse_attention, use_sequence_major_layout
 from llmspec.builder import build
 from llmspec.loader import load_spec
 from llmspec.matmul_packing import pack_matmuls
@@ -159,11 +159,7 @@ def test_packed_graph_gives_the_same_numbers(exported, tmp_path):
     ids = rng.integers(0, spec.vocabulary.size, (2, 6)).astype(np.int64)
     mask = np.ones((2, 6), np.int64)
     mask[0, :2] = 0
-    want = _run_steps(_session(plain), spec, ids, mask, steps=3)
-    got = _run_steps(_session(packed), spec, ids, mask, steps=3)
-    for step_want, step_got in zip(want, got, strict=True):
-        for a, b in zip(step_want, step_got, strict=True):
-            np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
+    _assert_same_logits(plain, packed, spec, ids, mask, steps=3, tolerance=1e-6)
 
 
 def test_rotary_embeddings_become_one_node_each(exported, tmp_path):
@@ -185,10 +181,58 @@ def test_rotary_fusion_keeps_the_numbers_with_left_padding(exported, tmp_path):
     mask = np.ones((3, 7), np.int64)
     mask[0, :3] = 0
     mask[2, :5] = 0
+    _assert_same_logits(plain, rotated, spec, ids, mask, steps=4, tolerance=1e-5)
+
+
+def _assert_same_logits(plain, rewritten, spec, ids, mask, steps, tolerance):
+    """Prefill (real positions only) and cached steps give the same logits in both graphs."""
     real = mask.astype(bool)
-    want = _run_steps(_session(plain), spec, ids, mask, steps=4)
-    got = _run_steps(_session(rotated), spec, ids, mask, steps=4)
+    want = _run_steps(_session(plain), spec, ids, mask, steps=steps)
+    got = _run_steps(_session(rewritten), spec, ids, mask, steps=steps)
     for step, (step_want, step_got) in enumerate(zip(want, got, strict=True)):
         logits_want = step_want[0][real] if step == 0 else step_want[0]
         logits_got = step_got[0][real] if step == 0 else step_got[0]
-        np.testing.assert_allclose(logits_got, logits_want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(logits_got, logits_want, rtol=tolerance, atol=tolerance)
+
+
+def _all_rewrites(model):
+    rewrites = (pack_matmuls, fuse_rotary, fuse_attention, use_sequence_major_layout)
+    return [rewrite(model) for rewrite in rewrites][-1]
+
+
+def test_attention_takes_the_projections_layout(exported, tmp_path):
+    """After every rewrite, each attention reads (B, S, heads * hs) straight from the packed
+    projection's Split (rotated where rope applies) and its output goes straight to the output
+    projection: no reshape or transpose is left around it; the cache keeps the contract's
+    (B, kv_heads, T, hs)."""
+    spec, plain, _, _ = exported
+    rewritten, changed = _rewritten_copy(plain, tmp_path / "all", _all_rewrites)
+    assert changed == spec.layers
+    model = onnx.load(str(rewritten), load_external_data=False)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    users: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    attentions = [n for n in model.graph.node if n.op_type == "Attention"]
+    assert len(attentions) == spec.layers
+    for node in attentions:
+        attributes = {a.name: a.i for a in node.attribute if a.name.endswith("num_heads")}
+        assert attributes == {"q_num_heads": spec.attention.heads, "kv_num_heads": spec.kv_heads}
+        q, k, v = (producers[name] for name in node.input[:3])
+        assert (q.op_type, k.op_type, v.op_type) == ("RotaryEmbedding", "RotaryEmbedding", "Split")
+        assert [u.op_type for u in users[node.output[0]]] == ["MatMul"]
+    weights = {i.name for i in model.graph.initializer}
+    transposes = [n for n in model.graph.node if n.op_type == "Transpose"]
+    assert all(n.input[0] in weights for n in transposes)  # only the tied head's embedding
+    assert "Reshape" not in count_ops(rewritten)
+
+
+def test_sequence_major_attention_keeps_the_numbers(exported, tmp_path):
+    spec, plain, _, _ = exported
+    rewritten, _ = _rewritten_copy(plain, tmp_path / "all", _all_rewrites)
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, spec.vocabulary.size, (3, 8)).astype(np.int64)
+    mask = np.ones((3, 8), np.int64)
+    mask[1, :5] = 0
+    _assert_same_logits(plain, rewritten, spec, ids, mask, steps=4, tolerance=1e-5)
