@@ -47,6 +47,16 @@ def _session(path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def _left_padded(spec, seed, shape, pads):
+    """Random token ids and an attention mask with ``pads[row]`` leading padding positions."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, spec.vocabulary.size, shape).astype(np.int64)
+    mask = np.ones(shape, np.int64)
+    for row, count in pads.items():
+        mask[row, :count] = 0
+    return ids, mask
+
+
 def _run_steps(session, spec, ids, mask, steps):
     """Prefill then greedy steps; every output of every call."""
     layers, kv, hs = spec.layers, spec.kv_heads, spec.head_dim
@@ -85,11 +95,7 @@ def test_every_layer_is_fused_into_one_attention_node(exported):
 
 def test_fused_graph_matches_the_export_on_left_padded_batches(exported):
     spec, plain, fused, _ = exported
-    rng = np.random.default_rng(0)
-    ids = rng.integers(0, spec.vocabulary.size, (3, 9)).astype(np.int64)
-    mask = np.ones((3, 9), np.int64)
-    mask[1, :4] = 0
-    mask[2, :8] = 0  # one real token
+    ids, mask = _left_padded(spec, seed=0, shape=(3, 9), pads={1: 4, 2: 8})  # row 2: one token
     reference = _run_steps(_session(plain), spec, ids, mask, steps=5)
     candidate = _run_steps(_session(fused), spec, ids, mask, steps=5)
     real = mask.astype(bool)
@@ -155,10 +161,7 @@ def test_matmuls_sharing_their_input_are_packed(exported, tmp_path):
 def test_packed_graph_gives_the_same_numbers(exported, tmp_path):
     spec, plain, _, _ = exported
     packed, _ = _rewritten_copy(plain, tmp_path / "packed", pack_matmuls)
-    rng = np.random.default_rng(1)
-    ids = rng.integers(0, spec.vocabulary.size, (2, 6)).astype(np.int64)
-    mask = np.ones((2, 6), np.int64)
-    mask[0, :2] = 0
+    ids, mask = _left_padded(spec, seed=1, shape=(2, 6), pads={0: 2})
     _assert_same_logits(plain, packed, spec, ids, mask, steps=3, tolerance=1e-6)
 
 
@@ -176,11 +179,7 @@ def test_rotary_fusion_keeps_the_numbers_with_left_padding(exported, tmp_path):
     """Left padding gives rows different positions: the tables must follow position_ids."""
     spec, plain, _, _ = exported
     rotated, _ = _rewritten_copy(plain, tmp_path / "rotary", fuse_rotary)
-    rng = np.random.default_rng(2)
-    ids = rng.integers(0, spec.vocabulary.size, (3, 7)).astype(np.int64)
-    mask = np.ones((3, 7), np.int64)
-    mask[0, :3] = 0
-    mask[2, :5] = 0
+    ids, mask = _left_padded(spec, seed=2, shape=(3, 7), pads={0: 3, 2: 5})
     _assert_same_logits(plain, rotated, spec, ids, mask, steps=4, tolerance=1e-5)
 
 
@@ -231,8 +230,5 @@ def test_attention_takes_the_projections_layout(exported, tmp_path):
 def test_sequence_major_attention_keeps_the_numbers(exported, tmp_path):
     spec, plain, _, _ = exported
     rewritten, _ = _rewritten_copy(plain, tmp_path / "all", _all_rewrites)
-    rng = np.random.default_rng(3)
-    ids = rng.integers(0, spec.vocabulary.size, (3, 8)).astype(np.int64)
-    mask = np.ones((3, 8), np.int64)
-    mask[1, :5] = 0
+    ids, mask = _left_padded(spec, seed=3, shape=(3, 8), pads={1: 5})
     _assert_same_logits(plain, rewritten, spec, ids, mask, steps=4, tolerance=1e-5)
