@@ -7,7 +7,7 @@ Runs one prefill of ``--prompt`` random token ids and ``--steps`` greedy decode 
 artifact's ``decoder.onnx`` (decoder-only artifacts) with ONNX Runtime's profiler on, then
 prints, for the decode steps only, the time per step in each operator type, its share of the
 step, and the share spent outside kernels (scheduling, allocating outputs, copying inputs).
-The weights' read rate (bytes of MatMul weights per step over the MatMul time) says how close
+The weights' read rate (``decode.weight_bytes_per_step`` over the MatMul time) says how close
 the MatMuls run to the memory bandwidth. Profiling adds overhead: use the shares, not the
 absolute step time, and measure speed with ``bench/peers.py``.
 """
@@ -27,6 +27,8 @@ import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from decode import weight_bytes_per_step  # noqa: E402  (bench/, the script's folder)
 
 from runtime import artifact as fmt  # noqa: E402
 
@@ -78,11 +80,11 @@ def main() -> int:
     inside = sum(per_op.values()) / len(decode)
     print(f"| (outside kernels) | {(step_us - inside) / 1e3:.2f} | {1 - inside / step_us:.1%} |")
     matmul_us = sum(t for op, t in per_op.items() if "MatMul" in op) / len(decode)
-    weights = _matmul_weight_bytes(graph)
+    weights = weight_bytes_per_step(graph)
     if matmul_us:
+        rate = weights / (matmul_us / 1e6) / 2**30
         print(
-            f"MatMul weights {weights / 1e6:.0f} MB per step, read at "
-            f"{weights / (matmul_us / 1e6) / 2**30:.1f} GiB/s while in MatMul kernels"
+            f"weights {weights / 1e6:.0f} MB per step, read at {rate:.1f} GiB/s in MatMul kernels"
         )
     return 0
 
@@ -111,22 +113,6 @@ def _decode(
         ids = out[0][:, -1].argmax(-1)[:, None].astype(np.int64)
         mask = np.ones((batch, mask.shape[1] + 1), np.int64)
         positions = positions[:, -1:] + 1
-
-
-def _matmul_weight_bytes(graph: Path) -> int:
-    """Bytes of the constant right operands of MatMul-like nodes (what a decode step streams)."""
-    import onnx
-
-    model = onnx.load(str(graph), load_external_data=False)
-    sizes = {}
-    for tensor in model.graph.initializer:
-        count = int(np.prod(tensor.dims)) if tensor.dims else 1
-        sizes[tensor.name] = count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    total = 0
-    for node in model.graph.node:
-        if "MatMul" in node.op_type:
-            total += sum(sizes.get(name, 0) for name in node.input[1:])
-    return total
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ class _Match:
     scale: float
     output: ir.Value  # probs @ v, (B, heads, S, hs)
     anchor: ir.Node  # the last node of the sub-graph: the fused node goes before it
-    before: ir.Node | None = None  # a node the fused one needs, inserted before it
+    sequence_major_keys: bool = False  # key is (B, S, kv, hs): transposed for the fused node
 
 
 def producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
@@ -150,11 +150,16 @@ def _match(softmax: ir.Node) -> _Match | None:
     if product is None or transpose is None:
         return None
     perm = _ints(transpose, "perm")
-    if perm == (0, 2, 3, 1):  # (B, S, kv, hs) -> (B, kv, hs, S) in one step: no cache to append to
-        return _with_key_heads_first(product, transpose, where, negated, weighted, scale)
-    if perm != (0, 1, 3, 2):
+    # the encoder form, where ONNX Runtime's optimizer merged the keys' two transposes,
+    # (B, S, kv, hs) -> (B, kv, hs, S): the fused node gets the keys from a new Transpose to
+    # (B, kv, S, hs); no cache is appended to there (checked below: values without a past)
+    sequence_major_keys = perm == (0, 2, 3, 1)
+    if sequence_major_keys:
+        keys = transpose.inputs[0]
+    elif perm == (0, 1, 3, 2):
+        keys = _unrepeat(transpose.inputs[0])
+    else:
         return None
-    keys = _unrepeat(transpose.inputs[0])
     values = _unrepeat(weighted.inputs[1])
     if keys is None or values is None or product.inputs[0] is None:
         return None
@@ -177,40 +182,7 @@ def _match(softmax: ir.Node) -> _Match | None:
         scale=scale,
         output=weighted.outputs[0],
         anchor=weighted,
-    )
-
-
-def _with_key_heads_first(
-    product: ir.Node,
-    transpose: ir.Node,
-    where: ir.Node,
-    negated: ir.Node,
-    weighted: ir.Node,
-    scale: float,
-) -> _Match | None:
-    """The encoder form, where ONNX Runtime's optimizer merged the keys' two transposes: the
-    fused node gets the keys as (B, kv, S, hs) from one new Transpose."""
-    mask, query, value = negated.inputs[0], product.inputs[0], _unrepeat(weighted.inputs[1])
-    if mask is None or mask.dtype != ir.DataType.BOOL or query is None or value is None:
-        return None
-    if value.producer() is not None and producer(value, "Concat") is not None:
-        return None
-    heads_first = ir.Node(
-        "", "Transpose", [transpose.inputs[0]], attributes=[ir.AttrInt64s("perm", [0, 2, 1, 3])]
-    )
-    return _Match(
-        query=query,
-        key=heads_first.outputs[0],
-        value=value,
-        past_key=None,
-        past_value=None,
-        present_key=None,
-        present_value=None,
-        mask=mask,
-        scale=scale,
-        output=weighted.outputs[0],
-        anchor=weighted,
-        before=heads_first,
+        sequence_major_keys=sequence_major_keys,
     )
 
 
@@ -235,7 +207,14 @@ def fuse_attention(model: ir.Model) -> int:
             additive[(match.mask.name or "", dtype)] = bias
         if _broadcasts_over_queries(match.mask):
             bias = _expand_over_queries(graph, bias, match.query, match.anchor)
-        inputs: Sequence[ir.Value | None] = [match.query, match.key, match.value, bias]
+        key = match.key
+        if match.sequence_major_keys:
+            heads_first = ir.Node(
+                "", "Transpose", [key], attributes=[ir.AttrInt64s("perm", [0, 2, 1, 3])]
+            )
+            graph.insert_before(match.anchor, heads_first)
+            key = heads_first.outputs[0]
+        inputs: Sequence[ir.Value | None] = [match.query, key, match.value, bias]
         if match.past_key is not None:
             inputs = [*inputs, match.past_key, match.past_value]
         fused = ir.Node(
@@ -246,17 +225,20 @@ def fuse_attention(model: ir.Model) -> int:
             num_outputs=3 if match.past_key is not None else 1,
             name=f"{match.anchor.name}_attention",
         )
-        if match.before is not None:
-            graph.insert_before(match.anchor, match.before)
         graph.insert_before(match.anchor, fused)
         take_over(graph, match.output, fused.outputs[0])
         if match.present_key is not None and match.present_value is not None:
             take_over(graph, match.present_key, fused.outputs[1])
             take_over(graph, match.present_value, fused.outputs[2])
     RemoveUnusedNodesPass()(model)
-    graph.opset_imports[""] = max(graph.opset_imports.get("", 0), ATTENTION_OPSET)
-    model.opset_imports[""] = graph.opset_imports[""]
+    require_opset(model)
     return len(matches)
+
+
+def require_opset(model: ir.Model) -> None:
+    """Raise the model's default-domain opset to :data:`ATTENTION_OPSET` if it is below."""
+    version = max(model.graph.opset_imports.get("", 0), ATTENTION_OPSET)
+    model.graph.opset_imports[""] = model.opset_imports[""] = version
 
 
 def _additive_mask(graph: ir.Graph, mask: ir.Value, dtype: ir.DataType) -> ir.Value:

@@ -200,10 +200,8 @@ def _export_graphs(
             say(f"exporting {plan.file} ({precision})")
             path = export_graph(plan, staged)
             with quiet():
-                counts = optimize_graph(path, spec)
-                packed, rotary, attention, _ = rewrite_graph_file(
-                    path, pack_matmuls, fuse_rotary, fuse_attention, use_sequence_major_layout
-                )
+                rewrites = (pack_matmuls, fuse_rotary, fuse_attention, use_sequence_major_layout)
+                counts, (packed, rotary, attention, _) = optimize_graph(path, spec, *rewrites)
                 fusions[plan.file] = _fused(counts, packed, rotary, attention)
             paths.append(path)
         return paths, fusions
@@ -218,8 +216,7 @@ def _export_graphs(
         target = staged / plan.file
         say(f"quantizing {plan.file} to {quantize}")
         with quiet():
-            counts = optimize_graph(fp32, spec)
-            packed, rotary = rewrite_graph_file(fp32, pack_matmuls, fuse_rotary)
+            counts, (packed, rotary) = optimize_graph(fp32, spec, pack_matmuls, fuse_rotary)
             if quantize == "int8":
                 quantize_int8(fp32, target)
             else:

@@ -26,9 +26,16 @@ from llmspec.spec import ModelSpec
 MODEL_TYPES = {"decoder-only": "gpt2", "encoder-only": "bert", "encoder-decoder": "bart"}
 
 
-def optimize_graph(path: Path, spec: ModelSpec) -> dict[str, int]:
-    """Fuse ``path``'s graph in place; return the count of each fused operator (non-zero only)."""
+def optimize_graph(
+    path: Path, spec: ModelSpec, *rewrites: Callable[[Any], int]
+) -> tuple[dict[str, int], list[int]]:
+    """Fuse ``path``'s graph in place with the optimizer, then run our own ``rewrites`` (see
+    :func:`rewrite_graph_file`) on the optimized model in memory, saving once. Returns the count
+    of each operator the optimizer fused (non-zero only) and what each rewrite counted."""
+    import onnx_ir as ir
     from onnxruntime.transformers.optimizer import optimize_model
+
+    from llmspec.quantize import save_graph
 
     model = optimize_model(
         str(path),
@@ -39,10 +46,13 @@ def optimize_graph(path: Path, spec: ModelSpec) -> dict[str, int]:
         use_gpu=False,
     )
     counts = {op: n for op, n in model.get_fused_operator_statistics().items() if n}
-    data = path.with_name(path.name + ".data")
-    data.unlink(missing_ok=True)
-    model.save_model_to_file(str(path), use_external_data_format=True, all_tensors_to_one_file=True)
-    return dict(sorted(counts.items()))
+    rewritten = ir.from_proto(model.model)
+    for node in rewritten.graph:  # the optimizer adds the contrib domain's import only on save
+        if node.domain not in ("", "ai.onnx") and node.domain not in rewritten.opset_imports:
+            rewritten.opset_imports[node.domain] = rewritten.graph.opset_imports[node.domain] = 1
+    ours = [rewrite(rewritten) for rewrite in rewrites]
+    save_graph(ir.to_proto(rewritten), path)
+    return dict(sorted(counts.items())), ours
 
 
 def rewrite_graph_file(path: Path, *rewrites: Callable[[Any], int]) -> list[int]:

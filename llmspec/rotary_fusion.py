@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from llmspec.attention_fusion import ATTENTION_OPSET, producer, take_over
+from llmspec.attention_fusion import producer, require_opset, take_over
 
 
 @dataclass
@@ -123,8 +123,7 @@ def fuse_rotary(model: ir.Model) -> int:
         graph.insert_before(match.anchor, fused)
         take_over(graph, match.output, fused.outputs[0])
     RemoveUnusedNodesPass()(model)
-    graph.opset_imports[""] = max(graph.opset_imports.get("", 0), ATTENTION_OPSET)
-    model.opset_imports[""] = graph.opset_imports[""]
+    require_opset(model)
     return len(matches)
 
 
