@@ -59,11 +59,14 @@ def rewrite_graph_file(path: Path, *rewrites: Callable[[Any], int]) -> list[int]
     """Run our own graph rewrites on ``path`` in place, in order, loading and saving it once;
     return what each one counted (the MatMuls packed, the rotations or attentions fused).
 
-    Before quantization: :func:`llmspec.matmul_packing.pack_matmuls` (so that a packed weight
-    and its input are quantized once) and :func:`llmspec.rotary_fusion.fuse_rotary`. On the final
-    graph: :func:`llmspec.attention_fusion.fuse_attention` (ONNX Runtime's quantizers know a
-    contrib ``Attention`` by the same name and would misread ours), then
-    :func:`llmspec.attention_fusion.use_sequence_major_layout`."""
+    The exporter runs :func:`llmspec.matmul_packing.pack_matmuls` and
+    :func:`llmspec.rotary_fusion.fuse_rotary` with :func:`optimize_graph`, before quantization
+    (so that a packed weight and its input are quantized once), and
+    :func:`llmspec.attention_fusion.fuse_attention` then
+    :func:`llmspec.attention_fusion.use_sequence_major_layout` on the final graph (ONNX
+    Runtime's quantizers know a contrib ``Attention`` by the same name and would misread ours):
+    with :func:`optimize_graph` when nothing is quantized, with this function after
+    quantization."""
     import onnx
     import onnx_ir as ir
 
