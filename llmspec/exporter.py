@@ -23,11 +23,12 @@ gated) where the CUDA provider works.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,7 +200,7 @@ def _export_graphs(
         for plan in plan_graphs(spec, model, dtype):
             say(f"exporting {plan.file} ({precision})")
             path = export_graph(plan, staged)
-            with quiet():
+            with quiet(), _stage(plan.file, "optimizing"):
                 rewrites = (pack_matmuls, fuse_rotary, fuse_attention, use_sequence_major_layout)
                 counts, (packed, rotary, attention, _) = optimize_graph(path, spec, *rewrites)
                 fusions[plan.file] = _fused(counts, packed, rotary, attention)
@@ -215,7 +216,7 @@ def _export_graphs(
         fp32 = export_graph(plan, scratch)
         target = staged / plan.file
         say(f"quantizing {plan.file} to {quantize}")
-        with quiet():
+        with quiet(), _stage(plan.file, "optimizing and quantizing"):
             counts, (packed, rotary) = optimize_graph(fp32, spec, pack_matmuls, fuse_rotary)
             if quantize == "int8":
                 quantize_int8(fp32, target)
@@ -226,6 +227,21 @@ def _export_graphs(
         paths.append(target)
     shutil.rmtree(scratch)
     return paths, fusions
+
+
+@contextlib.contextmanager
+def _stage(graph: str, what: str) -> Iterator[None]:
+    """Name the graph and the stage when ONNX Runtime's optimizer, a quantizer or one of our
+    rewrites fails (they raise many types), instead of a bare traceback."""
+    try:
+        yield
+    except (OSError, MemoryError):
+        raise  # the disk or memory: the caller's handling applies
+    except Exception as err:
+        raise ExportError(
+            f"{what} {graph} failed: {type(err).__name__}: {err}. This is a bug in llmspec or "
+            "in ONNX Runtime's tools, not in your spec: please report it with the spec"
+        ) from err
 
 
 def _opset(path: Path) -> int:

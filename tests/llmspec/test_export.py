@@ -360,3 +360,16 @@ def test_a_failed_gate_whose_top1_agrees_points_at_the_tolerance():
     assert "--tolerance (now 0.3)" in str(ParityError(near))
     wrong = ParityReport("int4", "CPUExecutionProvider", [Check("prefill", 0.9, 2.5, 0.75, False)])
     assert "--tolerance" not in str(ParityError(wrong))  # a wrong answer is not a tolerance matter
+
+
+def test_a_failing_graph_rewrite_names_the_graph_and_stage(tmp_path, monkeypatch):
+    import llmspec.matmul_packing
+
+    def broken(model):
+        raise RuntimeError("pattern went wrong")
+
+    monkeypatch.setattr(llmspec.matmul_packing, "pack_matmuls", broken)
+    with pytest.raises(ExportError, match=r"optimizing decoder.onnx failed: RuntimeError: pattern"):
+        export(SPECS / "tiny-decoder.yaml", tmp_path / "a", progress=_quiet)
+    assert not (tmp_path / "a").exists()
+    assert list(tmp_path.iterdir()) == []  # no staging debris
