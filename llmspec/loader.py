@@ -18,6 +18,7 @@ from pydantic.fields import FieldInfo
 from llmspec.errors import Path, Problem, SpecError
 from llmspec.spec import ModelSpec, cross_field_problems
 from llmspec.yaml_safe import MAX_BYTES, Located, load_yaml
+from runtime.reading import UnreadableFile, check_regular, read_bytes
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 
@@ -274,22 +275,16 @@ def _read(source: str | bytes | FilePath) -> tuple[str | bytes, str]:
     path = FilePath(source)
     name = str(path)
     try:
-        size = path.stat().st_size
+        size = check_regular(path)  # a FIFO, a device or a directory: refused without reading
         if size > MAX_BYTES:
-            raise SpecError(
-                [
-                    Problem(
-                        name, 0, 0, (), f"the file is {size} bytes; specs are capped at {MAX_BYTES}"
-                    )
-                ]
-            )
-        return path.read_bytes(), name
-    except FileNotFoundError:
-        raise SpecError([Problem(name, 0, 0, (), "no such file")]) from None
-    except IsADirectoryError:
-        raise SpecError([Problem(name, 0, 0, (), "is a directory, not a spec file")]) from None
-    except OSError as err:
-        raise SpecError([Problem(name, 0, 0, (), f"cannot read: {err.strerror}")]) from None
+            message = f"the file is {size} bytes; specs are capped at {MAX_BYTES}"
+            raise SpecError([Problem(name, 0, 0, (), message)])
+        # Bounded whatever the size said (a file in /proc says 0, a file may grow meanwhile).
+        return read_bytes(path, MAX_BYTES, "spec"), name
+    except UnreadableFile as err:
+        # The reader's message starts with the file name; the Problem carries it already.
+        message = str(err).removeprefix(f"{name}: ")
+        raise SpecError([Problem(name, 0, 0, (), message)]) from None
 
 
 def load_spec(source: str | bytes | FilePath) -> ModelSpec:

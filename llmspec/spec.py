@@ -35,9 +35,18 @@ Decisions recorded here (where DESIGN.md is silent):
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    model_validator,
+)
 
 from runtime.decoding import Greedy, Step, chain_problems
 
@@ -61,11 +70,41 @@ class ByteLevelTokenizer(Section):
     type: Literal["byte-level"] = "byte-level"
 
 
+def _inside_spec_folder(value: str) -> str:
+    """A file name in a spec: relative, and not climbing out of the spec's folder.
+
+    A spec is something people share, so it must not be able to pull in files from elsewhere
+    on the machine that builds it (a corpus ends up in the exported tokenizer). Symlinks that
+    lead outside are refused where the file is opened (:func:`llmspec.tokenizer.spec_file`)."""
+    if "\0" in value:
+        raise ValueError(f"{value!r} contains a NUL character; write a plain file name")
+    posix, windows = PurePosixPath(value), PureWindowsPath(value)
+    where = (
+        "an absolute path"
+        if posix.is_absolute() or windows.drive or windows.root
+        else "a path that climbs with '..'"
+        if ".." in posix.parts or ".." in windows.parts
+        else None
+    )
+    if where is not None:
+        raise ValueError(
+            f"{value!r} is {where}; files named in a spec are read from the spec's folder "
+            "(or below it) only: copy the file next to the spec and write its name relative "
+            "to the spec"
+        )
+    return value
+
+
+SpecFile = Annotated[str, AfterValidator(_inside_spec_folder)]
+
+
 class BpeTokenizer(Section):
     """A byte-level BPE trained to ``vocabulary.size`` on the given text files."""
 
     type: Literal["bpe"]
-    corpus: list[str] = Field(min_length=1, description="text files, relative to the spec file")
+    corpus: list[SpecFile] = Field(
+        min_length=1, description="text files, relative to the spec file, inside its folder"
+    )
     min_frequency: PositiveInt = 2
 
 
@@ -73,7 +112,7 @@ class FileTokenizer(Section):
     """A ready ``tokenizer.json`` (Hugging Face tokenizers format)."""
 
     type: Literal["file"]
-    path: str = Field(min_length=1, description="relative to the spec file")
+    path: SpecFile = Field(min_length=1, description="relative to the spec file, inside its folder")
 
 
 Tokenizer = Annotated[

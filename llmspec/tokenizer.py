@@ -17,13 +17,21 @@ Every kind maps bytes losslessly (the ByteLevel pre-tokenizer), so any text roun
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from llmspec.spec import BYTE_LEVEL_BASE, ModelSpec
+from runtime.reading import MiB, UnreadableFile, check_regular, is_inside, iter_lines, read_text
 
 SPECIAL_ORDER = ("pad", "bos", "eos", "unk", "mask")
+# The largest tokenizer.json read: real ones are a few MiB (Llama 3: 9 MiB, Gemma: 33 MiB).
+MAX_TOKENIZER_BYTES = 256 * MiB
+# Corpora reach the BPE trainer in pieces of at most this many bytes: a line is rarely longer,
+# and a longer one (a minified file, a corpus without newlines) is cut, which only changes
+# the word counts at the cuts. The trainer's own file reader holds whole lines in memory.
+CORPUS_MAX_LINE = 64 * 1024
 
 
 class TokenizerMismatch(ValueError):
@@ -86,10 +94,23 @@ def byte_level(spec: ModelSpec) -> Tokenizer:
     return _finish(Tokenizer(models.BPE(vocab=vocab, merges=[])), spec)
 
 
-def train_bpe(spec: ModelSpec, files: list[Path]) -> Tokenizer:
+def corpus_pieces(files: list[Path], max_line: int = CORPUS_MAX_LINE) -> Iterator[str]:
+    """The text of ``files`` in order, line by line with the line ends kept (as the
+    tokenizers library's own file reader yields it), a line longer than ``max_line`` bytes in
+    pieces. Raises :class:`TokenizerMismatch` for a file that is not a regular file."""
+    for path in files:
+        try:
+            yield from iter_lines(path, max_line, keepends=True)
+        except UnreadableFile as err:
+            raise TokenizerMismatch(f"corpus file {err}") from None
+
+
+def train_bpe(spec: ModelSpec, files: list[Path], max_line: int = CORPUS_MAX_LINE) -> Tokenizer:
     """A byte-level BPE trained on ``files`` to ``vocabulary.size`` ids.
 
-    Sentinels take the top ids, as with the byte-level tokenizer."""
+    Sentinels take the top ids, as with the byte-level tokenizer. The files are streamed in
+    pieces of at most ``max_line`` bytes (see :data:`CORPUS_MAX_LINE`); on files whose lines
+    are shorter the result is the same as ``Tokenizer.train(files)``'s."""
     sentinels = spec.vocabulary.sentinels
     min_frequency = getattr(spec.vocabulary.tokenizer, "min_frequency", 2)
     trainer = trainers.BpeTrainer(
@@ -101,7 +122,7 @@ def train_bpe(spec: ModelSpec, files: list[Path]) -> Tokenizer:
     )
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tokenizer.train([str(f) for f in files], trainer)
+    tokenizer.train_from_iterator(corpus_pieces(files, max_line), trainer)
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.add_special_tokens([sentinel(i) for i in range(sentinels)])
     return tokenizer
@@ -136,25 +157,62 @@ def check_fits(tokenizer: Tokenizer, spec: ModelSpec) -> dict[str, int]:
     return ids
 
 
+def read_tokenizer(path: Path) -> Tokenizer:
+    """The ``tokenizer.json`` at ``path``: a regular file of at most
+    :data:`MAX_TOKENIZER_BYTES`, parsed; anything else is a :class:`TokenizerMismatch`."""
+    try:
+        text = read_text(path, MAX_TOKENIZER_BYTES, "tokenizer.json")
+    except UnreadableFile as err:
+        raise TokenizerMismatch(str(err)) from None
+    try:
+        return Tokenizer.from_str(text)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as err:  # a bare Exception, or pyo3's PanicException (BaseException)
+        raise TokenizerMismatch(f"{path}: not a tokenizer.json ({err})") from None
+
+
+def spec_file(base: Path, name: str, field: str) -> Path:
+    """The file ``name`` that the spec field ``field`` names, in the spec's folder ``base``.
+
+    The spec's validation already refuses absolute names and ``..``; this refuses a name that
+    leads outside ``base`` through a symlink, and one that is not a regular file (a FIFO would
+    block, a device would never end). Raises :class:`TokenizerMismatch`."""
+    path = base / name
+    if not is_inside(path, base):
+        raise TokenizerMismatch(
+            f"{field}: {name!r} leads outside the spec's folder {base} (through a symlink); "
+            "files named in a spec are read from its folder only: copy the file next to the "
+            "spec instead of linking to it"
+        )
+    try:
+        check_regular(path)
+    except UnreadableFile as err:
+        raise TokenizerMismatch(f"{field}: {err}") from None
+    return path
+
+
 def load_for_spec(spec: ModelSpec, base_dir: Path | None = None) -> Tokenizer:
-    """The tokenizer a spec names, built, trained or read; checked against the spec."""
+    """The tokenizer a spec names, built, trained or read; checked against the spec.
+
+    Files the spec names (a BPE corpus, a tokenizer.json) are read from ``base_dir``, the
+    spec's folder (default: the working directory), and must lie inside it."""
     kind = spec.vocabulary.tokenizer
     base = base_dir or Path.cwd()
     if kind.type == "byte-level":
         tokenizer = byte_level(spec)
     elif kind.type == "bpe":
-        files = [base / name for name in kind.corpus]
-        missing = [str(f) for f in files if not f.is_file()]
+        missing = [str(base / name) for name in kind.corpus if not (base / name).exists()]
         if missing:
             raise TokenizerMismatch(f"corpus files not found: {', '.join(missing)}")
+        files = [
+            spec_file(base, name, f"vocabulary.tokenizer.corpus[{i}]")
+            for i, name in enumerate(kind.corpus)
+        ]
         tokenizer = train_bpe(spec, files)
     else:
-        path = base / kind.path
-        if not path.is_file():
-            raise TokenizerMismatch(f"{path}: tokenizer file not found")
-        try:
-            tokenizer = Tokenizer.from_file(str(path))
-        except Exception as err:  # tokenizers raises a bare Exception on bad JSON
-            raise TokenizerMismatch(f"{path}: not a tokenizer.json ({err})") from None
+        if not (base / kind.path).exists():
+            raise TokenizerMismatch(f"{base / kind.path}: tokenizer file not found")
+        tokenizer = read_tokenizer(spec_file(base, kind.path, "vocabulary.tokenizer.path"))
     check_fits(tokenizer, spec)
     return tokenizer

@@ -165,12 +165,20 @@ def read_json(
 
 
 def iter_lines(
-    path: str | os.PathLike[str], max_line: int, limit: int | None = None
+    path: str | os.PathLike[str],
+    max_line: int,
+    limit: int | None = None,
+    *,
+    keepends: bool = False,
+    errors: str = "replace",
 ) -> Iterator[str]:
     """The lines of a UTF-8 text file (without line ends), never holding more than ``max_line``
     bytes: a longer line is yielded in pieces of at most ``max_line`` bytes, cut at a character
     boundary. ``limit`` caps the bytes read in all (None: no cap). Invalid UTF-8 is replaced
-    by U+FFFD, as corpora from the wild often have a stray byte."""
+    by U+FFFD, as corpora from the wild often have a stray byte.
+
+    ``keepends`` keeps each line's ``\n`` / ``\r\n`` (joined, the pieces are then the file's
+    text exactly); ``errors="strict"`` raises UnicodeDecodeError for invalid UTF-8 instead."""
     fd = open_regular(path)
     read = 0
     with os.fdopen(fd, "rb") as handle:
@@ -193,7 +201,7 @@ def iter_lines(
                 if cut > 0:
                     handle.seek(cut - len(line), os.SEEK_CUR)
                     line = line[:cut]
-            yield line.rstrip(b"\r\n").decode("utf-8", errors="replace")
+            yield (line if keepends else line.rstrip(b"\r\n")).decode("utf-8", errors=errors)
 
 
 def is_inside(path: Path, root: Path) -> bool:
