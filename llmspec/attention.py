@@ -301,17 +301,16 @@ def _load(source: str) -> tuple[Any, Any, Any, Any]:
     model/run directory or an artifact (both hold spec.yaml, weights.safetensors and usually
     tokenizer.json). A spec file gets the export's seeded initial weights."""
     import torch
-    from tokenizers import Tokenizer
 
     from llmspec.builder import build, load_module
     from llmspec.exporter import INIT_SEED, resolve_source
-    from llmspec.tokenizer import check_fits, load_for_spec
+    from llmspec.tokenizer import check_fits, load_for_spec, read_tokenizer
 
     src = resolve_source(source)
     torch.manual_seed(INIT_SEED)
     model = build(src.spec, dtype="fp32", weights=src.weights).eval()
     if src.tokenizer is not None:
-        tokenizer = Tokenizer.from_file(str(src.tokenizer))
+        tokenizer = read_tokenizer(src.tokenizer)
         check_fits(tokenizer, src.spec)
     else:
         tokenizer = load_for_spec(src.spec, src.directory)

@@ -116,13 +116,11 @@ def _with_precision(spec: ModelSpec, dtype: str | None, quantize: str | None) ->
 
 
 def _tokenizer(src: Source, spec: ModelSpec) -> Any:
-    from llmspec.tokenizer import TokenizerMismatch, check_fits, load_for_spec
+    from llmspec.tokenizer import TokenizerMismatch, check_fits, load_for_spec, read_tokenizer
 
     try:
         if src.tokenizer is not None:
-            from tokenizers import Tokenizer
-
-            tokenizer = Tokenizer.from_file(str(src.tokenizer))
+            tokenizer = read_tokenizer(src.tokenizer)
             check_fits(tokenizer, spec)
             return tokenizer
         return load_for_spec(spec, src.directory)
