@@ -32,14 +32,18 @@ blank.
 
 from __future__ import annotations
 
-import json
 import string
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.reading import MiB, UnreadableFile, parse_json, read_text
+
 SEPARATOR = "\n\n"
 DEFAULT_TEMPLATE = "Input: {input}\nOutput: {output}"
 FIELDS = ("input", "output")
+# Templates are a few lines; examples files hold a handful to a few thousand short examples.
+MAX_TEMPLATE_BYTES = 1 * MiB
+MAX_EXAMPLES_BYTES = 64 * MiB
 
 
 class PromptError(ValueError):
@@ -115,9 +119,9 @@ def read_template(path: str | Path) -> Template:
     """Read a template file (its final newline dropped)."""
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise PromptError(f"{file}: cannot read the template ({err})") from None
+        text = read_text(file, MAX_TEMPLATE_BYTES, "template")
+    except UnreadableFile as err:
+        raise PromptError(f"cannot read the template: {err}") from None
     return Template.parse(text.removesuffix("\n"), str(file))
 
 
@@ -125,18 +129,18 @@ def read_examples(path: str | Path) -> list[Example]:
     """The examples of a JSONL file, in order; PromptError names the file and line."""
     file = Path(path)
     try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise PromptError(f"{file}: cannot read the examples ({err})") from None
+        lines = read_text(file, MAX_EXAMPLES_BYTES, "examples file").splitlines()
+    except UnreadableFile as err:
+        raise PromptError(f"cannot read the examples: {err}") from None
     examples = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         where = f"{file}:{number}"
         try:
-            item = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise PromptError(f"{where}: not valid JSON ({err.msg})") from None
+            item = parse_json(line.encode("utf-8"), where)
+        except UnreadableFile as err:  # not JSON, or nested deeper than any example is
+            raise PromptError(str(err)) from None
         if not isinstance(item, dict):
             raise PromptError(f"{where}: expected a JSON object with 'input' and 'output'")
         for key in FIELDS:

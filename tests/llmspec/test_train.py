@@ -114,7 +114,9 @@ def test_a_bpe_spec_trains_its_tokenizer_and_the_run_stands_alone(corpus: Path, 
         "  size: 260\n",
         "  size: 300\n  tokenizer: {type: bpe, corpus: [corpus/doc0.txt], min_frequency: 2}\n",
     )
-    (tmp_path / "corpus").symlink_to(corpus)
+    # A copy, not a symlink: files a spec names must lie inside its folder.
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "doc0.txt").write_bytes((corpus / "doc0.txt").read_bytes())
     (tmp_path / "bpe.yaml").write_text(spec_text)
     run = train(tmp_path / "bpe.yaml", [corpus], tmp_path / "run", steps=2, **SMALL)
     spec = load_spec(run / "spec.yaml")
