@@ -591,6 +591,21 @@ def _generation_fits(s: Any) -> RuleProblems:
     return out
 
 
+@rule("generation", "context_length")
+def _generation_within_context(s: Any) -> RuleProblems:
+    # runtime.generation.max_new_tokens_limit: more than the context window can never be made
+    if s.generation is not None and s.generation.max_new_tokens > s.context_length:
+        return [
+            (
+                ("generation", "max_new_tokens"),
+                f"max_new_tokens {s.generation.max_new_tokens} is beyond the context window of "
+                f"{s.context_length} tokens, so no request could generate that many; lower it "
+                f"to at most {s.context_length}",
+            )
+        ]
+    return []
+
+
 @rule("generation", "vocabulary", "architecture", "objective")
 def _generation_needs_eos(s: Any) -> RuleProblems:
     # Encoder-only models are told to drop the section; encoder-decoder objectives already

@@ -11,6 +11,21 @@ callers, ``generation.json`` in an artifact, and the command line's compact form
 
     temperature=0.7,top_k=50,top_p=0.9,sample
 
+:meth:`DecodingChain.coerce` turns whatever a caller may pass as a chain (a chain, its compact
+form, a list of step objects, JSON dicts or compact strings) into a chain, and refuses anything
+else with a :class:`DecodingError` that says what a chain may be.
+
+Sizes are bounded, so that no configuration can make a request allocate without limit: a beam
+search keeps at most :data:`MAX_BEAMS` beams (each beam is a full row of the KV cache, and
+wider beams rarely give better text: Koehn & Knowles 2017, "Six challenges", found quality
+falling beyond a few dozen), its ``length_penalty`` is within +-:data:`MAX_LENGTH_PENALTY`
+(``length ** length_penalty`` must stay a finite, non-zero float), and a chain has at most
+:data:`MAX_STEPS` steps (every step runs once per token). ``top_k`` and ``no_repeat_ngram``
+may exceed the vocabulary or the context: they then keep every token / never match, and cost
+nothing more. The request-level sizes (prompt + ``max_new_tokens`` against the context
+window, batch x beams x positions of KV cache against the machine's memory) are checked by
+the model (:mod:`runtime.model`), which knows them.
+
 Each step documents its no-op value and rejects bad parameters with an actionable message.
 This module holds configuration only; it imports nothing heavy. The behaviour (numpy logits
 processors, selectors, the compiled :class:`runtime.sampling.Decoder`) lives in
@@ -64,6 +79,12 @@ from typing import Any, Literal
 
 class DecodingError(ValueError):
     """A decoding chain or one of its parameters is invalid."""
+
+
+# Bounds on sizes (see the module docstring, "Sizes are bounded").
+MAX_BEAMS = 128
+MAX_LENGTH_PENALTY = 10.0
+MAX_STEPS = 64
 
 
 def _number(name: str, value: float) -> None:
@@ -225,9 +246,25 @@ class BeamSearch:
     def __post_init__(self) -> None:
         if isinstance(self.beams, bool) or not isinstance(self.beams, int) or self.beams < 1:
             raise DecodingError(f"beam_search needs beams >= 1, got {self.beams!r}")
+        if self.beams > MAX_BEAMS:
+            raise DecodingError(
+                f"beam_search takes at most {MAX_BEAMS} beams, got {self.beams}: every beam "
+                "is a full row of the KV cache, and wider beams rarely give better text; "
+                "lower beams (4 to 8 is typical)"
+            )
         _number("length_penalty", self.length_penalty)
         if math.isinf(self.length_penalty):
             raise DecodingError(f"length_penalty must be finite, got {self.length_penalty}")
+        if abs(self.length_penalty) > MAX_LENGTH_PENALTY:
+            raise DecodingError(
+                f"length_penalty must be within -{MAX_LENGTH_PENALTY:g} to "
+                f"{MAX_LENGTH_PENALTY:g}, got {self.length_penalty} (it is an exponent of the "
+                "length: 1.0 is neutral, 0.6 to 2.0 is typical)"
+            )
+        if not isinstance(self.early_stopping, bool):
+            raise DecodingError(
+                f"early_stopping must be true or false, got {self.early_stopping!r}"
+            )
 
 
 Processor = (
@@ -358,11 +395,34 @@ def _main_parameter(step_type: type) -> str | None:
     return builtin if step_type in STEPS.values() else getattr(step_type, "parameter", None)
 
 
+def is_step(step: Any) -> bool:
+    """Whether ``step`` is a decoding step: a built-in one, or a plugin-like object with a
+    ``process`` or ``select`` method."""
+    return type(step) in STEPS.values() or (
+        not isinstance(step, type)
+        and (callable(getattr(step, "process", None)) or callable(getattr(step, "select", None)))
+    )
+
+
+STEP_FORMS = (
+    "a step object (TopK(k=50)), its JSON dict ({'type': 'top_k', 'k': 50}) "
+    "or its compact form ('top_k=50')"
+)
+
+
 def chain_problems(steps: list[Any]) -> list[tuple[int | None, str]]:
     """Structural problems of a chain: (index of the step or None, message)."""
     problems: list[tuple[int | None, str]] = []
     if not steps:
         return [(None, "the chain is empty; end it with 'greedy' or 'sample'")]
+    if len(steps) > MAX_STEPS:
+        return [(None, f"the chain has {len(steps)} steps, more than the {MAX_STEPS} allowed")]
+    strangers = [(i, s) for i, s in enumerate(steps) if not is_step(s)]
+    if strangers:
+        return [
+            (i, f"step {i} is {_shown(s)}, not a decoding step; give {STEP_FORMS}")
+            for i, s in strangers
+        ]
     searches = [i for i, s in enumerate(steps) if isinstance(s, BeamSearch)]
     selectors = [i for i, s in enumerate(steps) if is_selector(s)]
     last = len(steps) - 1
@@ -392,29 +452,36 @@ class DecodingChain:
             raise DecodingError("; ".join(message for _, message in problems))
 
     @classmethod
+    def coerce(cls, chain: Any) -> DecodingChain:
+        """A chain from what a caller may pass: a :class:`DecodingChain`, its compact form
+        (``"temperature=0.7,top_k=50,sample"``), or a list (or tuple) of steps, each a step
+        object, its JSON dict or its compact form (``["top_k=50", {"type": "sample"}]``).
+
+        Raises DecodingError for anything else, saying what a chain may be."""
+        if isinstance(chain, DecodingChain):
+            return chain
+        if isinstance(chain, str):
+            return cls.parse(chain)
+        if not isinstance(chain, list | tuple):
+            hint = "; wrap the step in a list" if isinstance(chain, dict) or is_step(chain) else ""
+            raise DecodingError(
+                "a decoding chain is its compact form ('temperature=0.7,top_k=50,sample') or "
+                f"a list of steps, each {STEP_FORMS}; got {_shown(chain)}{hint}"
+            )
+        steps: list[Any] = []
+        for index, item in enumerate(chain):
+            if isinstance(item, dict):
+                steps.append(_step_from_json(index, item))
+            elif isinstance(item, str):
+                steps.extend(_parse_steps(item) if item.strip() else [item])
+            else:
+                steps.append(item)
+        return cls(tuple(steps))
+
+    @classmethod
     def parse(cls, text: str) -> DecodingChain:
         """Parse the compact form ``temperature=0.7,top_k=50,top_p=0.9,sample``."""
-        steps: list[Step] = []
-        for raw in text.split(","):
-            item = raw.strip()
-            if not item:
-                continue
-            name, _, value = item.partition("=")
-            name = name.strip().replace("-", "_")
-            kind = step_type(name)
-            if not value:
-                steps.append(_build(kind, name, {}))
-                continue
-            parameter = _main_parameter(kind)
-            if parameter is None:
-                raise DecodingError(f"{name!r} takes no value; write it as '{name}'")
-            annotation = {f.name: f.type for f in fields(kind)}[parameter]
-            try:
-                parsed: Any = int(value) if "int" in str(annotation) else float(value)
-            except ValueError:
-                raise DecodingError(f"{name}={value!r}: {value!r} is not a number") from None
-            steps.append(_build(kind, name, {parameter: parsed}))
-        return cls(tuple(steps))
+        return cls(tuple(_parse_steps(text)))
 
     def to_json(self) -> list[dict[str, Any]]:
         """The chain as JSON-ready dicts (``generation.json``)."""
@@ -422,16 +489,87 @@ class DecodingChain:
 
     @classmethod
     def from_json(cls, items: list[dict[str, Any]]) -> DecodingChain:
-        """Rebuild a chain from :meth:`to_json`'s output."""
-        steps: list[Step] = []
-        for item in items:
-            params = dict(item)
-            name = params.pop("type", None)
-            steps.append(_build(step_type(str(name)), str(name), params))
-        return cls(tuple(steps))
+        """Rebuild a chain from :meth:`to_json`'s output (a list of JSON objects, each with
+        a ``type``); raises DecodingError for anything else."""
+        if not isinstance(items, list):
+            raise DecodingError(
+                f"a chain in JSON is a list of steps such as {{'type': 'greedy'}}, "
+                f"got {_shown(items)}"
+            )
+        if len(items) > MAX_STEPS:
+            raise DecodingError(
+                f"the chain has {len(items)} steps, more than the {MAX_STEPS} allowed"
+            )
+        return cls(tuple(_step_from_json(index, item) for index, item in enumerate(items)))
 
     def __str__(self) -> str:
         return ",".join(step_text(step) for step in self.steps)
+
+
+def _shown(value: Any) -> str:
+    """``value`` for a message: its repr, cut short, with its type."""
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _step_from_json(index: int, item: Any) -> Any:
+    """Step ``index`` of a JSON chain: a dict with a ``type`` and the step's fields."""
+    if not isinstance(item, dict):
+        raise DecodingError(
+            f"step {index} is {_shown(item)}; a step in JSON is an object such as "
+            "{'type': 'top_k', 'k': 50}"
+        )
+    params = dict(item)
+    name = params.pop("type", None)
+    if not isinstance(name, str):
+        missing = "has no 'type'" if name is None else f"has the type {_shown(name)}"
+        raise DecodingError(
+            f"step {index} {missing}; name the step, e.g. {{'type': 'greedy'}} (known steps: "
+            f"{', '.join(sorted(STEPS))})"
+        )
+    return _build(step_type(name), name, params)
+
+
+def _parse_steps(text: str) -> list[Any]:
+    """The steps of the compact form ``temperature=0.7,top_k=50,sample`` (not yet a chain)."""
+    if not isinstance(text, str):
+        raise DecodingError(f"a chain's compact form is a string, got {_shown(text)}")
+    steps: list[Any] = []
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        name, _, value = item.partition("=")
+        name = name.strip().replace("-", "_")
+        kind = step_type(name)
+        if not value:
+            steps.append(_build(kind, name, {}))
+            continue
+        parameter = _main_parameter(kind)
+        if parameter is None:
+            raise DecodingError(f"{name!r} takes no value; write it as '{name}'")
+        annotation = {f.name: f.type for f in fields(kind)}[parameter]
+        whole = "int" in str(annotation)
+        try:
+            parsed: Any = int(value) if whole else float(value)
+        except ValueError:
+            shown = value.strip() if len(value) <= 40 else value.strip()[:40] + "..."
+            if whole and value.strip().lstrip("+-").isdigit():
+                raise DecodingError(f"{name}={shown}: the number has too many digits") from None
+            if whole and _is_float(value):
+                raise DecodingError(f"{name} must be a whole number, got {shown}") from None
+            raise DecodingError(f"{name}={shown!r}: {shown!r} is not a number") from None
+        steps.append(_build(kind, name, {parameter: parsed}))
+    return steps
 
 
 def _build(kind: type, name: str, params: dict[str, Any]) -> Any:

@@ -19,11 +19,19 @@ mask token), because those carry meaning in what such models generate.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from runtime.decoding import DecodingChain, DecodingError
+from runtime.reading import MiB, UnreadableFile, read_json
+
 FinishReason = Literal["eos", "stop", "length"]
+
+# generation.json holds a number and a short chain: a few hundred bytes, three levels deep.
+MAX_GENERATION_BYTES = 1 * MiB
+MAX_GENERATION_DEPTH = 16
 
 # Decoding bytes that do not yet form a whole character gives U+FFFD.
 _INCOMPLETE = "\ufffd"
@@ -31,6 +39,60 @@ _INCOMPLETE = "\ufffd"
 
 class RuntimeInputError(ValueError):
     """A request the runtime refuses before running anything; the message says what to fix."""
+
+
+class GenerationConfigError(ValueError):
+    """A generation.json (or its contents) that cannot be used; the message names the file."""
+
+
+def max_new_tokens_limit(context_length: int) -> int:
+    """The most ``max_new_tokens`` a default may ask for: the context window. More can never
+    be generated (a decoder-only model's prompt shares the window; an encoder-decoder
+    model's decoder has a window of its own), so such a default fails every request."""
+    return context_length
+
+
+def read_generation(path: str | os.PathLike[str], context_length: int) -> tuple[int, DecodingChain]:
+    """``(max_new_tokens, chain)`` of an artifact's generation.json, checked.
+
+    The file is read bounded (a regular file of at most :data:`MAX_GENERATION_BYTES`, JSON
+    nested at most :data:`MAX_GENERATION_DEPTH` deep), ``max_new_tokens`` must be a whole
+    number from 0 to :func:`max_new_tokens_limit` and ``chain`` a valid decoding chain (whose
+    sizes :mod:`runtime.decoding` bounds). Raises :class:`GenerationConfigError` naming the
+    file, the field and the fix; ``runtime.load`` and ``llmspec verify`` turn it into their
+    errors."""
+    name = os.fspath(path)
+    try:
+        data = read_json(path, MAX_GENERATION_BYTES, "generation.json", MAX_GENERATION_DEPTH)
+    except UnreadableFile as err:
+        raise GenerationConfigError(str(err)) from None
+    if not isinstance(data, dict):
+        raise GenerationConfigError(
+            f"{name}: expected a JSON object with max_new_tokens and chain, "
+            f"got {type(data).__name__}"
+        )
+    missing = [key for key in ("max_new_tokens", "chain") if key not in data]
+    if missing:
+        raise GenerationConfigError(f"{name}: missing {', '.join(missing)}")
+    max_new = data["max_new_tokens"]
+    if isinstance(max_new, bool) or not isinstance(max_new, int) or max_new < 0:
+        shown = repr(max_new) if len(repr(max_new)) <= 40 else repr(max_new)[:37] + "..."
+        raise GenerationConfigError(
+            f"{name}: max_new_tokens must be a whole number >= 0, got {shown}"
+        )
+    limit = max_new_tokens_limit(context_length)
+    if max_new > limit:
+        shown = str(max_new) if max_new < 10**30 else f"a {len(str(max_new))}-digit number"
+        raise GenerationConfigError(
+            f"{name}: max_new_tokens is {shown}, beyond the context window of "
+            f"{context_length} tokens, so every request with this default would fail; "
+            f"lower it to at most {limit} (generation.max_new_tokens in the spec)"
+        )
+    try:
+        chain = DecodingChain.from_json(data["chain"])
+    except DecodingError as err:
+        raise GenerationConfigError(f"{name}: chain: {err}") from None
+    return max_new, chain
 
 
 @dataclass(frozen=True)

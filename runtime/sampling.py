@@ -840,11 +840,7 @@ class Decoder:
     """
 
     def __init__(self, chain: DecodingChain | str | Sequence[Any]) -> None:
-        if isinstance(chain, str):
-            chain = DecodingChain.parse(chain)
-        elif not isinstance(chain, DecodingChain):
-            steps: tuple[Any, ...] = tuple(chain)
-            chain = DecodingChain(steps)
+        chain = DecodingChain.coerce(chain)
         if isinstance(chain.steps[0], BeamSearch):
             raise DecodingError(
                 "beam_search reorders the KV cache, so it is a search, not a Decoder; "
