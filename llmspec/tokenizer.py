@@ -164,6 +164,12 @@ def read_tokenizer(path: Path) -> Tokenizer:
         text = read_text(path, MAX_TOKENIZER_BYTES, "tokenizer.json")
     except UnreadableFile as err:
         raise TokenizerMismatch(str(err)) from None
+    return read_tokenizer_text(text, path)
+
+
+def read_tokenizer_text(text: str, path: Path) -> Tokenizer:
+    """The tokenizer of the ``tokenizer.json`` text read from ``path`` (for messages); a
+    :class:`TokenizerMismatch` when it is not one."""
     try:
         return Tokenizer.from_str(text)
     except (KeyboardInterrupt, SystemExit):
