@@ -150,7 +150,7 @@ def parse_json(data: bytes, name: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
         return json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as err:
         raise UnreadableFile(f"{name}: not UTF-8 (byte {err.start})") from None
-    except (json.JSONDecodeError, RecursionError) as err:
+    except (ValueError, RecursionError) as err:  # ValueError: also an int of > 4300 digits
         raise UnreadableFile(f"{name}: not valid JSON ({err})") from None
 
 

@@ -27,6 +27,9 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+from runtime.artifact import ArtifactError
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -170,7 +173,24 @@ class Graph:
     ) -> dict[str, Any]:
         """Run once. ``inputs`` are host arrays; ``cache`` are values from an earlier run (numpy
         on the CPU, ``OrtValue`` on CUDA) or :meth:`empty` ones. Returns every output by name:
-        those named in ``host`` as numpy arrays, the rest where the cache lives."""
+        those named in ``host`` as numpy arrays, the rest where the cache lives.
+
+        The runtime checks every request before it runs (token ids, lengths, the cache's shape
+        from the manifest), so ONNX Runtime refusing an input means the graph disagrees with
+        the manifest (a context_length beyond the graph's position table, say): that raises
+        :class:`ArtifactError` naming the graph, not ONNX Runtime's own exception."""
+        try:
+            return self._run(inputs, cache, host)
+        except InvalidArgument as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else "invalid argument"
+            raise ArtifactError(
+                f"{self.path}: ONNX Runtime refused the graph's inputs ({first}); the graph "
+                "disagrees with its manifest, check the artifact with llmspec verify"
+            ) from None
+
+    def _run(
+        self, inputs: Mapping[str, np.ndarray], cache: Mapping[str, Any], host: tuple[str, ...]
+    ) -> dict[str, Any]:
         if self.bind is None:
             values = self.session.run(self.outputs, {**inputs, **cache})
             return dict(zip(self.outputs, values, strict=True))

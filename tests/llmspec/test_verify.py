@@ -247,13 +247,16 @@ def test_spec_disagreeing_with_the_manifest_is_named(artifact, tmp_path):
 def test_graph_signature_differing_from_the_manifest_fails(artifact, tmp_path):
     root = _copy(artifact("tiny-gpt"), tmp_path)
     data = json.loads((root / fmt.MANIFEST).read_text())
-    data["graphs"][fmt.DECODER_GRAPH]["outputs"][0]["shape"] = ["batch", "sequence", 999]
+    # consistent with the manifest's own fields (a lying vocab_size is refused earlier, by
+    # read_manifest), but not what the graph says
+    data["graphs"][fmt.DECODER_GRAPH]["outputs"][0]["shape"] = ["batch", "tokens", 258]
     (root / fmt.MANIFEST).write_text(json.dumps(data))
     report = verify(root, examples=1)
     assert not report.passed and report.error is None
     (signatures,) = [c for c in report.checks if c.name == "graph signatures"]
     assert not signatures.passed
-    assert "decoder.onnx: outputs" in signatures.detail and "999" in signatures.detail
+    assert "decoder.onnx: output logits is float32 ['batch', 'sequence', 258]" in signatures.detail
+    assert "the manifest says float32 ['batch', 'tokens', 258]" in signatures.detail
     assert report.checks[-1] is signatures  # properties do not run on a mislabelled graph
 
 

@@ -7,6 +7,7 @@ import pytest
 from runtime.artifact import (
     FORMAT_VERSION,
     MANIFEST,
+    REQUIRED_FILES,
     ArtifactError,
     FileInfo,
     GraphInfo,
@@ -20,7 +21,12 @@ from runtime.artifact import (
 )
 
 
+def _cache(name, length):
+    return TensorInfo(name, "float32", ["batch", 2, length, 16])
+
+
 def _manifest(files):
+    """A consistent one-layer decoder-only manifest listing ``files``."""
     return Manifest(
         format_version=FORMAT_VERSION,
         llmspec_version="0.1.0",
@@ -32,24 +38,40 @@ def _manifest(files):
         opset=18,
         vocab_size=260,
         context_length=128,
-        layers=2,
+        layers=1,
         kv_heads=2,
         head_dim=16,
         special_tokens={"eos": 2},
         graphs={
             "decoder.onnx": GraphInfo(
-                inputs=[TensorInfo("input_ids", "int64", ["batch", "seq"])],
-                outputs=[TensorInfo("logits", "float32", ["batch", "seq", 260])],
+                inputs=[
+                    TensorInfo("input_ids", "int64", ["batch", "seq"]),
+                    TensorInfo("attention_mask", "int64", ["batch", "total"]),
+                    TensorInfo("position_ids", "int64", ["batch", "seq"]),
+                    _cache("past_key_values.0.key", "past"),
+                    _cache("past_key_values.0.value", "past"),
+                ],
+                outputs=[
+                    TensorInfo("logits", "float32", ["batch", "seq", 260]),
+                    _cache("present.0.key", "total"),
+                    _cache("present.0.value", "total"),
+                ],
             )
         },
         files=files,
     )
 
 
+# Every file a decoder-only artifact must list, with stand-in contents.
+FILES = [*REQUIRED_FILES, "decoder.onnx"]
+
+
 @pytest.fixture
 def artifact(tmp_path):
+    for name in FILES:
+        (tmp_path / name).write_bytes(name.encode() * 10)
     (tmp_path / "weights.safetensors").write_bytes(b"w" * 100)
-    manifest = _manifest({"weights.safetensors": file_info(tmp_path / "weights.safetensors")})
+    manifest = _manifest({name: file_info(tmp_path / name) for name in FILES})
     (tmp_path / MANIFEST).write_text(manifest.to_json())
     return tmp_path, manifest
 
