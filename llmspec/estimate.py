@@ -40,6 +40,7 @@ Units: parameter counts are counts, memory is bytes, FLOPs are floating-point op
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -986,3 +987,99 @@ def plot_memory(
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------------------
+# Memory against this machine
+
+# What the Python objects of one layer's modules take besides the parameters (measured: about
+# 40 KiB for a layer of a tiny model); it is what a spec with millions of tiny layers needs.
+MODULE_BYTES_PER_LAYER = 64 * 1024
+MEMINFO = "/proc/meminfo"
+
+
+@dataclass(frozen=True)
+class MachineMemory:
+    """Memory of a device, in bytes: what is available now, and the device's total."""
+
+    available: int
+    total: int
+    device: str  # "this machine", "cuda:0", ...
+
+
+def machine_memory() -> MachineMemory | None:
+    """This machine's memory: MemAvailable and MemTotal from /proc/meminfo (Linux), else the
+    free and total physical pages; None where neither is known."""
+    from runtime.reading import UnreadableFile, read_text
+
+    try:
+        fields = {}
+        for line in read_text(MEMINFO, 1 << 16, "meminfo").splitlines():
+            name, _, value = line.partition(":")
+            parts = value.split()
+            if len(parts) == 2 and parts[1] == "kB" and parts[0].isdigit():
+                fields[name] = int(parts[0]) * 1024
+        if "MemAvailable" in fields and "MemTotal" in fields:
+            return MachineMemory(fields["MemAvailable"], fields["MemTotal"], "this machine")
+    except UnreadableFile:
+        pass
+    try:
+        page = os.sysconf("SC_PAGE_SIZE")
+        free, total = os.sysconf("SC_AVPHYS_PAGES"), os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX, or the names are unknown
+        return None
+    if page <= 0 or total <= 0:
+        return None
+    return MachineMemory(max(free, 0) * page, total * page, "this machine")
+
+
+def build_bytes(spec: ModelSpec, dtype: str = "fp32") -> int:
+    """Bytes that building the model of ``spec`` in ``dtype`` takes at least: the parameters
+    are initialized in fp32 and then cast (both copies live for a moment), the logits-bias
+    buffer, and the modules' own objects (:data:`MODULE_BYTES_PER_LAYER`)."""
+    params = count_parameters(spec).total + spec.vocabulary.size
+    cast = FLOAT_BYTES[dtype] if dtype != "fp32" else 0
+    layers = spec.encoder_layers + spec.num_decoder_layers
+    return params * (FLOAT_BYTES["fp32"] + cast) + layers * MODULE_BYTES_PER_LAYER
+
+
+def train_bytes(spec: ModelSpec, shards: int = 1) -> int:
+    """Bytes of one device's model states when training ``spec`` with Adam (16 per
+    parameter, see :func:`model_states_bytes`), sharded over ``shards`` devices (FSDP);
+    activations not included."""
+    params = count_parameters(spec).total
+    stage = 3 if shards > 1 else 0
+    return model_states_bytes(params, gpus=shards, stage=stage).total
+
+
+def shortfall(need: int, memory: MachineMemory | None) -> str | None:
+    """Why ``need`` bytes do not fit ``memory`` (None when they fit or memory is unknown)."""
+    if memory is None or need <= memory.available:
+        return None
+    return (
+        f"{memory.device} has {human_bytes(memory.available)} available "
+        f"({human_bytes(memory.total)} in all)"
+    )
+
+
+def fit_warnings(spec: ModelSpec, memory: MachineMemory | None = None) -> list[str]:
+    """Plain warnings for ``llmspec estimate`` when building or training ``spec`` would not fit
+    this machine's memory (``memory``: default :func:`machine_memory`)."""
+    memory = memory or machine_memory()
+    out = []
+    build = build_bytes(spec)
+    why = shortfall(build, memory)
+    if why is not None:
+        out.append(
+            f"warning: {spec.name} would not fit this machine: building it (export, train) needs "
+            f"at least {human_bytes(build)}, and {why}"
+        )
+    else:
+        train = train_bytes(spec)
+        why = shortfall(train, memory)
+        if why is not None:
+            out.append(
+                f"warning: training {spec.name} here would not fit: its weights, gradients and "
+                f"Adam states need {human_bytes(train)}, and {why}"
+            )
+    return out

@@ -708,6 +708,38 @@ def _precision_fits(s: Any) -> RuleProblems:
     return out
 
 
+MAX_INT = 1 << 63  # as the YAML loader's cap (llmspec.yaml_safe): specs built in Python too
+
+
+def _huge_integers(value: Any, path: tuple[str | int, ...]) -> RuleProblems:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return (
+            []
+            if -MAX_INT <= value < MAX_INT
+            else [(path, "out of range: spec integers fit in 64 bits")]
+        )
+    if isinstance(value, dict):
+        return [p for key, item in value.items() for p in _huge_integers(item, (*path, key))]
+    if isinstance(value, list | tuple):
+        return [p for i, item in enumerate(value) for p in _huge_integers(item, (*path, i))]
+    return []
+
+
+@rule()
+def _integers_fit_64_bits(s: Any) -> RuleProblems:
+    # Counts beyond 64 bits overflow the float arithmetic of estimates and every tensor size;
+    # a spec from YAML cannot hold them, one built in Python can.
+    out: RuleProblems = []
+    for name in ModelSpec.model_fields:
+        value = getattr(s, name, None)
+        if isinstance(value, BaseModel):
+            value = value.model_dump()
+        out += _huge_integers(value, (name,))
+    return out
+
+
 def cross_field_problems(
     spec: Any, valid: frozenset[str] | None = None
 ) -> list[tuple[tuple[str | int, ...], str]]:
