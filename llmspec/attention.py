@@ -431,10 +431,8 @@ def attention_command(args: argparse.Namespace) -> int:
         return 1
     try:
         write_atomic(args.output, png)
-    except OSError as err:
-        print(
-            f"llmspec attention: cannot write {args.output}: {err.strerror or err}", file=sys.stderr
-        )
+    except OSError as err:  # an OutputError: what failed, where and what to do
+        print(f"llmspec attention: {err}", file=sys.stderr)
         return 1
     print(f"wrote {Path(args.output)} ({summary})", file=sys.stderr)
     return 0

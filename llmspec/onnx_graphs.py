@@ -300,6 +300,8 @@ def export_graph(plan: GraphPlan, directory: Path) -> Path:
                 external_data=True,
                 verbose=False,
             )
+    except OSError:
+        raise  # writing the graph failed (a full disk): the caller names the output
     except Exception as err:  # the exporter raises many types; name the graph and the cause
         raise ExportError(f"exporting {plan.file} failed: {type(err).__name__}: {err}") from err
     _rename_dims(path, plan)
