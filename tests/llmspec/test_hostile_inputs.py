@@ -474,3 +474,24 @@ def test_integers_beyond_64_bits_are_refused_in_specs_built_in_python() -> None:
     data["feed_forward"]["d_ff"] = 1 << 63
     with pytest.raises(ValueError, match=r"layers: out of range.*feed_forward.d_ff: out of range"):
         ModelSpec.model_validate(data)
+
+
+def test_on_a_gpu_the_check_uses_the_free_memory_torch_reports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[torch.device] = []
+
+    def mem_get_info(device: torch.device) -> tuple[int, int]:
+        asked.append(device)
+        return 3 << 30, 80 << 30
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    spec = load_spec(absurd("d_model", 8192))  # 0.5 B parameters: 8 GiB to train
+    memory = llmspec.builder.device_memory("cuda:0")
+    assert memory == MachineMemory(3 << 30, 80 << 30, "cuda:0") and asked == [
+        torch.device("cuda:0")
+    ]
+    need = llmspec.estimate.train_bytes(spec)
+    with pytest.raises(ModelTooLarge, match=r"cuda:0 has 3.0 GiB available \(80.0 GiB in all\)"):
+        llmspec.builder.check_memory(spec, need, "training it", "cuda:0")
+    llmspec.builder.check_memory(load_spec(TINY), need // 1000, "training it", "cuda:0")
