@@ -536,8 +536,8 @@ def _check_consistent(manifest: Manifest, path: Path) -> None:
                     f"layers is {manifest.layers}, but {graph} has {cross} present outputs "
                     "(cross-attention keys and values), not 2 per decoder layer"
                 )
-        if len(in_names) + len(out_names) > 4 * manifest.layers + 8:
-            raise fail(f"{graph} has more inputs and outputs than {manifest.layers} layers need")
+        # The counts above tie layers to the declared inputs, so the contract built from it is
+        # no longer than the manifest itself.
         contract_in, contract_out = contract_names(
             manifest, graph, POSITION_IDS in in_names, TOKEN_TYPE_IDS in in_names
         )

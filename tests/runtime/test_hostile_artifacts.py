@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -353,6 +354,23 @@ def test_hostile_artifact_is_refused_by_load_and_verify(base, tmp_path, capsys, 
     assert "Traceback" not in output.err
 
 
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (_set("layers", value=3), "layers is 3, but encoder.onnx has 4 present outputs"),
+        (_delete("special_tokens", "decoder_start"), "needs special_tokens.decoder_start"),
+        (_delete("graphs", fmt.ENCODER_GRAPH), "graphs lists ['decoder.onnx']"),
+        (_delete("files", "encoder.onnx.data"), "encoder.onnx.data: a file not listed"),
+    ],
+    ids=["layers", "decoder_start", "encoder graph", "encoder data"],
+)
+def test_hostile_encoder_decoder_artifact_is_refused(tiny_artifact, tmp_path, change, expected):
+    root = _copy(tiny_artifact("tiny-t5", "fp32"), tmp_path)
+    _edit(change)(root)
+    with pytest.raises(runtime.ArtifactError, match=re.escape(expected)):
+        runtime.load(root, device="cpu")
+
+
 def test_unlisted_external_data_was_what_let_weights_be_replaced(base, tmp_path):
     """The listed-file check alone passed issue 12's attack; the exact listing refuses it."""
     root = _copy(base, tmp_path)
@@ -419,15 +437,15 @@ def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 
 @st.composite
 def _mutated(draw: Any, document: Any) -> Any:
-    """``document`` with one to three places replaced, deleted or given an extra key."""
+    """``document`` with one to three places below its root replaced, deleted or given an
+    extra key (a document that is not an object at all is a case of its own)."""
     result = json.loads(json.dumps(document))
     for _ in range(draw(st.integers(1, 3))):
-        places = _paths(result)
+        places = _paths(result)[1:]
+        if not places:
+            break
         place = draw(st.sampled_from(places))
         action = draw(st.sampled_from(["replace", "delete", "add"]))
-        if not place:
-            result = draw(_VALUES)
-            continue
         parent = result
         for key in place[:-1]:
             parent = parent[key]
