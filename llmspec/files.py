@@ -41,11 +41,18 @@ class OutputError(OSError):
     user asked for), ``strerror`` the cause, ``errno`` the error number where one is known; the
     message also says what to do. An ``OSError``, so code that catches ``OSError`` still does."""
 
-    def __init__(self, path: str | os.PathLike[str], reason: str, code: int | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        reason: str,
+        code: int | None = None,
+        advice: str | None = None,
+    ) -> None:
         super().__init__(code, reason, os.fspath(path))
+        self.advice = advice or _advice(code)
 
     def __str__(self) -> str:
-        return f"cannot write {self.filename}: {self.strerror}; {_advice(self.errno)}"
+        return f"cannot write {self.filename}: {self.strerror}; {self.advice}"
 
     @classmethod
     def from_failure(cls, path: str | os.PathLike[str], failure: BaseException) -> OutputError:
@@ -80,6 +87,10 @@ def _advice(code: int | None) -> str:
         return "a part of the path is a file, not a folder; choose another path"
     if code == errno.EISDIR:
         return "give the path of a file to write, for example one inside that directory"
+    if code == errno.EEXIST:
+        return "something else is in the way there; move it or choose another path"
+    if code == errno.ELOOP:
+        return "its symbolic links point at each other; remove the loop or choose another path"
     if code == errno.ENAMETOOLONG:
         return "choose a shorter name"
     return "check that its folder exists, is writable and has free space"
@@ -201,18 +212,37 @@ def remove_stale(folder: Path, name: str | None, suffix: str) -> list[Path]:
 # Files
 
 
+def _file_destination(given: Path) -> Path:
+    """The file that writing ``given`` replaces: ``given``, or the file a link points to.
+    Raises :class:`OutputError` for a directory, a device, a pipe, a socket or a loop."""
+    target = Path(os.path.realpath(given)) if given.is_symlink() else given
+    if target.is_symlink():  # realpath stops in a loop of links
+        raise OutputError(given, os.strerror(errno.ELOOP), errno.ELOOP)
+    if target.is_dir():
+        raise OutputError(given, "it is a directory", errno.EISDIR)
+    if target.exists() and not target.is_file():
+        raise OutputError(
+            given,
+            "it is not a regular file (a device, a pipe or a socket)",
+            advice="give the path of a file to write (without -o, schema and codegen print "
+            "to standard output)",
+        )
+    return target
+
+
 def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary sibling, fsync it, then rename it over.
 
-    Returns the path written. The directory must exist. Raises :class:`OutputError` (naming
-    ``path``) when it cannot be written; ``path`` is then untouched and no temporary file is
-    left behind.
+    Returns the path written. The directory must exist. A symbolic link is followed (the file
+    it points to is replaced, the link kept, as a shell's ``>`` does); a directory, a device, a
+    pipe or a socket is refused (renaming over it would replace it; writing into a pipe may
+    never end). Raises :class:`OutputError` (naming ``path``) when it cannot be written;
+    ``path`` is then untouched and no temporary file is left behind.
     """
-    target = Path(path)
+    given = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    if target.is_dir():
-        raise OutputError(target, "it is a directory", errno.EISDIR)
-    with writing(target):
+    with writing(given):  # a name too long for the system fails already here
+        target = _file_destination(given)
         remove_stale(target.parent, target.name, ".tmp")
         fd, temporary = tempfile.mkstemp(
             prefix=f".{target.name}.{_owner()}.", suffix=".tmp", dir=target.parent
@@ -227,7 +257,7 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> Path:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
-    return target
+    return given
 
 
 def fsync_tree(root: Path) -> None:
