@@ -97,7 +97,10 @@ def _advice(code: int | None) -> str:
 
 
 def _free_bytes(path: Path) -> int | None:
-    """The bytes an unprivileged user can still write on ``path``'s file system."""
+    """The bytes an unprivileged user can still write on ``path``'s file system (None where
+    unknown)."""
+    if not hasattr(os, "statvfs"):  # pragma: no cover - Windows
+        return None
     for folder in (path, *path.parents):
         try:
             stats = os.statvfs(folder)
