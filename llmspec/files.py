@@ -15,7 +15,8 @@ Every file written gets the same permissions, ``0o666 & ~umask`` (libraries that
 
 Staging names carry their owner (``.NAME.<pid>-<host>.<random>.partial``), so that a staging
 directory or temporary file a killed process left is removed by the next write of the same
-output, and never one whose process is still running or that another machine made.
+output, and never one whose process is still running or that another machine (or container)
+made.
 """
 
 from __future__ import annotations
@@ -167,9 +168,15 @@ def _umask() -> int:
 
 
 def _owner() -> str:
-    """``<pid>-<host>``: who made a temporary name (the host as 8 hex digits of its hash)."""
-    host = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
-    return f"{os.getpid()}-{host}"
+    """``<pid>-<host>``: who made a temporary name. The host is 8 hex digits of a hash of the
+    host name and the pid namespace, so that a pid is only ever checked where it means the
+    same process (not on another machine sharing the folder, nor in another container)."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    where = f"{socket.gethostname()}/{namespace}".encode("utf-8", "replace")
+    return f"{os.getpid()}-{hashlib.sha256(where).hexdigest()[:8]}"
 
 
 def _alive(pid: int) -> bool:
