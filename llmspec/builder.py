@@ -29,6 +29,15 @@ from torch import nn
 
 from codegen.loader import load_source
 from codegen.render import RenderError, render
+from llmspec.estimate import (
+    MachineMemory,
+    build_bytes,
+    count_parameters,
+    human_bytes,
+    human_count,
+    machine_memory,
+    shortfall,
+)
 from llmspec.files import write_atomic
 from llmspec.loader import load_spec, spec_sha256
 from llmspec.lower import lower
@@ -50,6 +59,46 @@ _SOURCES_LOCK = threading.Lock()
 
 class WeightsError(ValueError):
     """Weights that do not fit the model: names missing or unexpected, or shapes that differ."""
+
+
+class ModelTooLarge(WeightsError):
+    """A model whose weights would not fit in the memory of the device it is built on, found
+    from the spec before anything is allocated. (A WeightsError, so that every verb that
+    builds a model reports it as it reports weights that do not fit.)"""
+
+
+def device_memory(device: torch.device | str | None = None) -> MachineMemory | None:
+    """Free and total memory of ``device`` (default: torch's default device): a CUDA device's
+    as torch reports it, otherwise this machine's (see :func:`llmspec.estimate.machine_memory`);
+    None where unknown."""
+    where = torch.device(device) if device is not None else torch.get_default_device()
+    if where.type == "cuda":
+        try:
+            free, total = torch.cuda.mem_get_info(where)
+        except (RuntimeError, AssertionError):  # no driver, or CUDA not compiled in
+            return None
+        return MachineMemory(free, total, str(where))
+    if where.type == "cpu":
+        return machine_memory()
+    return None  # meta (counting without memory) and devices we do not know
+
+
+def check_memory(
+    spec: ModelSpec,
+    need: int,
+    what: str,
+    device: torch.device | str | None = None,
+) -> None:
+    """Raise :class:`ModelTooLarge` when ``need`` bytes (from :mod:`llmspec.estimate`) exceed
+    what ``device`` has available; ``what`` says what they are for ("building it in fp32")."""
+    why = shortfall(need, device_memory(device))
+    if why is not None:
+        raise ModelTooLarge(
+            f"{spec.name} has {human_count(count_parameters(spec).total)} parameters: "
+            f"{what} needs at least {human_bytes(need)}, and {why}; make the model smaller "
+            "(layers, d_model, d_ff, vocabulary.size) or use a machine with more memory "
+            "(llmspec estimate shows where the memory goes)"
+        )
 
 
 def _as_spec(spec: SpecLike) -> ModelSpec:
@@ -161,10 +210,17 @@ def build(
     Returns the model (``...ForCausalLM``, ``...ForMaskedLM`` or
     ``...ForConditionalGeneration``), in training mode as any new module. Under
     ``with torch.device("meta"):`` it is built without memory, for counting parameters.
+
+    Before initializing, the memory it takes (:func:`llmspec.estimate.build_bytes`) is
+    checked against what the default device has available: a model that cannot fit raises
+    :class:`ModelTooLarge` instead of allocating until the machine gives up.
     """
     spec = _as_spec(spec)
     target = _torch_dtype(dtype if dtype is not None else spec.precision.dtype)
     model_class, config_class = model_classes(spec)
+    # Given weights are loaded, cast and held by modules much as initialized ones: one check.
+    name = next(k for k, v in DTYPES.items() if v == target)
+    check_memory(spec, build_bytes(spec, name), f"building it in {name}")
     if weights is None:
         return model_class(config_class()).to(target)
     tensors, owned_by_caller = _read_weights(weights)
@@ -195,8 +251,8 @@ def codegen_command(spec_path: str | os.PathLike[str], output: str | None) -> in
         return 0
     try:
         write_atomic(output, source)
-    except OSError as err:
-        print(f"llmspec codegen: cannot write {output}: {err.strerror or err}", file=sys.stderr)
+    except OSError as err:  # an OutputError: what failed, where and what to do
+        print(f"llmspec codegen: {err}", file=sys.stderr)
         return 1
     print(f"wrote {output} ({spec.name})", file=sys.stderr)
     return 0
@@ -204,9 +260,12 @@ def codegen_command(spec_path: str | os.PathLike[str], output: str | None) -> in
 
 __all__ = [
     "DTYPES",
+    "ModelTooLarge",
     "WeightsError",
     "build",
+    "check_memory",
     "codegen_command",
+    "device_memory",
     "generate_source",
     "load_module",
     "model_classes",

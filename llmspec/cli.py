@@ -75,7 +75,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from llmspec.estimate import estimate, plot_memory
+    from llmspec.estimate import estimate, fit_warnings, plot_memory
     from llmspec.files import write_atomic
     from llmspec.loader import load_spec
 
@@ -111,6 +111,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         _print_json(result.to_json())
     else:
         print(result.render())
+    for warning in fit_warnings(spec):
+        print(f"llmspec estimate: {warning}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -147,6 +149,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from llmspec.verify import verify_command
 
     return verify_command(args)
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from llmspec.sign import sign_command
+
+    return sign_command(args)
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from llmspec.sign import keygen_command
+
+    return keygen_command(args)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -282,7 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="W", help="a safetensors file to export instead")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="default: the spec's")
     p.add_argument("--quantize", choices=["none", "int8", "int4"], help="default: the spec's")
-    p.add_argument("--force", action="store_true", help="replace an existing artifact")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing artifact, atomically; if ARTIFACT is a symbolic link to one "
+        "(current -> v1), the directory it points to is replaced and the link kept",
+    )
     p.add_argument(
         "--tolerance",
         type=positive_fraction,
@@ -322,6 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_verify_arguments(p)
 
+    from llmspec.sign import add_keygen_arguments, add_sign_arguments
+
+    p = verb("sign", cmd_sign, "sign an artifact's manifest (and so every file) with Ed25519")
+    add_sign_arguments(p)
+
+    p = verb("keygen", cmd_keygen, "make an Ed25519 key pair for llmspec sign and verify --key")
+    add_keygen_arguments(p)
+
     p = verb("train", cmd_train, "train a spec (or a run directory) with its objective")
     from llmspec.trainer import add_train_arguments
 
@@ -346,12 +373,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpecError as err:
         print(err, file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         sys.stderr.close()
         return EXIT_OK
+    except OSError as err:  # an output that cannot be written, or the system refused a file
+        print(f"llmspec {args.verb}: {_os_error(err)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _os_error(err: OSError) -> str:
+    """One line for an ``OSError``: an :class:`~llmspec.files.OutputError` says what failed,
+    where and what to do; any other names its file and cause."""
+    from llmspec.files import OutputError
+
+    if isinstance(err, OutputError) or not err.strerror:
+        return str(err)
+    where = f"{err.filename}: " if err.filename is not None else ""
+    return f"{where}{err.strerror}"
 
 
 if __name__ == "__main__":  # pragma: no cover

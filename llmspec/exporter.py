@@ -5,7 +5,14 @@ directory beside the target, checked by the parity gate (:mod:`llmspec.parity`),
 only then published under its final name in one rename (an existing artifact is swapped
 atomically, and only with ``force``). A failure or a ``kill -9`` at any point leaves the
 previous artifact as it was and nothing under the final name that is not a whole artifact; a
-killed export may leave a hidden ``.NAME.*.partial`` sibling, which is safe to delete.
+killed export may leave a hidden ``.NAME.*.partial`` sibling, which the next export to the same
+target removes (and which is safe to delete). A full disk or a read-only folder ends in
+:class:`llmspec.files.OutputError` naming the artifact. Every file of the artifact gets the same
+permissions, ``0o666`` less the umask.
+
+An ``output`` that is a symbolic link to an artifact directory (``current -> v1``, as
+deployments flip ``current`` between versions) is followed: with ``force`` the directory it
+points to is replaced, atomically, and the link is kept. A link to nothing is refused.
 
 Sources:
 
@@ -26,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -36,7 +44,7 @@ from typing import Any
 import torch
 
 from llmspec import __version__
-from llmspec.files import publish_directory, staging_directory, write_atomic
+from llmspec.files import publishing, write_atomic
 from llmspec.loader import dump_spec, load_spec, spec_sha256
 from llmspec.onnx_graphs import (
     ExportError,
@@ -270,7 +278,8 @@ def _generation(spec: ModelSpec) -> dict[str, Any]:
         chain = DecodingChain(tuple(spec.generation.chain))
         max_new = spec.generation.max_new_tokens
     else:
-        chain, max_new = DecodingChain((Greedy(),)), 64
+        # the built-in default, within the context window (runtime.generation's limit)
+        chain, max_new = DecodingChain((Greedy(),)), min(64, spec.context_length)
     return {"max_new_tokens": max_new, "chain": chain.to_json()}
 
 
@@ -324,17 +333,24 @@ def export(
         weights: a safetensors file to use instead of the source's weights.
         precision: ``fp32``, ``fp16`` or ``bf16`` (default: the spec's).
         quantize: ``none``, ``int8`` or ``int4`` (default: the spec's).
-        force: replace an existing artifact (atomically).
+        force: replace an existing artifact (atomically); when ``output`` is a symbolic link
+            to an artifact, the directory it points to is replaced and the link kept.
         tolerance: the parity gate's relative tolerance instead of the precision's (for
             example int4 on random weights, whose logits are nearly flat); top-1 must still
             agree, and the manifest records the tolerance used.
         progress: called with one line per stage (default: print to stderr).
 
     Returns the artifact's path. Raises :class:`ExportError` (:class:`ParityError` when the gate
-    fails), :class:`llmspec.SpecError`, or :class:`llmspec.builder.WeightsError`.
+    fails), :class:`llmspec.SpecError`, :class:`llmspec.builder.WeightsError`, or
+    :class:`llmspec.files.OutputError` (an ``OSError``) when the artifact cannot be written.
     """
     say = progress or (lambda line: print(f"llmspec export: {line}", file=sys.stderr))
     target = Path(output)
+    if target.is_symlink() and not target.exists():
+        raise ExportError(
+            f"{target} is a symbolic link to {os.readlink(target)}, which does not exist; "
+            "point it at an artifact directory, or remove it"
+        )
     if target.exists() and not force:
         raise ExportError(f"{target} exists; pass --force (force=True) to replace it")
     if target.exists() and not (target / fmt.MANIFEST).is_file():
@@ -359,8 +375,7 @@ def export(
     if spec.architecture == "encoder-decoder":
         special["decoder_start"] = special[spec.decoder_start]
 
-    staged = staging_directory(target)
-    try:
+    with publishing(target, replace=force) as staged:
         graphs, fusions = _export_graphs(spec, reference, staged, say)
         say(f"parity gate: prefill, {DECODE_STEPS} cached decode steps, a padded batch")
         report = run_gate(
@@ -373,10 +388,6 @@ def export(
         )
         say(f"parity gate passed (max |diff| {report.max_abs_diff:.3g})")
         _write_files(spec, reference, tokenizer, special, graphs, report, fusions, staged)
-        publish_directory(staged, target, replace=force)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
     say(f"wrote {target}")
     return target
 
@@ -400,7 +411,7 @@ def _write_files(
     stored = DTYPES[spec.precision.dtype] if spec.precision.quantize == "none" else torch.float32
     state = {k: v.detach().to(stored).contiguous() for k, v in reference.state_dict().items()}
     save_file(state, str(staged / fmt.WEIGHTS), metadata={"spec_sha256": spec_sha256(spec)})
-    tokenizer.save(str(staged / fmt.TOKENIZER))
+    write_atomic(staged / fmt.TOKENIZER, tokenizer.to_str(pretty=True))  # .save leaves half
     generation = _generation(spec)
     write_atomic(staged / fmt.GENERATION, json.dumps(generation, indent=2) + "\n")
     manifest = fmt.Manifest(

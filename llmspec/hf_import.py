@@ -85,7 +85,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import sys
 import textwrap
 from collections.abc import Callable, Iterable
@@ -97,11 +96,12 @@ import torch
 from pydantic import ValidationError
 
 from llmspec.errors import SpecError
-from llmspec.files import publish_directory, staging_directory
+from llmspec.files import publishing
 from llmspec.loader import dump_spec, load_spec
 from llmspec.spec import BYTE_LEVEL_BASE, ModelSpec
-from llmspec.tokenizer import TokenizerMismatch, byte_level, check_fits
+from llmspec.tokenizer import TokenizerMismatch, byte_level, check_fits, read_tokenizer_text
 from llmspec.tokenizer import _byte_alphabet as byte_alphabet
+from runtime.reading import MiB, UnreadableFile, read_json, read_text
 
 __all__ = ["HFImportError", "import_hf", "import_hf_command"]
 
@@ -163,11 +163,16 @@ class Weights:
         return sorted(k for k in self.tensors if k not in self.taken)
 
 
+# config.json and the tokenizer's JSON files are kilobytes; a shard index or a tokenizer_config
+# with a long chat template a few MiB.
+MAX_JSON_BYTES = 64 * MiB
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise HFImportError(f"{path}: cannot read it as JSON ({err})") from None
+        data = read_json(path, MAX_JSON_BYTES, "JSON file")
+    except UnreadableFile as err:  # not a regular file, too large, too deep, not JSON
+        raise HFImportError(str(err)) from None
     if not isinstance(data, dict):
         raise HFImportError(f"{path}: expected a JSON object")
     return data
@@ -241,7 +246,7 @@ def read_source(hf_dir: str | os.PathLike[str]) -> Source:
     if not directory.is_dir():
         raise HFImportError(f"{directory}: not a directory (give a save_pretrained directory)")
     config_path = directory / "config.json"
-    if not config_path.is_file():
+    if not config_path.exists():  # a FIFO or a device is refused by _read_json, naming it
         raise HFImportError(
             f"{directory}: no config.json; give a Hugging Face model directory as written by "
             "save_pretrained"
@@ -1052,13 +1057,17 @@ def _dedupe_roles(ids: dict[str, int], notes: list[str]) -> dict[str, int]:
 
 
 def _vocabulary_from_tokenizer(source: Source, imported: Imported, size: int) -> Vocabulary:
-    from tokenizers import Tokenizer
+    from llmspec.tokenizer import MAX_TOKENIZER_BYTES
 
     assert source.tokenizer_json is not None
     try:
-        tokenizer = Tokenizer.from_file(str(source.tokenizer_json))
-    except Exception as err:  # tokenizers raises a bare Exception on a bad file
-        raise HFImportError(f"{source.tokenizer_json}: not a tokenizer.json ({err})") from None
+        json_text = read_text(source.tokenizer_json, MAX_TOKENIZER_BYTES, "tokenizer.json")
+    except UnreadableFile as err:
+        raise HFImportError(str(err)) from None
+    try:
+        tokenizer = read_tokenizer_text(json_text, source.tokenizer_json)
+    except TokenizerMismatch as err:
+        raise HFImportError(str(err)) from None
     notes: list[str] = []
     ids = dict(imported.token_ids)
     names = dict(source.token_names)
@@ -1106,8 +1115,7 @@ def _vocabulary_from_tokenizer(source: Source, imported: Imported, size: int) ->
     }
     if sentinels:
         section["sentinels"] = sentinels
-    text = source.tokenizer_json.read_text(encoding="utf-8")
-    return Vocabulary(section, text, ids, notes)
+    return Vocabulary(section, json_text, ids, notes)
 
 
 def _placeholder_vocabulary(family: str, imported: Imported, size: int) -> Vocabulary:
@@ -1468,23 +1476,27 @@ def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _write_dir(out_dir: Path, files: dict[str, Callable[[Path], object]], force: bool) -> None:
-    """Write ``files`` into a staging sibling of ``out_dir``, then publish it in one step."""
-    staged = staging_directory(out_dir)
+    """Write ``files`` into a staging sibling of ``out_dir``, then publish it in one step; a
+    failure to write raises :class:`llmspec.files.OutputError` and leaves ``out_dir`` as it was."""
     try:
-        for name, write in files.items():
-            write(staged / name)
-        publish_directory(staged, out_dir, replace=force)
-    except FileExistsError:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise HFImportError(f"{out_dir}: already exists; pass --force to replace it") from None
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
+        with publishing(out_dir, replace=force) as staged:
+            for name, write in files.items():
+                write(staged / name)
+    except FileExistsError as err:
+        raise HFImportError(f"{out_dir}: already exists; pass --force to replace it") from err
 
 
 def _check_out_dir(out_dir: Path, force: bool) -> None:
-    if out_dir.exists() or out_dir.is_symlink():
-        if not out_dir.is_dir() or out_dir.is_symlink():
+    """Refuse an ``out_dir`` that is not a directory or that exists without ``force``. A
+    symbolic link to a directory is followed, as by ``llmspec export``: that directory is
+    replaced and the link kept."""
+    if out_dir.is_symlink() and not out_dir.is_dir():
+        raise HFImportError(
+            f"{out_dir}: a symbolic link to something that is not a directory; point it at a "
+            "directory or remove it"
+        )
+    if out_dir.exists():
+        if not out_dir.is_dir():
             raise HFImportError(f"{out_dir}: exists and is not a directory")
         if not force:
             raise HFImportError(f"{out_dir}: already exists; pass --force to replace it")

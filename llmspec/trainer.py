@@ -55,7 +55,10 @@ The run directory (usable by ``llmspec export RUN_DIR`` and as the input of anot
 
 Each checkpoint is written into a hidden staging directory and published by one rename
 (:mod:`llmspec.files`), so a kill leaves the previous checkpoints intact and no partial one
-under a final name; the last two are kept. ``--resume`` continues from the newest checkpoint
+under a final name (the next run in the directory removes what a killed one left); the last two
+are kept. A full disk or a read-only folder ends the run with
+:class:`llmspec.files.OutputError` naming the file or checkpoint, the checkpoints written
+before it intact. ``--resume`` continues from the newest checkpoint
 with the run's own settings, spec, tokenizer and data (which must not have changed).
 """
 
@@ -72,7 +75,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -80,7 +83,7 @@ from typing import Any
 import numpy as np
 
 from llmspec.arguments import add_data_argument, non_negative, positive
-from llmspec.files import publish_directory, staging_directory, write_atomic
+from llmspec.files import publishing, remove_stale, write_atomic, writing
 from llmspec.loader import dump_spec, load_spec, spec_sha256
 from llmspec.objectives import (
     Collator,
@@ -91,6 +94,7 @@ from llmspec.objectives import (
     target_count,
 )
 from llmspec.spec import FileTokenizer, ModelSpec
+from runtime.reading import UnreadableFile, check_regular, iter_lines
 
 SPEC_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "spec.yaml", "weights.safetensors", "tokenizer.json"
 RUN_FILE, METRICS_FILE, PLOT_FILE = "run.json", "metrics.jsonl", "loss.png"
@@ -221,12 +225,6 @@ class Cluster:
         device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
         return cls(dist.get_rank(), dist.get_world_size(), device, strategy, owns)
 
-    def barrier(self) -> None:
-        if self.strategy is not None:
-            import torch.distributed as dist
-
-            dist.barrier()
-
     def all_sum(self, values: list[float]) -> list[float]:
         """Element-wise sums over all processes (float64)."""
         if self.strategy is None:
@@ -300,22 +298,29 @@ def load_source(spec_or_dir: ModelSpec | str | os.PathLike[str]) -> Source:
     return Source(spec, load_for_spec(spec, path.parent))
 
 
-def corpus_files(data: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """The files of ``data``: files as given, directories expanded to every non-hidden file
-    under them in name order."""
-    files: list[Path] = []
+def _corpus(data: Sequence[str | os.PathLike[str]]) -> list[tuple[Path, str]]:
+    """(file, name to record) of each file of ``data`` (see :func:`corpus_files`). The name is
+    the file's own, or for a file found in a directory the directory's name and the path below
+    it: a run records where its data came from without the building machine's folders."""
+    files: list[tuple[Path, str]] = []
     missing = []
     for item in data:
         path = Path(item)
         if path.is_file():
-            files.append(path)
+            files.append((path, path.name))
         elif path.is_dir():
+            top = path.name or path.resolve().name
             files += sorted(
-                p
+                (p, (Path(top) / p.relative_to(path)).as_posix())
                 for p in path.rglob("*")
                 if p.is_file()
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
+        elif path.exists():  # a FIFO, a socket, a device: never read (one could block)
+            try:
+                check_regular(path)
+            except UnreadableFile as err:
+                raise TrainError(f"data {err}") from None
         else:
             missing.append(str(path))
     if missing:
@@ -325,22 +330,57 @@ def corpus_files(data: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return files
 
 
+def corpus_files(data: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The files of ``data``: files as given, directories expanded to every non-hidden file
+    under them in name order."""
+    return [path for path, _ in _corpus(data)]
+
+
+# A document is encoded this much text at a time: encoding a whole large file at once holds
+# about a hundred bytes per token in the tokenizer's result (a 1 GiB file: ~100 GiB).
+ENCODE_CHUNK = 1 << 18  # characters
+ENCODE_CHUNK_MAX = 1 << 20  # past this, a piece is cut even where the cut is not clean
+
+
+def _document_pieces(path: Path) -> Iterator[str]:
+    """The text of ``path`` in pieces of at least :data:`ENCODE_CHUNK` characters (the last
+    one shorter), read in bounded lines. Pieces end with a line end followed by a character
+    that is not white space, where byte-level BPE pre-tokenization splits anyway, so a file's
+    tokens are those of encoding it whole; only a stretch of :data:`ENCODE_CHUNK_MAX`
+    characters without such a place is cut elsewhere. Raises UnicodeDecodeError for a file
+    that is not UTF-8 and :class:`UnreadableFile` for one that is not a regular file."""
+    buffer: list[str] = []
+    size = 0
+    for line in iter_lines(path, ENCODE_CHUNK, keepends=True, errors="strict"):
+        clean = bool(buffer) and buffer[-1].endswith("\n") and not line[:1].isspace()
+        if size >= ENCODE_CHUNK_MAX or (size >= ENCODE_CHUNK and clean):
+            yield "".join(buffer)
+            buffer, size = [], 0
+        buffer.append(line)
+        size += len(line)
+    if buffer:
+        yield "".join(buffer)
+
+
 def token_stream(files: Sequence[Path], tokenizer: Any, ids: TokenIds, causal: bool) -> np.ndarray:
     """The documents' tokens joined into one int32 stream (see the module docstring)."""
     head = [ids.bos] if causal and ids.bos is not None and ids.bos != ids.eos else []
     tail = [ids.eos] if ids.eos is not None else []
     pieces: list[np.ndarray] = []
     for path in files:
+        document: list[np.ndarray] = []
         try:
-            text = path.read_text(encoding="utf-8")
+            for text in _document_pieces(path):
+                document.append(np.asarray(tokenizer.encode(text).ids, dtype=np.int32))
         except UnicodeDecodeError:
             continue  # not text
+        except UnreadableFile as err:
+            raise TrainError(f"data {err}") from None
         except OSError as err:
             raise TrainError(f"{path}: cannot read: {err.strerror or err}") from None
-        if not text:
+        if not document:
             continue
-        tokens = tokenizer.encode(text).ids
-        pieces.append(np.asarray([*head, *tokens, *tail], dtype=np.int32))
+        pieces += [np.asarray(head, dtype=np.int32), *document, np.asarray(tail, dtype=np.int32)]
     if not pieces:
         raise TrainError("the data has no text (files empty or not UTF-8)")
     return np.concatenate(pieces)
@@ -546,34 +586,29 @@ def _weights_bytes(weights: dict[str, Any]) -> bytes:
 def save_checkpoint(
     run: Path,
     step: int,
-    model: Any,
-    optimizer: Any,
+    weights: dict[str, Any],
+    optimizer_state: dict[str, Any],
     scheduler: Any,
     precision: Precision,
     state: dict[str, Any],
-    cluster: Cluster,
 ) -> None:
-    """Write checkpoint ``step`` atomically (rank 0), keeping the newest KEEP_CHECKPOINTS."""
+    """Write checkpoint ``step`` atomically (process 0, with the state dicts every process
+    gathered), keeping the newest KEEP_CHECKPOINTS."""
     import torch
 
-    weights, optimizer_state = _state_dicts(model, optimizer)
-    if cluster.main:
-        target = run / CHECKPOINTS / f"step-{step:08d}"
-        staged = staging_directory(target)
-        try:
-            (staged / WEIGHTS_FILE).write_bytes(_weights_bytes(weights))
-            extra = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict()}
-            if precision.scaler is not None:
-                extra["scaler"] = precision.scaler.state_dict()
-            torch.save(extra, staged / OPTIMIZER_FILE)
-            (staged / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2))
-            publish_directory(staged, target, replace=True)
-        except BaseException:
-            shutil.rmtree(staged, ignore_errors=True)
-            raise
-        for old in checkpoint_dirs(run)[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old, ignore_errors=True)
-    cluster.barrier()
+    target = run / CHECKPOINTS / f"step-{step:08d}"
+    with publishing(target, replace=True) as staged:
+        (staged / WEIGHTS_FILE).write_bytes(_weights_bytes(weights))
+        extra = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict()}
+        if precision.scaler is not None:
+            extra["scaler"] = precision.scaler.state_dict()
+        # Through a handle: torch.save to a path reports a full disk as a RuntimeError
+        # without the cause; a handle's write raises the OSError.
+        with (staged / OPTIMIZER_FILE).open("wb") as handle:
+            torch.save(extra, handle)
+        (staged / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2))
+    for old in checkpoint_dirs(run)[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -746,6 +781,27 @@ class _Run:
         self.cluster = cluster
         self.dir = run
         self.show = progress
+        self.failure: Exception | None = None  # process 0's failed write, not yet raised
+
+    def _main_writes(self, write: Callable[..., object], *args: Any) -> None:
+        """Run ``write(*args)`` on process 0 only. A failure is raised at once in a single process;
+        with others it is kept for :meth:`_together`, so that they do not wait in a collective
+        for a process that has left (and die with a traceback of their own)."""
+        if not self.cluster.main:
+            return
+        try:
+            write(*args)
+        except Exception as err:
+            if self.cluster.strategy is None:
+                raise
+            self.failure = self.failure or err
+
+    def _together(self) -> None:
+        """Raise process 0's failed write on every process (a collective: all must call it)."""
+        if not self.cluster.all_ok(self.failure is None):
+            raise self.failure or TrainError(
+                "process 0 could not write the run directory; see its error"
+            )
 
     # Preparing -----------------------------------------------------------------------
 
@@ -755,9 +811,23 @@ class _Run:
         data: Sequence[str | os.PathLike[str]],
         given: dict[str, Any],
         resume: bool,
-    ) -> tuple[Source, Settings, Path | None, dict[str, Any]]:
-        """(source, settings, checkpoint to continue from, run record) for this run."""
+    ) -> tuple[Source, Settings, Path | None, dict[str, Any], list[Path]]:
+        """(source, settings, checkpoint to continue from, run record, data files) for this
+        run."""
+        from llmspec.builder import check_memory
+        from llmspec.estimate import build_bytes, train_bytes
+
         source = load_source(spec_or_dir)
+        # Refuse a model that cannot fit before reading the data: it is built in fp32 on the
+        # CPU, then trained (weights, gradients, Adam) on the run's device.
+        shards = self.cluster.world if self.cluster.strategy == "fsdp" else 1
+        check_memory(source.spec, build_bytes(source.spec), "building it in fp32", "cpu")
+        check_memory(
+            source.spec,
+            train_bytes(source.spec, shards),
+            "training it (weights, gradients and Adam states)",
+            self.cluster.device,
+        )
         run_spec = _run_spec(source.spec)
         record_path = self.dir / RUN_FILE
         record: dict[str, Any] = {}
@@ -777,6 +847,10 @@ class _Run:
             found = checkpoint_dirs(self.dir)
             checkpoint = found[-1] if found else None
         else:
+            if self.dir.exists() and not self.dir.is_dir():
+                raise TrainError(
+                    f"{self.dir} exists and is not a directory; choose a new run directory"
+                )
             if self.dir.exists() and any(self.dir.iterdir()):
                 hint = "pass --resume to continue it" if (self.dir / RUN_FILE).is_file() else ""
                 raise TrainError(
@@ -791,14 +865,14 @@ class _Run:
             )
         if problems:
             raise TrainError("; ".join(problems))
-        files = corpus_files(data)
+        files = _corpus(data)
         record = {
             "spec": spec_sha256(run_spec),
             "settings": asdict(settings),
-            "data": [str(f.resolve()) for f in files],
+            "data": [name for _, name in files],
             **{k: v for k, v in record.items() if k in ("stream_sha256",)},
         }
-        return replace(source, spec=run_spec), settings, checkpoint, record
+        return replace(source, spec=run_spec), settings, checkpoint, record, [f for f, _ in files]
 
     def _setup(
         self,
@@ -807,12 +881,14 @@ class _Run:
         given: dict[str, Any],
         resume: bool,
     ) -> _Setup:
-        source, settings, checkpoint, record = self._prepare(spec_or_dir, data, given, resume)
+        source, settings, checkpoint, record, files = self._prepare(
+            spec_or_dir, data, given, resume
+        )
         spec = source.spec
         causal = spec.objective.type == "causal-lm"
         ids = TokenIds.from_tokenizer(spec, source.tokenizer)
         collator = make_collator(spec, ids, settings.seq_len)
-        stream = token_stream([Path(p) for p in record["data"]], source.tokenizer, ids, causal)
+        stream = token_stream(files, source.tokenizer, ids, causal)
         digest = hashlib.sha256(stream.tobytes()).hexdigest()
         if record.get("stream_sha256", digest) != digest:
             raise TrainError(
@@ -882,6 +958,7 @@ class _Run:
         cache: dict[int, np.ndarray] = {}
         try:
             for step in range(start, settings.steps):
+                self._together()  # one number: whether process 0's last writes failed
                 lr = scheduler.get_last_lr()[0]  # the rate this step uses
                 began = time.perf_counter()
                 batch = batch_examples(
@@ -905,14 +982,12 @@ class _Run:
                     raise TrainError(
                         f"the loss became {loss} at step {done}; lower --lr or check the data"
                     )
-                if metrics is not None:
-                    metrics.write(json.dumps(record_line) + "\n")
-                    metrics.flush()
+                self._main_writes(self._record, metrics, record_line)
                 if done % settings.eval_every == 0 or done == settings.steps:
                     last_eval = self._evaluate(wrapped, evals, precision, causal)
-                    if metrics is not None and last_eval is not None:
-                        metrics.write(json.dumps({"step": done, "eval_loss": last_eval}) + "\n")
-                        metrics.flush()
+                    if last_eval is not None:
+                        held_out = {"step": done, "eval_loss": last_eval}
+                        self._main_writes(self._record, metrics, held_out)
                 rate = state["tokens"] / state["elapsed_s"] if state["elapsed_s"] else 0.0
                 shown_eval = f" | eval {last_eval:.3f}" if last_eval is not None else ""
                 progress.update(
@@ -921,19 +996,21 @@ class _Run:
                     f"{_human(rate)} tok/s",
                 )
                 if done % settings.checkpoint_every == 0 or done == settings.steps:
-                    save_checkpoint(
-                        self.dir, done, wrapped, optimizer, scheduler, precision, state, cluster
-                    )
-                    if cluster.main:
-                        self._plot(spec)
+                    model_state, optimizer_state = _state_dicts(wrapped, optimizer)  # collective
+                    checkpoint_at = (self.dir, done, model_state, optimizer_state, scheduler)
+                    self._main_writes(save_checkpoint, *checkpoint_at, precision, state)
+                    self._main_writes(self._plot, spec)
+                    self._together()
             final, _ = _state_dicts(wrapped, optimizer)
-            if cluster.main:
-                write_atomic(self.dir / WEIGHTS_FILE, _weights_bytes(final))
-                self._plot(spec)
-            cluster.barrier()
+            self._main_writes(write_atomic, self.dir / WEIGHTS_FILE, _weights_bytes(final))
+            self._main_writes(self._plot, spec)
+            self._together()
         finally:
             if metrics is not None:
-                metrics.close()
+                # Every record was flushed; closing fails only after a failed flush, which has
+                # raised already and must not be replaced by this one.
+                with contextlib.suppress(OSError):
+                    metrics.close()
             progress.close()
         if cluster.main and self.show:
             print(
@@ -944,26 +1021,41 @@ class _Run:
         return self.dir
 
     def _write_run_files(self, spec: ModelSpec, tokenizer: Any, record: dict[str, Any]) -> None:
-        if self.cluster.main:
-            self.dir.mkdir(parents=True, exist_ok=True)
+        def write() -> None:
+            with writing(self.dir):
+                self.dir.mkdir(parents=True, exist_ok=True)
             write_atomic(self.dir / SPEC_FILE, dump_spec(spec))
             write_atomic(self.dir / TOKENIZER_FILE, tokenizer.to_str())
             write_atomic(self.dir / RUN_FILE, json.dumps(record, indent=2) + "\n")
             root = self.dir / CHECKPOINTS
-            root.mkdir(exist_ok=True)
-            for leftover in root.glob(".*.partial"):  # a checkpoint a kill interrupted
-                shutil.rmtree(leftover, ignore_errors=True)
-        self.cluster.barrier()
+            with writing(root):
+                root.mkdir(exist_ok=True)
+            remove_stale(root, None, ".partial")  # checkpoints a kill interrupted
+
+        self._main_writes(write)
+        self._together()
 
     def _open_metrics(self, start: int) -> Any:
         """metrics.jsonl opened for appending, holding only the records up to ``start`` (the
         steps after the checkpoint are trained again)."""
-        if not self.cluster.main:
-            return None
         path = self.dir / METRICS_FILE
-        kept = [r for r in read_metrics(path) if r["step"] <= start]
-        write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
-        return path.open("a", encoding="utf-8")
+        opened: list[Any] = []
+
+        def reopen() -> None:
+            kept = [r for r in read_metrics(path) if r["step"] <= start]
+            write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+            with writing(path):
+                opened.append(path.open("a", encoding="utf-8"))
+
+        self._main_writes(reopen)
+        return opened[0] if opened else None
+
+    def _record(self, metrics: Any, record: dict[str, Any]) -> None:
+        """Append one record to metrics.jsonl (rank 0; ``metrics`` is None elsewhere)."""
+        if metrics is not None:
+            with writing(self.dir / METRICS_FILE):
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
 
     def _load_checkpoint(
         self, checkpoint: Path, model: Any, optimizer: Any, scheduler: Any, precision: Precision

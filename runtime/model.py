@@ -27,7 +27,7 @@ keeps its own state.
 
 from __future__ import annotations
 
-import json
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -37,20 +37,29 @@ from typing import Any, Literal, overload
 import numpy as np
 
 from runtime import artifact as fmt
-from runtime.artifact import ArtifactError, Manifest, read_manifest, verify_files
+from runtime.artifact import (
+    ArtifactError,
+    Manifest,
+    check_graph_signature,
+    read_manifest,
+    verify_files,
+)
 from runtime.beam_search import BeamSearcher
 from runtime.decoding import BeamSearch, DecodingChain, DecodingError
 from runtime.generation import (
     FinishReason,
+    GenerationConfigError,
     GenerationResult,
     GenerationStream,
     RowText,
     RuntimeInputError,
     StreamEvent,
     Timing,
+    read_generation,
 )
 from runtime.sampling import Decoder, DecodingState, log_softmax, softmax
 from runtime.session import Graph, resolve_device, session_options
+from runtime.tokenizer import ArtifactTokenizer
 
 Prompt = str | Sequence[int] | np.ndarray
 Prompts = Prompt | Sequence[Prompt]
@@ -59,10 +68,30 @@ Chain = DecodingChain | str | Sequence[Any]
 POOLINGS = ("mean", "cls")
 
 
+def machine_memory() -> int | None:
+    """The machine's physical memory in bytes (None where the system does not say). A request
+    that needs more can never run (see ``_GenerativeModel.request_bytes``)."""
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+    return pages * size if pages > 0 and size > 0 else None
+
+
 def load(
-    path: str | Path, device: str = "auto", threads: int | None = None
+    path: str | Path,
+    device: str = "auto",
+    threads: int | None = None,
+    *,
+    require_signature: Any = None,
 ) -> DecoderModel | Seq2SeqModel | EncoderModel:
     """Open the artifact directory ``path`` and return the model for its family.
+
+    The checks, cheapest first, all before a graph runs (see :mod:`runtime.artifact`): the
+    signature when one is required; manifest.json (bounded, every field's type, the fields
+    against the graph signatures it declares); the directory (exactly the listed files, no
+    symlinks, every size and sha256); then, once ONNX Runtime has opened the graphs, their
+    inputs and outputs against the manifest.
 
     Args:
         path: an artifact directory written by ``llmspec export``.
@@ -71,16 +100,22 @@ def load(
             not usable), ``"cuda"`` (or :class:`runtime.session.DeviceError`) or ``"cpu"``.
         threads: ONNX Runtime's intra-op threads (default: ONNX Runtime's choice, one per
             physical core).
+        require_signature: a public key (a PEM file's path, PEM bytes or a ``cryptography``
+            Ed25519 key); when given, the artifact must carry that key's signature of its
+            manifest (``llmspec sign``), else :class:`ArtifactError`. Needs
+            ``pip install 'llmspec[sign]'``; an unusable key raises
+            :class:`runtime.signing.SigningError`.
 
-    Raises :class:`ArtifactError` naming the file for a missing, modified or malformed
-    artifact, or one of another format version.
+    Raises :class:`ArtifactError` naming the file (and the field) for a missing, modified,
+    unlisted, escaping or malformed artifact, one whose manifest disagrees with its graphs, a
+    missing or invalid required signature, or one of another format version.
     """
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)):
         raise ValueError(f"threads must be a whole number >= 1 or None, got {threads!r}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1 (or None for ONNX Runtime's choice), got {threads}")
     root = Path(path)
-    manifest = read_manifest(root)
+    manifest = read_manifest(root, signed_by=require_signature)
     verify_files(root, manifest)
     resolved = resolve_device(device)
     if manifest.precision == "bf16" and resolved == "cpu":
@@ -93,22 +128,8 @@ def load(
         "encoder-decoder": Seq2SeqModel,
         "encoder-only": EncoderModel,
     }
-    family = families.get(manifest.architecture)
-    if family is None:
-        raise ArtifactError(
-            f"{root / fmt.MANIFEST}: unknown architecture {manifest.architecture!r}; "
-            "export the artifact again"
-        )
+    family = families[manifest.architecture]  # one of these: read_manifest checked it
     return family(root, manifest, resolved, threads)  # type: ignore[return-value]
-
-
-def _read_tokenizer(path: Path) -> Any:
-    from tokenizers import Tokenizer
-
-    try:
-        return Tokenizer.from_file(str(path))
-    except Exception as err:  # tokenizers raises a bare Exception for a bad file
-        raise ArtifactError(f"{path}: not a readable tokenizer.json ({err})") from None
 
 
 class _Model:
@@ -123,21 +144,21 @@ class _Model:
         self.vocab_size = manifest.vocab_size
         self.context_length = manifest.context_length
         self.special_tokens = dict(manifest.special_tokens)
-        self.tokenizer = _read_tokenizer(root / fmt.TOKENIZER)
+        self.tokenizer = ArtifactTokenizer.from_file(root / fmt.TOKENIZER)
         options = session_options(threads)
         self._graphs: dict[str, Graph] = {}
-        for name in self.graphs:
-            if name not in manifest.graphs:
-                raise ArtifactError(
-                    f"{root / fmt.MANIFEST}: a {manifest.architecture} artifact needs {name}, "
-                    "which it does not list; export the artifact again"
-                )
+        for name in self.graphs:  # read_manifest checked that the manifest lists them
             try:
-                self._graphs[name] = Graph(root / name, device, options)
+                graph = Graph(root / name, device, options)
             except Exception as err:
                 if not type(err).__module__.startswith("onnxruntime"):
                     raise
                 raise ArtifactError(f"{root / name}: ONNX Runtime cannot load it ({err})") from None
+            session = graph.session
+            check_graph_signature(
+                root / name, manifest, session.get_inputs(), session.get_outputs()
+            )
+            self._graphs[name] = graph
         self.providers = self._graphs[self.graphs[0]].providers if self.graphs else []
 
     def __repr__(self) -> str:
@@ -159,16 +180,17 @@ class _Model:
         bos, eos = self.special_tokens.get("bos"), self.special_tokens.get("eos")
         return [*([bos] if bos is not None else []), *ids, *([eos] if eos is not None else [])]
 
-    def encode(self, text: str) -> list[int]:
-        """The token ids of ``text`` (no special tokens added)."""
-        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+    def encode(self, text: str, what: str = "text") -> list[int]:
+        """The token ids of ``text`` (no special tokens added). Raises RuntimeInputError
+        for text that is not valid Unicode (a lone surrogate), naming ``what`` and the
+        position, and ArtifactError when the artifact's tokenizer fails on it (see
+        :mod:`runtime.tokenizer`)."""
+        return self.tokenizer.ids(text, what=what)
 
     def decode(self, ids: Sequence[int]) -> str:
         """The text of ``ids``, without pad, bos and eos tokens (other specials are kept)."""
         hidden = self._hidden_ids()
-        return str(
-            self.tokenizer.decode([i for i in ids if i not in hidden], skip_special_tokens=False)
-        )
+        return self.tokenizer.decode([i for i in ids if i not in hidden], skip_special_tokens=False)
 
     def _hidden_ids(self) -> frozenset[int]:
         return frozenset(
@@ -176,7 +198,7 @@ class _Model:
         )
 
     def _decode_raw(self, ids: list[int]) -> str:
-        return str(self.tokenizer.decode(ids, skip_special_tokens=False))
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
 
     @property
     def pad_id(self) -> int:
@@ -188,7 +210,10 @@ class _Model:
 
     def _checked_ids(self, ids: Any, what: str) -> list[int]:
         """``ids`` as a list of ints, each in [0, vocab); raises RuntimeInputError."""
-        array = np.asarray(ids)
+        try:
+            array = np.asarray(ids)
+        except (ValueError, TypeError, OverflowError):  # ragged or of odd objects
+            array = np.asarray(None)
         if array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
             raise RuntimeInputError(f"{what} must be a string or a list of integer token ids")
         if array.size == 0:
@@ -261,8 +286,13 @@ class _GenerativeModel(_Model):
     """generate() for decoder-only and encoder-decoder models."""
 
     def __init__(self, root: Path, manifest: Manifest, device: str, threads: int | None):
+        try:  # before the graphs: it is cheap, and a bad one fails fast
+            self.max_new_tokens, self.chain = read_generation(
+                root / fmt.GENERATION, manifest.context_length
+            )
+        except GenerationConfigError as err:
+            raise ArtifactError(f"{err}; export the artifact again") from None
         super().__init__(root, manifest, device, threads)
-        self.max_new_tokens, self.chain = self._read_generation(root / fmt.GENERATION)
         self._default_decoder = None if self._beam(self.chain) else Decoder(self.chain)
 
     @staticmethod
@@ -270,21 +300,9 @@ class _GenerativeModel(_Model):
         step = chain.steps[0]
         return step if isinstance(step, BeamSearch) else None
 
-    @staticmethod
-    def _read_generation(path: Path) -> tuple[int, DecodingChain]:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            max_new = data["max_new_tokens"]
-            if isinstance(max_new, bool) or not isinstance(max_new, int) or max_new < 0:
-                raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new!r}")
-            return max_new, DecodingChain.from_json(data["chain"])
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
-            detail = f"missing {err}" if isinstance(err, KeyError) else str(err)
-            raise ArtifactError(f"{path}: {detail}; export the artifact again") from None
-
     # -- what subclasses provide
 
-    def _prompt_tokens(self, text: str) -> list[int]:
+    def _prompt_tokens(self, text: str, what: str = "prompt") -> list[int]:
         raise NotImplementedError
 
     def _check_lengths(self, prompts: list[list[int]], max_new_tokens: int) -> None:
@@ -324,7 +342,7 @@ class _GenerativeModel(_Model):
             if isinstance(item, str):
                 if not item:
                     raise RuntimeInputError(f"{what} is empty; give some text to continue")
-                result.append(self._checked_ids(self._prompt_tokens(item), what))
+                result.append(self._checked_ids(self._prompt_tokens(item, what), what))
             elif isinstance(item, bytes):
                 raise RuntimeInputError(f"{what} is bytes; decode it to a str first")
             else:
@@ -341,6 +359,7 @@ class _GenerativeModel(_Model):
         stream: bool,
     ) -> _Request:
         ids = self._prompt_list(prompts)
+        default = max_new_tokens is None
         if max_new_tokens is None:
             max_new_tokens = self.max_new_tokens
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int | np.integer):
@@ -349,13 +368,25 @@ class _GenerativeModel(_Model):
             )
         if max_new_tokens < 0:
             raise RuntimeInputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        self._check_lengths(ids, int(max_new_tokens))
+        try:
+            self._check_lengths(ids, int(max_new_tokens))
+        except RuntimeInputError as err:
+            if not default:
+                raise
+            raise RuntimeInputError(
+                f"{err} (max_new_tokens {max_new_tokens} is the artifact's default, from "
+                "generation.json; pass max_new_tokens to choose another)"
+            ) from None
         if seed is not None and (
             isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0
         ):
             raise RuntimeInputError(f"seed must be a whole number >= 0 or None, got {seed!r}")
         if isinstance(stop, str):
             stop = [stop]
+        if stop is not None and not isinstance(stop, list | tuple):
+            raise RuntimeInputError(
+                f"stop must be a string or a list of strings, got {type(stop).__name__}"
+            )
         stops = tuple(stop or ())
         for text in stops:
             if not isinstance(text, str) or not text:
@@ -367,22 +398,44 @@ class _GenerativeModel(_Model):
                 "beam_search cannot stream: its best hypothesis is known only at the end; "
                 "use stream=False or a sampling chain"
             )
+        self._check_memory(ids, int(max_new_tokens), beam.beams if beam is not None else 1)
         decoder = None
         if beam is None:
             decoder = self._default_decoder if parsed is self.chain else Decoder(parsed)
         return _Request(ids, int(max_new_tokens), decoder, beam, seed, stops, stream)
 
+    def request_bytes(self, prompts: list[list[int]], max_new_tokens: int, beams: int) -> int:
+        """A lower estimate of the memory a request takes: its KV cache at full length
+        (``batch x beams`` rows; twice, as each step's new cache is made while the old one
+        lives) and three ``[rows, vocab]`` float32 arrays of logits."""
+        manifest = self.manifest
+        element = 2 if manifest.precision in ("fp16", "bf16") else 4
+        per_position = 2 * manifest.layers * manifest.kv_heads * manifest.head_dim * element
+        rows = len(prompts) * beams
+        positions = self._cache_positions(max(len(p) for p in prompts), max_new_tokens)
+        return rows * (2 * positions * per_position + 3 * self.vocab_size * 4)
+
+    def _check_memory(self, prompts: list[list[int]], max_new_tokens: int, beams: int) -> None:
+        """Refuse a request whose KV cache alone cannot fit the machine's memory."""
+        available = machine_memory()
+        need = self.request_bytes(prompts, max_new_tokens, beams)
+        if available is None or need <= available:
+            return
+        gib = 1 << 30
+        raise RuntimeInputError(
+            f"this request needs at least {need / gib:.1f} GiB for its KV cache and logits "
+            f"({len(prompts)} prompts x {beams} beams, up to "
+            f"{self._cache_positions(max(len(p) for p in prompts), max_new_tokens)} positions), "
+            f"more than the {available / gib:.1f} GiB of memory of this machine; send fewer "
+            "prompts at once, or lower beams or max_new_tokens"
+        )
+
+    def _cache_positions(self, prompt_width: int, max_new_tokens: int) -> int:
+        """The cached positions of one row at the end of a request."""
+        raise NotImplementedError
+
     def _chain(self, chain: Chain | None) -> DecodingChain:
-        if chain is None:
-            return self.chain
-        if isinstance(chain, DecodingChain):
-            return chain
-        if isinstance(chain, str):
-            return DecodingChain.parse(chain)
-        steps = list(chain)
-        if steps and all(isinstance(step, dict) for step in steps):
-            return DecodingChain.from_json(steps)
-        return DecodingChain(tuple(steps))
+        return self.chain if chain is None else DecodingChain.coerce(chain)
 
     @overload
     def generate(
@@ -420,11 +473,14 @@ class _GenerativeModel(_Model):
 
         Args:
             prompts: a string, a list of token ids, or a list of strings / token-id lists (a
-                batch, run together with left padding).
-            max_new_tokens: new tokens per prompt at most (default: ``generation.json``'s).
+                batch, run together with left padding). Strings must be valid Unicode (no
+                lone surrogates); bytes are refused: decode them with their encoding first.
+            max_new_tokens: new tokens per prompt at most (default: ``generation.json``'s);
+                prompt and new tokens must fit the context window.
             chain: a :class:`DecodingChain`, its compact form (``"temperature=0.7,top_k=50,
-                sample"``), or a list of steps (configuration objects or their JSON dicts);
-                default: ``generation.json``'s. ``beam_search`` runs a beam search.
+                sample"``), or a list of steps (configuration objects, their JSON dicts or
+                compact strings, see :meth:`DecodingChain.coerce`); default:
+                ``generation.json``'s. ``beam_search`` runs a beam search.
             seed: seeds the request's random generator; the same seed, prompts and chain give
                 the same tokens. None: fresh entropy.
             stop: a string or strings; a row stops when its text contains one, and its text
@@ -434,7 +490,10 @@ class _GenerativeModel(_Model):
                 the tokens are; its ``result`` holds the whole result once exhausted.
 
         Returns a :class:`GenerationResult` (or a stream). Raises :class:`RuntimeInputError`
-        or :class:`DecodingError` (both ValueErrors) for bad input, before any graph runs.
+        or :class:`DecodingError` (both ValueErrors) for bad input, before any graph runs (a
+        request whose KV cache cannot fit the machine's memory included, see
+        :meth:`request_bytes`), and :class:`ArtifactError` when the artifact's tokenizer fails
+        on a prompt (see :mod:`runtime.tokenizer`).
 
         Sampling note: the request has one seeded generator, drawn for every row at every step,
         so a row's samples depend on its place in the batch: a batch is reproducible, but a
@@ -661,8 +720,8 @@ class DecoderModel(_GenerativeModel):
 
     graphs = (fmt.DECODER_GRAPH,)
 
-    def _prompt_tokens(self, text: str) -> list[int]:
-        return self.encode(text)
+    def _prompt_tokens(self, text: str, what: str = "prompt") -> list[int]:
+        return self.encode(text, what)
 
     def _check_lengths(self, prompts: list[list[int]], max_new_tokens: int) -> None:
         for row, prompt in enumerate(prompts):
@@ -676,6 +735,9 @@ class DecoderModel(_GenerativeModel):
 
     def _prefixes(self, prompts: list[list[int]]) -> list[list[int]]:
         return prompts
+
+    def _cache_positions(self, prompt_width: int, max_new_tokens: int) -> int:
+        return prompt_width + max_new_tokens
 
     def _stepper(self, prompts: list[list[int]]) -> _Stepper:
         return _DecoderStepper(self, prompts)
@@ -747,18 +809,10 @@ class Seq2SeqModel(_GenerativeModel):
     """An encoder-decoder model (T5, BART style): ``generate``; the prompt is the encoder's
     input, framed ``[bos] tokens [eos]``, and the output is what the decoder writes."""
 
-    graphs = (fmt.ENCODER_GRAPH, fmt.DECODER_GRAPH)
+    graphs = (fmt.ENCODER_GRAPH, fmt.DECODER_GRAPH)  # special_tokens.decoder_start: checked
 
-    def __init__(self, root: Path, manifest: Manifest, device: str, threads: int | None):
-        if "decoder_start" not in manifest.special_tokens:
-            raise ArtifactError(
-                f"{root / fmt.MANIFEST}: an encoder-decoder artifact needs "
-                "special_tokens.decoder_start; export the artifact again"
-            )
-        super().__init__(root, manifest, device, threads)
-
-    def _prompt_tokens(self, text: str) -> list[int]:
-        return self._framed(self.encode(text))
+    def _prompt_tokens(self, text: str, what: str = "prompt") -> list[int]:
+        return self._framed(self.encode(text, what))
 
     def _check_lengths(self, prompts: list[list[int]], max_new_tokens: int) -> None:
         for row, prompt in enumerate(prompts):
@@ -775,6 +829,11 @@ class Seq2SeqModel(_GenerativeModel):
 
     def _prefixes(self, prompts: list[list[int]]) -> list[list[int]]:
         return [[self.special_tokens["decoder_start"]] for _ in prompts]
+
+    def _cache_positions(self, prompt_width: int, max_new_tokens: int) -> int:
+        # the decoder's own cache (decoder_start and the new tokens) and the cross-attention
+        # keys/values of the source, which every beam row holds a copy of
+        return 1 + max_new_tokens + prompt_width
 
     def _stepper(self, prompts: list[list[int]]) -> _Stepper:
         return _Seq2SeqStepper(self, prompts)
@@ -811,7 +870,7 @@ class EncoderModel(_Model):
                 raise RuntimeInputError(f"text {row} must be a string, got {type(text).__name__}")
             if not text:
                 raise RuntimeInputError(f"text {row} is empty")
-            ids = self._checked_ids(self._framed(self.encode(text)), f"text {row}")
+            ids = self._checked_ids(self._framed(self.encode(text, f"text {row}")), f"text {row}")
             if len(ids) > self.context_length:
                 raise RuntimeInputError(
                     f"text {row} has {len(ids)} tokens (with its framing), beyond the context "
@@ -877,7 +936,7 @@ class EncoderModel(_Model):
     def mask_token(self) -> str:
         """How the mask token is written in a text (e.g. ``[MASK]``)."""
         mask_id = self.special_tokens.get("mask")
-        return "" if mask_id is None else str(self.tokenizer.id_to_token(mask_id))
+        return "" if mask_id is None else str(self.tokenizer.id_to_token(mask_id) or "")
 
     def embed(
         self, texts: str | Sequence[str], pooling: str = "mean", normalize: bool = False
