@@ -40,11 +40,11 @@ Units: parameter counts are counts, memory is bytes, FLOPs are floating-point op
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from llmspec.spec import ModelSpec
+from runtime.memory import MachineMemory, machine_memory
 
 PrecisionName = Literal["fp32", "fp16", "bf16", "int8", "int4"]
 PRECISIONS: tuple[PrecisionName, ...] = ("fp32", "fp16", "bf16", "int8", "int4")
@@ -995,42 +995,6 @@ def plot_memory(
 # What the Python objects of one layer's modules take besides the parameters (measured: about
 # 40 KiB for a layer of a tiny model); it is what a spec with millions of tiny layers needs.
 MODULE_BYTES_PER_LAYER = 64 * 1024
-MEMINFO = "/proc/meminfo"
-
-
-@dataclass(frozen=True)
-class MachineMemory:
-    """Memory of a device, in bytes: what is available now, and the device's total."""
-
-    available: int
-    total: int
-    device: str  # "this machine", "cuda:0", ...
-
-
-def machine_memory() -> MachineMemory | None:
-    """This machine's memory: MemAvailable and MemTotal from /proc/meminfo (Linux), else the
-    free and total physical pages; None where neither is known."""
-    from runtime.reading import UnreadableFile, read_text
-
-    try:
-        fields = {}
-        for line in read_text(MEMINFO, 1 << 16, "meminfo").splitlines():
-            name, _, value = line.partition(":")
-            parts = value.split()
-            if len(parts) == 2 and parts[1] == "kB" and parts[0].isdigit():
-                fields[name] = int(parts[0]) * 1024
-        if "MemAvailable" in fields and "MemTotal" in fields:
-            return MachineMemory(fields["MemAvailable"], fields["MemTotal"], "this machine")
-    except UnreadableFile:
-        pass
-    try:
-        page = os.sysconf("SC_PAGE_SIZE")
-        free, total = os.sysconf("SC_AVPHYS_PAGES"), os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not POSIX, or the names are unknown
-        return None
-    if page <= 0 or total <= 0:
-        return None
-    return MachineMemory(max(free, 0) * page, total * page, "this machine")
 
 
 def build_bytes(spec: ModelSpec, dtype: str = "fp32") -> int:

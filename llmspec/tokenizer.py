@@ -23,11 +23,10 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from llmspec.spec import BYTE_LEVEL_BASE, ModelSpec
-from runtime.reading import MiB, UnreadableFile, check_regular, is_inside, iter_lines, read_text
+from runtime.reading import UnreadableFile, check_regular, is_inside, iter_lines, read_text
+from runtime.tokenizer import MAX_TOKENIZER_BYTES, is_panic
 
 SPECIAL_ORDER = ("pad", "bos", "eos", "unk", "mask")
-# The largest tokenizer.json read: real ones are a few MiB (Llama 3: 9 MiB, Gemma: 33 MiB).
-MAX_TOKENIZER_BYTES = 256 * MiB
 # Corpora reach the BPE trainer in pieces of at most this many bytes: a line is rarely longer,
 # and a longer one (a minified file, a corpus without newlines) is cut, which only changes
 # the word counts at the cuts. The trainer's own file reader holds whole lines in memory.
@@ -172,9 +171,9 @@ def read_tokenizer_text(text: str, path: Path) -> Tokenizer:
     :class:`TokenizerMismatch` when it is not one."""
     try:
         return Tokenizer.from_str(text)
-    except (KeyboardInterrupt, SystemExit):
-        raise
     except BaseException as err:  # a bare Exception, or pyo3's PanicException (BaseException)
+        if not (isinstance(err, Exception) or is_panic(err)):
+            raise
         raise TokenizerMismatch(f"{path}: not a tokenizer.json ({err})") from None
 
 

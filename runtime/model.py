@@ -27,7 +27,6 @@ keeps its own state.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -57,6 +56,7 @@ from runtime.generation import (
     Timing,
     read_generation,
 )
+from runtime.memory import machine_memory
 from runtime.sampling import Decoder, DecodingState, log_softmax, softmax
 from runtime.session import Graph, resolve_device, session_options
 from runtime.tokenizer import ArtifactTokenizer
@@ -66,16 +66,6 @@ Prompts = Prompt | Sequence[Prompt]
 Chain = DecodingChain | str | Sequence[Any]
 
 POOLINGS = ("mean", "cls")
-
-
-def machine_memory() -> int | None:
-    """The machine's physical memory in bytes (None where the system does not say). A request
-    that needs more can never run (see ``_GenerativeModel.request_bytes``)."""
-    try:
-        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-    return pages * size if pages > 0 and size > 0 else None
 
 
 def load(
@@ -417,10 +407,11 @@ class _GenerativeModel(_Model):
 
     def _check_memory(self, prompts: list[list[int]], max_new_tokens: int, beams: int) -> None:
         """Refuse a request whose KV cache alone cannot fit the machine's memory."""
-        available = machine_memory()
+        memory = machine_memory()
         need = self.request_bytes(prompts, max_new_tokens, beams)
-        if available is None or need <= available:
+        if memory is None or need <= memory.total:
             return
+        available = memory.total
         gib = 1 << 30
         raise RuntimeInputError(
             f"this request needs at least {need / gib:.1f} GiB for its KV cache and logits "

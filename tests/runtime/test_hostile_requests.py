@@ -43,7 +43,7 @@ from runtime.decoding import (
     TopK,
 )
 from runtime.generation import GenerationConfigError, read_generation
-from runtime.model import machine_memory
+from runtime.memory import machine_memory
 from runtime.sampling import Decoder
 from runtime.tokenizer import ArtifactTokenizer, _guarded, check_text, is_panic
 
@@ -167,7 +167,7 @@ def test_a_request_whose_kv_cache_cannot_fit_the_machine_is_refused_saying_the_s
     memory = machine_memory()
     assert memory is not None  # Linux says
     one_row = gpt.request_bytes([[5]], 127, MAX_BEAMS)
-    prompts = [[5]] * (memory // one_row + 1)
+    prompts = [[5]] * (memory.total // one_row + 1)
     with pytest.raises(runtime.RuntimeInputError) as caught:
         gpt.generate(prompts, max_new_tokens=127, chain=f"beam_search={MAX_BEAMS}")
     message = str(caught.value)
