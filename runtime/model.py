@@ -56,6 +56,15 @@ from runtime.generation import (
     Timing,
     read_generation,
 )
+from runtime.graphs import (
+    Cache,
+    DecoderGraph,
+    Encoded,
+    EncoderGraph,
+    Seq2SeqGraphs,
+    left_padded,
+    right_padded,
+)
 from runtime.memory import machine_memory
 from runtime.sampling import Decoder, DecodingState, log_softmax, softmax
 from runtime.session import Graph, resolve_device, session_options
@@ -153,16 +162,6 @@ class _Model:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, device={self.device!r})"
-
-    def _graph(self, name: str, required: Sequence[str]) -> Graph:
-        graph = self._graphs[name]
-        missing = [n for n in required if n not in graph.inputs]
-        if missing:
-            raise ArtifactError(
-                f"{graph.path}: the graph lacks the inputs {', '.join(missing)}; "
-                "export the artifact again"
-            )
-        return graph
 
     # -- tokens
 
@@ -632,15 +631,6 @@ class _Run:
         )
 
 
-def _cache_names(layers: int, stack: str | None) -> list[tuple[str, str]]:
-    """(input name, output name) of every self-attention cache tensor."""
-    return [
-        (fmt.past_name(i, kind, stack), fmt.present_name(i, kind, stack))
-        for i in range(layers)
-        for kind in ("key", "value")
-    ]
-
-
 # A decoder-only prompt is run in chunks of at most this many tokens (over the batch), each
 # chunk using the cache of the ones before it. The result is the same as one run, but the logits
 # ([batch, chunk, vocabulary]) and attention scores of a long batched prompt never exist at once
@@ -653,43 +643,17 @@ def _cache_names(layers: int, stack: str | None) -> list[tuple[str, str]]:
 PREFILL_CHUNK_TOKENS = 256
 
 
-def _feeds(graph: Graph, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {name: value for name, value in values.items() if name in graph.inputs}
-
-
 class _DecoderStepper(_Stepper):
     def __init__(self, model: DecoderModel, prompts: list[list[int]]) -> None:
-        self.graph = model._graph(
-            fmt.DECODER_GRAPH, [fmt.INPUT_IDS, fmt.ATTENTION_MASK, fmt.past_name(0, "key")]
-        )
-        self.names = _cache_names(model.manifest.layers, None)
+        self.graph = model.feeder
         self.rows = len(prompts)
-        width = max(len(p) for p in prompts)
-        self.ids = np.full((self.rows, width), model.pad_id, dtype=np.int64)
-        self.mask = np.zeros((self.rows, width), dtype=np.int64)
-        for row, prompt in enumerate(prompts):
-            self.ids[row, width - len(prompt) :] = prompt
-            self.mask[row, width - len(prompt) :] = 1
-        empty = (self.rows, model.manifest.kv_heads, 0, model.manifest.head_dim)
-        self.cache = {past: self.graph.empty(past, empty) for past, _ in self.names}
-
-    def _run(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        inputs = {fmt.INPUT_IDS: ids, fmt.ATTENTION_MASK: self.mask, fmt.POSITION_IDS: positions}
-        out = self.graph.run(_feeds(self.graph, inputs), self.cache, host=(fmt.LOGITS,))
-        self.cache = {past: out[present] for past, present in self.names}
-        return out[fmt.LOGITS][:, -1, :]
+        self.ids, self.mask = left_padded(prompts, model.pad_id)
+        self.cache: Cache = {}
 
     def first(self, beams: int) -> np.ndarray:
         """Prefill: the prompts in chunks of at most :data:`PREFILL_CHUNK_TOKENS` tokens over
         the batch, each chunk attending to the cache of the ones before it."""
-        positions = np.clip(self.mask.cumsum(axis=1) - 1, 0, None)
-        width, mask = self.ids.shape[1], self.mask
-        chunk = max(1, PREFILL_CHUNK_TOKENS // self.rows)
-        for start in range(0, width, chunk):
-            stop = min(width, start + chunk)
-            self.mask = mask[:, :stop]
-            logits = self._run(self.ids[:, start:stop], positions[:, start:stop])
-        self.mask = mask
+        logits, self.cache = self.graph.prefill(self.ids, self.mask, PREFILL_CHUNK_TOKENS)
         if beams > 1:
             rows = np.repeat(np.arange(self.rows), beams)
             self.reorder(rows)
@@ -697,12 +661,11 @@ class _DecoderStepper(_Stepper):
         return logits
 
     def next(self, tokens: np.ndarray, alive: np.ndarray) -> np.ndarray:
-        positions = self.mask.sum(axis=1, keepdims=True)
-        self.mask = np.concatenate([self.mask, alive[:, None].astype(np.int64)], axis=1)
-        return self._run(np.ascontiguousarray(tokens[:, None], dtype=np.int64), positions)
+        logits, self.mask, self.cache = self.graph.step(tokens, self.mask, self.cache, alive)
+        return logits
 
     def reorder(self, rows: np.ndarray) -> None:
-        self.cache = {name: self.graph.reorder(value, rows) for name, value in self.cache.items()}
+        self.cache = self.graph.reorder(self.cache, rows)
         self.mask = self.mask[rows]
 
 
@@ -710,6 +673,12 @@ class DecoderModel(_GenerativeModel):
     """A decoder-only model (GPT, Llama style): ``generate``."""
 
     graphs = (fmt.DECODER_GRAPH,)
+
+    @property
+    def feeder(self) -> DecoderGraph:
+        """The decoder graph's feeder (:mod:`runtime.graphs`), for tools that run it on
+        their own inputs (``llmspec eval``)."""
+        return DecoderGraph.of(self._graphs[fmt.DECODER_GRAPH], self.manifest)
 
     def _prompt_tokens(self, text: str, what: str = "prompt") -> list[int]:
         return self.encode(text, what)
@@ -736,63 +705,36 @@ class DecoderModel(_GenerativeModel):
 
 class _Seq2SeqStepper(_Stepper):
     def __init__(self, model: Seq2SeqModel, prompts: list[list[int]]) -> None:
-        self.encoder = model._graph(fmt.ENCODER_GRAPH, [fmt.INPUT_IDS, fmt.ATTENTION_MASK])
-        self.decoder = model._graph(
-            fmt.DECODER_GRAPH,
-            [fmt.INPUT_IDS, fmt.ENCODER_ATTENTION_MASK, fmt.past_name(0, "key", "encoder")],
-        )
-        layers = model.manifest.layers
-        self.names = _cache_names(layers, "decoder")
-        self.cross_names = _cache_names(layers, "encoder")
+        self.graphs = model.feeder
         self.start = model.special_tokens["decoder_start"]
         self.rows = len(prompts)
-        self.kv_shape = (model.manifest.kv_heads, model.manifest.head_dim)
-        width = max(len(p) for p in prompts)
         # Right padding: the encoder has no position ids, so real tokens start at position 0.
-        self.source = np.full((self.rows, width), model.pad_id, dtype=np.int64)
-        self.source_mask = np.zeros((self.rows, width), dtype=np.int64)
-        for row, prompt in enumerate(prompts):
-            self.source[row, : len(prompt)] = prompt
-            self.source_mask[row, : len(prompt)] = 1
+        self.source, self.source_mask = right_padded(prompts, model.pad_id)
         self.mask = np.ones((self.rows, 0), dtype=np.int64)
-        self.cache: dict[str, Any] = {}
-        self.cross: dict[str, Any] = {}
-
-    def _run(self, ids: np.ndarray) -> np.ndarray:
-        position = np.full((len(ids), 1), self.mask.shape[1] - 1, dtype=np.int64)
-        inputs = {
-            fmt.INPUT_IDS: ids,
-            fmt.ENCODER_ATTENTION_MASK: self.source_mask,
-            fmt.ATTENTION_MASK: self.mask,
-            fmt.POSITION_IDS: position,
-        }
-        out = self.decoder.run(
-            _feeds(self.decoder, inputs), {**self.cross, **self.cache}, host=(fmt.LOGITS,)
-        )
-        self.cache = {past: out[present] for past, present in self.names}
-        return out[fmt.LOGITS][:, -1, :]
+        self.cache: Cache = {}
+        self.encoded: Encoded | None = None
 
     def first(self, beams: int) -> np.ndarray:
-        feeds = {fmt.INPUT_IDS: self.source, fmt.ATTENTION_MASK: self.source_mask}
-        out = self.encoder.run(_feeds(self.encoder, feeds), {}, host=())
-        self.cross = {past: out[present] for past, present in self.cross_names}
+        encoded = self.graphs.encode(self.source, self.source_mask)
         rows = self.rows
         if beams > 1:
-            order = np.repeat(np.arange(rows), beams)
-            self.cross = {k: self.decoder.reorder(v, order) for k, v in self.cross.items()}
-            self.source_mask = self.source_mask[order]
+            encoded = self.graphs.reorder_encoded(encoded, np.repeat(np.arange(rows), beams))
             rows *= beams
-        empty = (rows, *self.kv_shape[:1], 0, self.kv_shape[1])
-        self.cache = {past: self.decoder.empty(past, empty) for past, _ in self.names}
+        self.encoded = encoded
         self.mask = np.ones((rows, 1), dtype=np.int64)
-        return self._run(np.full((rows, 1), self.start, dtype=np.int64))
+        start = np.full((rows, 1), self.start, dtype=np.int64)
+        logits, self.cache = self.graphs.decode(start, encoded, self.mask)
+        return logits[:, -1, :]
 
     def next(self, tokens: np.ndarray, alive: np.ndarray) -> np.ndarray:
-        self.mask = np.concatenate([self.mask, alive[:, None].astype(np.int64)], axis=1)
-        return self._run(np.ascontiguousarray(tokens[:, None], dtype=np.int64))
+        assert self.encoded is not None  # first() ran
+        logits, self.mask, self.cache = self.graphs.step(
+            tokens, self.encoded, self.mask, self.cache, alive
+        )
+        return logits
 
     def reorder(self, rows: np.ndarray) -> None:
-        self.cache = {name: self.decoder.reorder(v, rows) for name, v in self.cache.items()}
+        self.cache = self.graphs.reorder(self.cache, rows)
         self.mask = self.mask[rows]
 
 
@@ -801,6 +743,14 @@ class Seq2SeqModel(_GenerativeModel):
     input, framed ``[bos] tokens [eos]``, and the output is what the decoder writes."""
 
     graphs = (fmt.ENCODER_GRAPH, fmt.DECODER_GRAPH)  # special_tokens.decoder_start: checked
+
+    @property
+    def feeder(self) -> Seq2SeqGraphs:
+        """The encoder and decoder graphs' feeder (:mod:`runtime.graphs`), for tools that run
+        them on their own inputs (``llmspec eval``)."""
+        return Seq2SeqGraphs.of(
+            self._graphs[fmt.ENCODER_GRAPH], self._graphs[fmt.DECODER_GRAPH], self.manifest
+        )
 
     def _prompt_tokens(self, text: str, what: str = "prompt") -> list[int]:
         return self._framed(self.encode(text, what))
@@ -851,6 +801,12 @@ class EncoderModel(_Model):
 
     graphs = (fmt.ENCODER_GRAPH,)
 
+    @property
+    def feeder(self) -> EncoderGraph:
+        """The encoder graph's feeder (:mod:`runtime.graphs`), for tools that run it on
+        their own inputs (``llmspec eval``)."""
+        return EncoderGraph(self._graphs[fmt.ENCODER_GRAPH])
+
     def _texts(self, texts: str | Sequence[str]) -> list[list[int]]:
         items = [texts] if isinstance(texts, str) else list(texts)
         if not items:
@@ -871,19 +827,8 @@ class EncoderModel(_Model):
         return result
 
     def _run(self, rows: list[list[int]], output: str) -> tuple[np.ndarray, np.ndarray]:
-        graph = self._graph(fmt.ENCODER_GRAPH, [fmt.INPUT_IDS, fmt.ATTENTION_MASK])
-        width = max(len(r) for r in rows)
-        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for row, tokens in enumerate(rows):
-            ids[row, : len(tokens)] = tokens
-            mask[row, : len(tokens)] = 1
-        feeds = {
-            fmt.INPUT_IDS: ids,
-            fmt.ATTENTION_MASK: mask,
-            fmt.TOKEN_TYPE_IDS: np.zeros_like(ids),
-        }
-        out = graph.run(_feeds(graph, feeds), {}, host=(output,))
+        ids, mask = right_padded(rows, self.pad_id)
+        out = self.feeder.run(ids, mask, host=(output,))
         return np.asarray(out[output]), mask
 
     def fill_mask(self, text: str, top_k: int = 5) -> list[MaskCandidate]:

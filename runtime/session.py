@@ -151,11 +151,31 @@ class Graph:
         self.device = device
         # Where IOBinding keeps the cache; None: plain session.run with numpy arrays.
         self.bind: str | None = "cuda" if device == "cuda" else None
+        # ONNX Runtime refusing an input: ArtifactError (a loaded artifact), or its own error.
+        self.translate_errors = True
+        self._describe()
+
+    def _describe(self) -> None:
         self.inputs = {
             value.name: Tensor(value.type[len("tensor(") : -1], tuple(value.shape))
             for value in self.session.get_inputs()
         }
         self.outputs = [value.name for value in self.session.get_outputs()]
+
+    @classmethod
+    def adopt(cls, session: ort.InferenceSession, path: Path) -> Graph:
+        """A Graph around a session its caller opened with its own options (``llmspec
+        verify``, the export gate): plain ``session.run`` with numpy arrays on whatever
+        provider it uses, and ONNX Runtime's own exceptions, as when the caller ran it."""
+        graph = cls.__new__(cls)
+        graph.path = Path(path)
+        graph.session = session
+        graph.providers = session.get_providers()
+        graph.device = "cuda" if graph.providers[0] == CUDA else "cpu"
+        graph.bind = None
+        graph.translate_errors = False
+        graph._describe()
+        return graph
 
     def empty(self, name: str, shape: tuple[int, ...]) -> Any:
         """A zero-filled value for input ``name`` (an empty cache for a prefill), placed where
@@ -179,6 +199,8 @@ class Graph:
         from the manifest), so ONNX Runtime refusing an input means the graph disagrees with
         the manifest (a context_length beyond the graph's position table, say): that raises
         :class:`ArtifactError` naming the graph, not ONNX Runtime's own exception."""
+        if not self.translate_errors:
+            return self._run(inputs, cache, host)
         try:
             return self._run(inputs, cache, host)
         except InvalidArgument as err:

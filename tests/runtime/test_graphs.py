@@ -1,0 +1,266 @@
+"""runtime.graphs, the one feeder of the graph contract: the properties every consumer (the
+generation loop, verify, eval, the export gate) relies on, on artifacts with varied weights so a
+wrong cache, mask or position changes the numbers."""
+
+import numpy as np
+import pytest
+
+import runtime
+from runtime import artifact as fmt
+from runtime.artifact import ArtifactError
+from runtime.graphs import (
+    DecoderGraph,
+    EncoderGraph,
+    Seq2SeqGraphs,
+    cache_names,
+    left_padded,
+    positions,
+    require,
+    right_padded,
+)
+from runtime.session import Graph
+
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def gpt(varied_artifact):
+    return runtime.load(varied_artifact("tiny-gpt"), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def t5(varied_artifact):
+    return runtime.load(varied_artifact("tiny-t5"), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def bert(tiny_artifact):
+    return runtime.load(tiny_artifact("tiny-encoder"), device="cpu")
+
+
+def _rows(vocab: int, lengths: list[int], seed: int = 0) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, vocab, size=n).tolist() for n in lengths]
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the inputs
+
+
+def test_positions_count_real_tokens_under_left_padding() -> None:
+    ids, mask = left_padded([[5, 6, 7], [8], [1, 2]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 1, 2]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 1, 1]]
+    assert positions(mask).tolist() == [[0, 1, 2], [0, 0, 0], [0, 0, 1]]
+    assert positions(mask).dtype == np.int64
+
+
+def test_right_padding_puts_real_tokens_from_position_zero() -> None:
+    ids, mask = right_padded([[5, 6, 7], [8]], pad_id=9)
+    assert ids.tolist() == [[5, 6, 7], [8, 9, 9]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_cache_names_pair_each_past_input_with_its_present_output() -> None:
+    assert cache_names(2) == [
+        ("past_key_values.0.key", "present.0.key"),
+        ("past_key_values.0.value", "present.0.value"),
+        ("past_key_values.1.key", "present.1.key"),
+        ("past_key_values.1.value", "present.1.value"),
+    ]
+    assert cache_names(1, "encoder")[0] == (
+        fmt.past_name(0, "key", "encoder"),
+        fmt.present_name(0, "key", "encoder"),
+    )
+
+
+def test_a_graph_lacking_a_contract_input_is_refused_naming_it(bert) -> None:
+    graph = bert._graphs[fmt.ENCODER_GRAPH]
+    with pytest.raises(ArtifactError, match="lacks the inputs position_ids; export the artifact"):
+        require(graph, [fmt.INPUT_IDS, fmt.POSITION_IDS])
+    with pytest.raises(ArtifactError, match="lacks the inputs"):
+        DecoderGraph(graph, 2, 2, 16)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoder-only
+
+
+def test_decoder_empty_cache_has_past_length_zero_for_every_layer(gpt) -> None:
+    feeder = gpt.feeder
+    cache = feeder.empty_cache(3)
+    manifest = gpt.manifest
+    assert sorted(cache) == sorted(past for past, _ in cache_names(manifest.layers))
+    for value in cache.values():
+        assert value.shape == (3, manifest.kv_heads, 0, manifest.head_dim)
+
+
+def test_decoder_prefill_then_cached_steps_equals_one_full_pass(gpt) -> None:
+    feeder = gpt.feeder
+    rows = _rows(gpt.vocab_size, [9, 4])
+    ids, mask = left_padded(rows, gpt.pad_id)
+    full, _ = feeder.run(ids, mask)
+    split = 5
+    logits, cache = feeder.prefill(ids[:, :split], mask[:, :split])
+    real = mask[:, :split].astype(bool)
+    np.testing.assert_allclose(logits[real], full[:, :split][real], atol=ATOL)
+    step_mask = mask[:, :split]
+    for at in range(split, ids.shape[1]):
+        step, step_mask, cache = feeder.step(ids[:, at], step_mask, cache)
+        np.testing.assert_allclose(step, full[:, at], atol=ATOL)
+    assert step_mask.tolist() == mask.tolist()
+
+
+def test_decoder_left_padded_row_equals_the_row_alone(gpt) -> None:
+    feeder = gpt.feeder
+    short, long = _rows(gpt.vocab_size, [3, 8], seed=1)
+    alone, _ = feeder.run(np.array([short]), np.ones((1, 3), dtype=np.int64))
+    ids, mask = left_padded([short, long], gpt.pad_id)
+    batch, _ = feeder.run(ids, mask)
+    np.testing.assert_allclose(batch[0, -3:], alone[0], atol=ATOL)
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 4, 6])
+def test_decoder_chunked_prefill_gives_the_one_run_last_logits_and_cache(gpt, chunk_tokens) -> None:
+    feeder = gpt.feeder
+    ids, mask = left_padded(_rows(gpt.vocab_size, [7, 2, 5], seed=2), gpt.pad_id)
+    full, full_cache = feeder.prefill(ids, mask)
+    last, cache = feeder.prefill(ids, mask, chunk_tokens=chunk_tokens)
+    assert last.shape == (3, gpt.vocab_size)
+    np.testing.assert_allclose(last, full[:, -1], atol=ATOL)
+    for name, value in full_cache.items():
+        assert cache[name].shape == value.shape
+    tokens = np.array([1, 2, 3])
+    after_full, _, _ = feeder.step(tokens, mask, full_cache)
+    after_chunks, _, _ = feeder.step(tokens, mask, cache)
+    np.testing.assert_allclose(after_chunks, after_full, atol=ATOL)
+
+
+def test_decoder_step_masks_a_finished_row_and_keeps_its_position(gpt) -> None:
+    feeder = gpt.feeder
+    ids, mask = left_padded(_rows(gpt.vocab_size, [4, 4], seed=3), gpt.pad_id)
+    _, cache = feeder.prefill(ids, mask)
+    alive = np.array([True, False])
+    _, new_mask, cache = feeder.step(np.array([7, 0]), mask, cache, alive)
+    assert new_mask[:, -1].tolist() == [1, 0]
+    # the dead row's token is masked out: the next token of that row sees only its prompt
+    step, _, _ = feeder.step(np.array([7, 9]), new_mask, cache)
+    reference_ids = np.array([[*ids[1].tolist(), 9]])
+    reference, _ = feeder.run(reference_ids, np.ones_like(reference_ids))
+    np.testing.assert_allclose(step[1], reference[0, -1], atol=ATOL)
+
+
+def test_decoder_cache_reorder_permutes_rows(gpt) -> None:
+    feeder = gpt.feeder
+    ids, mask = left_padded(_rows(gpt.vocab_size, [5, 3, 6], seed=4), gpt.pad_id)
+    _, cache = feeder.prefill(ids, mask)
+    tokens = np.array([4, 5, 6])
+    step, _, _ = feeder.step(tokens, mask, cache)
+    order = np.array([2, 0, 0])
+    moved = feeder.reorder(cache, order)
+    for name, value in cache.items():
+        np.testing.assert_array_equal(moved[name], value[order])
+    reordered, _, _ = feeder.step(tokens[order], mask[order], moved)
+    np.testing.assert_allclose(reordered, step[order], atol=ATOL)
+
+
+def test_an_adopted_session_gives_the_runtime_graph_bit_identical_logits(gpt) -> None:
+    graph = gpt._graphs[fmt.DECODER_GRAPH]
+    adopted = Graph.adopt(graph.session, graph.path)
+    assert adopted.bind is None and adopted.inputs == graph.inputs
+    ids, mask = left_padded(_rows(gpt.vocab_size, [6, 2], seed=5), gpt.pad_id)
+    expected, _ = gpt.feeder.run(ids, mask)
+    actual, _ = DecoderGraph.of(adopted, gpt.manifest).run(ids, mask)
+    np.testing.assert_array_equal(actual, expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoder-only
+
+
+def test_encoder_right_padding_leaves_real_positions_unchanged(bert) -> None:
+    feeder = bert.feeder
+    short, long = _rows(bert.vocab_size, [4, 9], seed=6)
+    alone = feeder.run(np.array([short]), np.ones((1, 4), dtype=np.int64))
+    ids, mask = right_padded([short, long], bert.pad_id)
+    batch = feeder.run(ids, mask)
+    for name in (fmt.LAST_HIDDEN_STATE, fmt.LOGITS):
+        np.testing.assert_allclose(batch[name][0, :4], alone[name][0], atol=ATOL)
+
+
+def test_encoder_feeds_token_types_where_the_graph_takes_them(bert) -> None:
+    feeder = bert.feeder
+    assert feeder.token_types
+    ids, mask = right_padded(_rows(bert.vocab_size, [6], seed=7), bert.pad_id)
+    feeds = feeder.feeds(ids, mask)
+    assert feeds[fmt.TOKEN_TYPE_IDS].tolist() == np.zeros_like(ids).tolist()
+    types = np.ones_like(ids)
+    zeros = feeder.run(ids, mask)[fmt.LOGITS]
+    ones = feeder.run(ids, mask, token_types=types)[fmt.LOGITS]
+    assert np.abs(zeros - ones).max() > ATOL  # the token types reach the graph
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoder-decoder
+
+
+def test_seq2seq_encode_gives_every_layers_cross_keys_and_values(t5) -> None:
+    feeder = t5.feeder
+    ids, mask = right_padded(_rows(t5.vocab_size, [5, 3], seed=8), t5.pad_id)
+    encoded = feeder.encode(ids, mask, host=(fmt.LAST_HIDDEN_STATE,))
+    assert sorted(encoded.cross) == sorted(p for p, _ in cache_names(t5.manifest.layers, "encoder"))
+    assert encoded.last_hidden_state.shape[:2] == (2, 5)
+    assert encoded.mask is mask
+
+
+def test_seq2seq_prefill_then_cached_steps_equals_one_full_pass(t5) -> None:
+    feeder = t5.feeder
+    source, source_mask = right_padded(_rows(t5.vocab_size, [6, 3], seed=9), t5.pad_id)
+    encoded = feeder.encode(source, source_mask)
+    start = t5.special_tokens["decoder_start"]
+    target = np.array([[start, *row] for row in _rows(t5.vocab_size, [6, 6], seed=10)])
+    full, _ = feeder.decode(target, encoded)
+    split = 2
+    logits, cache = feeder.decode(target[:, :split], encoded)
+    np.testing.assert_allclose(logits, full[:, :split], atol=ATOL)
+    mask = np.ones((2, split), dtype=np.int64)
+    for at in range(split, target.shape[1]):
+        step, mask, cache = feeder.step(target[:, at], encoded, mask, cache)
+        np.testing.assert_allclose(step, full[:, at], atol=ATOL)
+
+
+def test_seq2seq_source_padding_leaves_the_decoder_logits_unchanged(t5) -> None:
+    feeder = t5.feeder
+    short, long = _rows(t5.vocab_size, [3, 7], seed=11)
+    start = t5.special_tokens["decoder_start"]
+    target = np.array([[start, 4, 5]])
+    alone = feeder.encode(np.array([short]), np.ones((1, 3), dtype=np.int64))
+    expected, _ = feeder.decode(target, alone)
+    ids, mask = right_padded([short, long], t5.pad_id)
+    batch, _ = feeder.decode(np.repeat(target, 2, axis=0), feeder.encode(ids, mask))
+    np.testing.assert_allclose(batch[0], expected[0], atol=ATOL)
+
+
+def test_seq2seq_reorder_permutes_the_source_and_the_cache(t5) -> None:
+    feeder = t5.feeder
+    source, source_mask = right_padded(_rows(t5.vocab_size, [4, 6], seed=12), t5.pad_id)
+    encoded = feeder.encode(source, source_mask)
+    start = t5.special_tokens["decoder_start"]
+    first = np.full((2, 1), start, dtype=np.int64)
+    _, cache = feeder.decode(first, encoded)
+    mask = np.ones((2, 1), dtype=np.int64)
+    tokens = np.array([3, 8])
+    step, _, _ = feeder.step(tokens, encoded, mask, cache)
+    order = np.array([1, 1, 0])
+    moved = feeder.reorder_encoded(encoded, order)
+    assert moved.mask.tolist() == source_mask[order].tolist()
+    for name, value in encoded.cross.items():
+        np.testing.assert_array_equal(moved.cross[name], value[order])
+    reordered, _, _ = feeder.step(tokens[order], moved, mask[order], feeder.reorder(cache, order))
+    np.testing.assert_allclose(reordered, step[order], atol=ATOL)
+
+
+def test_the_models_feeders_are_the_family_classes(gpt, t5, bert) -> None:
+    assert isinstance(gpt.feeder, DecoderGraph)
+    assert isinstance(t5.feeder, Seq2SeqGraphs)
+    assert isinstance(bert.feeder, EncoderGraph)
