@@ -159,81 +159,26 @@ def make_batches(
 # Logits on ONNX Runtime
 
 
-def _feeds(graph: Any, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {name: value for name, value in values.items() if name in graph.inputs}
-
-
-def _positions(ids: np.ndarray) -> np.ndarray:
-    return np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()
-
-
-def _empty_cache(model: Any, graph: Any, rows: int, stack: str | None) -> dict[str, Any]:
-    from runtime import artifact as fmt
-
-    shape = (rows, model.manifest.kv_heads, 0, model.manifest.head_dim)
-    return {
-        fmt.past_name(i, kind, stack): graph.empty(fmt.past_name(i, kind, stack), shape)
-        for i in range(model.manifest.layers)
-        for kind in ("key", "value")
-    }
-
-
 def batch_logits(model: Any, batch: Features) -> np.ndarray:
     """The logits ``[batch, seq, vocab]`` (float32) of a collated batch, from ``model``'s
-    graphs (a model from ``runtime.load``): the decoder-only graph over the whole sequence,
-    the encoder-only graph, or the encoder then the decoder (teacher forced)."""
+    graphs (a model from ``runtime.load``, fed through its :mod:`runtime.graphs` feeder): the
+    decoder-only graph over the whole sequence, the encoder-only graph, or the encoder then the
+    decoder (teacher forced)."""
     from runtime import artifact as fmt
 
     architecture = model.manifest.architecture
     input_ids = np.ascontiguousarray(batch["input_ids"], dtype=np.int64)
     attention_mask = np.ascontiguousarray(batch["attention_mask"], dtype=np.int64)
-    rows = len(input_ids)
+    feeder = model.feeder
     if architecture == "decoder-only":
-        graph = model._graph(fmt.DECODER_GRAPH, [fmt.INPUT_IDS, fmt.ATTENTION_MASK])
-        positions = batch.get("position_ids")
-        feeds = {
-            fmt.INPUT_IDS: input_ids,
-            fmt.ATTENTION_MASK: attention_mask,
-            fmt.POSITION_IDS: _positions(input_ids) if positions is None else positions,
-        }
-        cache = _empty_cache(model, graph, rows, None)
-        out = graph.run(_feeds(graph, feeds), cache, host=(fmt.LOGITS,))
+        logits, _ = feeder.run(input_ids, attention_mask, position_ids=batch.get("position_ids"))
     elif architecture == "encoder-only":
-        graph = model._graph(fmt.ENCODER_GRAPH, [fmt.INPUT_IDS, fmt.ATTENTION_MASK])
-        feeds = {
-            fmt.INPUT_IDS: input_ids,
-            fmt.ATTENTION_MASK: attention_mask,
-            fmt.TOKEN_TYPE_IDS: np.zeros_like(input_ids),
-        }
-        out = graph.run(_feeds(graph, feeds), {}, host=(fmt.LOGITS,))
+        logits = feeder.run(input_ids, attention_mask, host=(fmt.LOGITS,))[fmt.LOGITS]
     else:
-        encoder = model._graph(fmt.ENCODER_GRAPH, [fmt.INPUT_IDS, fmt.ATTENTION_MASK])
-        decoder = model._graph(
-            fmt.DECODER_GRAPH,
-            [fmt.INPUT_IDS, fmt.ENCODER_ATTENTION_MASK, fmt.past_name(0, "key", "encoder")],
-        )
-        encoded = encoder.run(
-            _feeds(encoder, {fmt.INPUT_IDS: input_ids, fmt.ATTENTION_MASK: attention_mask}),
-            {},
-            host=(),
-        )
-        layers = model.manifest.layers
-        cross = {
-            fmt.past_name(i, kind, "encoder"): encoded[fmt.present_name(i, kind, "encoder")]
-            for i in range(layers)
-            for kind in ("key", "value")
-        }
+        encoded = feeder.encode(input_ids, attention_mask)
         targets = np.ascontiguousarray(batch["decoder_input_ids"], dtype=np.int64)
-        target_mask = batch.get("decoder_attention_mask")
-        feeds = {
-            fmt.INPUT_IDS: targets,
-            fmt.ENCODER_ATTENTION_MASK: attention_mask,
-            fmt.ATTENTION_MASK: np.ones_like(targets) if target_mask is None else target_mask,
-            fmt.POSITION_IDS: _positions(targets),
-        }
-        cache = {**cross, **_empty_cache(model, decoder, rows, "decoder")}
-        out = decoder.run(_feeds(decoder, feeds), cache, host=(fmt.LOGITS,))
-    return np.asarray(out[fmt.LOGITS], dtype=np.float32)
+        logits, _ = feeder.decode(targets, encoded, batch.get("decoder_attention_mask"))
+    return np.asarray(logits, dtype=np.float32)
 
 
 def score(logits: np.ndarray, labels: np.ndarray, causal: bool) -> tuple[float, int, int]:
