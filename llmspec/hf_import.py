@@ -18,7 +18,8 @@ llama      LlamaModel, LlamaForCausalLM               decoder-only, RoPE, causal
 and writes ``OUT_DIR/spec.yaml`` (a validated spec, normalized by
 :func:`llmspec.loader.dump_spec`, under a comment naming the source) and
 ``OUT_DIR/weights.safetensors`` (every tensor renamed to the names the generated model uses;
-GPT-2's Conv1D ``[in, out]`` weights transposed and its fused ``c_attn`` split into q, k, v).
+GPT-2's Conv1D ``[in, out]`` weights transposed and its fused ``c_attn`` split into q, k, v;
+the names are data, one table per family in :mod:`llmspec.hf_tables`, which also converts back).
 The directory is written atomically: into a temporary sibling, fsynced, then renamed; an
 existing ``OUT_DIR`` is refused unless ``force``.
 
@@ -97,6 +98,7 @@ from pydantic import ValidationError
 
 from llmspec.errors import SpecError
 from llmspec.files import publishing
+from llmspec.hf_tables import BART, BERT, GPT2, LLAMA, T5, T5_GATED, HFImportError, Weights, from_hf
 from llmspec.loader import dump_spec, load_spec
 from llmspec.spec import BYTE_LEVEL_BASE, ModelSpec
 from llmspec.tokenizer import TokenizerMismatch, byte_level, check_fits, read_tokenizer_text
@@ -110,10 +112,6 @@ SPEC_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "spec.yaml", "weights.safetensors", "t
 ROLE_ORDER = ("eos", "bos", "pad", "unk", "mask")  # who keeps an id that several roles share
 T5_SENTINELS = 100
 T5_CONTEXT = 512
-
-
-class HFImportError(ValueError):
-    """A Hugging Face directory that cannot be imported faithfully; the message says why."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -130,37 +128,6 @@ class Source:
     tokenizer_json: Path | None
     token_names: dict[str, str]  # role -> text from special_tokens_map / tokenizer_config
     generation: dict[str, Any]
-
-
-class Weights:
-    """The source tensors by (prefix-stripped) name; each is taken at most once, so that the
-    ones no rule took can be reported."""
-
-    def __init__(self, tensors: dict[str, torch.Tensor], where: str) -> None:
-        self.tensors = tensors
-        self.where = where
-        self.taken: set[str] = set()
-
-    def has(self, key: str) -> bool:
-        return key in self.tensors
-
-    def take(self, key: str) -> torch.Tensor:
-        if key not in self.tensors:
-            raise HFImportError(
-                f"{self.where}: missing weight {key!r}; the config describes a model the "
-                "weights do not match"
-            )
-        self.taken.add(key)
-        return self.tensors[key]
-
-    def take_if(self, key: str) -> torch.Tensor | None:
-        return self.take(key) if key in self.tensors else None
-
-    def ignore(self, keys: Iterable[str]) -> None:
-        self.taken.update(k for k in keys if k in self.tensors)
-
-    def left(self) -> list[str]:
-        return sorted(k for k in self.tensors if k not in self.taken)
 
 
 # config.json and the tokenizer's JSON files are kilobytes; a shard index or a tokenizer_config
@@ -470,38 +437,6 @@ class Imported:
     notes: list[str] = field(default_factory=list)
 
 
-def _strip_prefix(weights: Weights, prefix: str, keep: Iterable[str]) -> None:
-    """Drop a base-model prefix (``bert.``, ``model.``...), so bare and headed models read alike."""
-    kept = tuple(keep)
-    renamed: dict[str, torch.Tensor] = {}
-    for key, tensor in weights.tensors.items():
-        if key.startswith(prefix) and not key.startswith(kept):
-            key = key[len(prefix) :]
-        if key in renamed:
-            raise HFImportError(f"{weights.where}: weight {key!r} appears twice")
-        renamed[key] = tensor
-    weights.tensors = renamed
-
-
-def _linear(
-    weights: Weights, out: dict[str, torch.Tensor], ours: str, theirs: str, bias: bool
-) -> None:
-    out[f"{ours}.weight"] = weights.take(f"{theirs}.weight")
-    if bias:
-        out[f"{ours}.bias"] = weights.take(f"{theirs}.bias")
-
-
-def _norm(
-    weights: Weights, out: dict[str, torch.Tensor], ours: str, theirs: str, bias: bool
-) -> None:
-    names = (("weight", "gamma"), ("bias", "beta")) if bias else (("weight", "gamma"),)
-    for name, legacy in names:  # old BERT checkpoints call LayerNorm's parameters gamma/beta
-        key = f"{theirs}.{name}"
-        if not weights.has(key) and weights.has(f"{theirs}.{legacy}"):
-            key = f"{theirs}.{legacy}"
-        out[f"{ours}.{name}"] = weights.take(key)
-
-
 def _output_head(
     weights: Weights,
     out: dict[str, torch.Tensor],
@@ -531,16 +466,6 @@ def _output_head(
         )
     out["lm_head.weight"] = head
     return False
-
-
-def _same_as(weights: Weights, key: str, reference: torch.Tensor, what: str) -> None:
-    """Accept a duplicate of a shared tensor (T5/BART per-stack embed_tokens), refuse a copy
-    that differs: the spec shares one embedding."""
-    tensor = weights.take_if(key)
-    if tensor is not None and not (
-        tensor.shape == reference.shape and torch.equal(tensor, reference)
-    ):
-        raise HFImportError(f"{weights.where}: {key!r} differs from {what}; the spec shares one")
 
 
 def _dropout(value: float) -> float:
@@ -578,41 +503,10 @@ def import_bert(config: Config, weights: Weights) -> Imported:
         lambda v: v in (None, "absolute"),
         "only absolute (learned) positions are expressible",
     )
-    _strip_prefix(weights, "bert.", keep=("cls.",))
-    weights.ignore(["embeddings.position_ids", "embeddings.token_type_ids"])
     layers = config.integer("num_hidden_layers")
     token_types = config.integer("type_vocab_size", minimum=0)
-    out: dict[str, torch.Tensor] = {}
-    out["embed_tokens.weight"] = weights.take("embeddings.word_embeddings.weight")
-    out["encoder.embed_positions.weight"] = weights.take("embeddings.position_embeddings.weight")
-    if token_types:
-        out["encoder.embed_token_types.weight"] = weights.take(
-            "embeddings.token_type_embeddings.weight"
-        )
-    _norm(weights, out, "encoder.embed_norm", "embeddings.LayerNorm", True)
-    for i in range(layers):
-        ours, theirs = f"encoder.layers.{i}", f"encoder.layer.{i}"
-        for proj, name in (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value")):
-            _linear(
-                weights, out, f"{ours}.self_attn.{proj}", f"{theirs}.attention.self.{name}", True
-            )
-        _linear(weights, out, f"{ours}.self_attn.o_proj", f"{theirs}.attention.output.dense", True)
-        _norm(weights, out, f"{ours}.self_attn_norm", f"{theirs}.attention.output.LayerNorm", True)
-        _linear(weights, out, f"{ours}.mlp.up_proj", f"{theirs}.intermediate.dense", True)
-        _linear(weights, out, f"{ours}.mlp.down_proj", f"{theirs}.output.dense", True)
-        _norm(weights, out, f"{ours}.mlp_norm", f"{theirs}.output.LayerNorm", True)
-    pooler = weights.has("pooler.dense.weight")
-    if pooler:
-        _linear(weights, out, "pooler.dense", "pooler.dense", True)
-    transform = weights.has("cls.predictions.transform.dense.weight")
-    if transform:
-        _linear(weights, out, "head_transform.dense", "cls.predictions.transform.dense", True)
-        _norm(weights, out, "head_transform.norm", "cls.predictions.transform.LayerNorm", True)
-    logits_bias = weights.take_if("cls.predictions.bias")
-    if logits_bias is not None:
-        out["logits_bias"] = logits_bias
-        _same_as(weights, "cls.predictions.decoder.bias", logits_bias, "cls.predictions.bias")
-    tied = _output_head(weights, out, "cls.predictions.decoder.weight", config)
+    out = from_hf(weights, BERT, {"encoder": layers}, ["token_types"] if token_types else [])
+    tied = _output_head(weights, out, BERT.head, config)
     max_positions = config.integer("max_position_embeddings")
     activation = _activation(config, "hidden_act", gated=False)
     token_ids, notes = _special_ids(config, ("pad", "bos", "eos", "unk", "mask"))
@@ -629,9 +523,9 @@ def import_bert(config: Config, weights: Weights) -> Imported:
         "embeddings": {"token_types": token_types, "norm": True},
         "head": {
             "tied": tied,
-            "transform": transform,
-            "pooler": pooler,
-            "logits_bias": "learned" if logits_bias is not None else "none",
+            "transform": "head_transform.dense.weight" in out,
+            "pooler": "pooler.dense.weight" in out,
+            "logits_bias": "learned" if "logits_bias" in out else "none",
         },
         "dropout": {
             "hidden": _dropout(config.number("hidden_dropout_prob")),
@@ -651,43 +545,19 @@ def import_gpt2(config: Config, weights: Weights) -> Imported:
         lambda v: not v,
         "the spec scales every layer's attention alike",
     )
-    _strip_prefix(weights, "transformer.", keep=("lm_head.",))
     d_model = config.integer("n_embd")
     layers = config.integer("n_layer")
     d_ff = config["n_inner"] if config["n_inner"] is not None else 4 * d_model
-    weights.ignore([f"h.{i}.attn.{b}" for i in range(layers) for b in ("bias", "masked_bias")])
-    out: dict[str, torch.Tensor] = {}
-    out["embed_tokens.weight"] = weights.take("wte.weight")
-    out["decoder.embed_positions.weight"] = weights.take("wpe.weight")
-
-    def conv1d(ours: str, theirs: str) -> None:  # Conv1D keeps [in, out]; Linear is [out, in]
-        out[f"{ours}.weight"] = weights.take(f"{theirs}.weight").t().contiguous()
-        out[f"{ours}.bias"] = weights.take(f"{theirs}.bias")
-
-    for i in range(layers):
-        ours, theirs = f"decoder.layers.{i}", f"h.{i}"
-        _norm(weights, out, f"{ours}.self_attn_norm", f"{theirs}.ln_1", True)
-        fused_weight = weights.take(f"{theirs}.attn.c_attn.weight").t()  # [3 * d_model, d_model]
-        fused_bias = weights.take(f"{theirs}.attn.c_attn.bias")
-        if fused_weight.shape[0] != 3 * d_model:
+    out = from_hf(weights, GPT2, {"decoder": layers})
+    for i in range(layers):  # the fused c_attn's shape, rebuilt from its q, k, v
+        q, k, v = (out[f"decoder.layers.{i}.self_attn.{p}_proj.weight"] for p in "qkv")
+        fused = [q.shape[1], q.shape[0] + k.shape[0] + v.shape[0]]
+        if fused[1] != 3 * d_model:
             raise HFImportError(
-                f"{weights.where}: {theirs}.attn.c_attn.weight has shape "
-                f"{list(fused_weight.shape)[::-1]}, expected [{d_model}, {3 * d_model}]"
+                f"{weights.where}: h.{i}.attn.c_attn.weight has shape {fused}, expected "
+                f"[{d_model}, {3 * d_model}]"
             )
-        for proj, w, b in zip(
-            ("q_proj", "k_proj", "v_proj"),
-            fused_weight.chunk(3, dim=0),
-            fused_bias.chunk(3, dim=0),
-            strict=True,
-        ):
-            out[f"{ours}.self_attn.{proj}.weight"] = w.clone()
-            out[f"{ours}.self_attn.{proj}.bias"] = b.clone()
-        conv1d(f"{ours}.self_attn.o_proj", f"{theirs}.attn.c_proj")
-        _norm(weights, out, f"{ours}.mlp_norm", f"{theirs}.ln_2", True)
-        conv1d(f"{ours}.mlp.up_proj", f"{theirs}.mlp.c_fc")
-        conv1d(f"{ours}.mlp.down_proj", f"{theirs}.mlp.c_proj")
-    _norm(weights, out, "decoder.final_norm", "ln_f", True)
-    tied = _output_head(weights, out, "lm_head.weight", config)
+    tied = _output_head(weights, out, GPT2.head, config)
     positions = config.integer("n_positions")
     token_ids, notes = _special_ids(config, ("pad", "bos", "eos", "unk"))
     spec = {
@@ -739,58 +609,11 @@ def import_t5(config: Config, weights: Weights) -> Imported:
         if config["num_decoder_layers"] is not None
         else encoder_layers
     )
-    out: dict[str, torch.Tensor] = {}
-    embed = weights.take("shared.weight")
-    out["embed_tokens.weight"] = embed
-    for stack in ("encoder", "decoder"):
-        _same_as(weights, f"{stack}.embed_tokens.weight", embed, "shared.weight")
-    # transformers ignores this unused tensor of old checkpoints too
-    weights.ignore(["decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight"])
-    mlp_names = (
-        (("gate_proj", "wi_0"), ("up_proj", "wi_1"), ("down_proj", "wo"))
-        if gated
-        else (("up_proj", "wi"), ("down_proj", "wo"))
-    )
-    for stack, count in (("encoder", encoder_layers), ("decoder", decoder_layers)):
-        out[f"{stack}.relative_bias.weight"] = weights.take(
-            f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
-        )
-        for i in range(count):
-            ours, theirs = f"{stack}.layers.{i}", f"{stack}.block.{i}.layer"
-            for p in ("q", "k", "v", "o"):
-                _linear(
-                    weights,
-                    out,
-                    f"{ours}.self_attn.{p}_proj",
-                    f"{theirs}.0.SelfAttention.{p}",
-                    False,
-                )
-            _norm(weights, out, f"{ours}.self_attn_norm", f"{theirs}.0.layer_norm", False)
-            mlp = 1
-            if stack == "decoder":
-                for p in ("q", "k", "v", "o"):
-                    _linear(
-                        weights,
-                        out,
-                        f"{ours}.cross_attn.{p}_proj",
-                        f"{theirs}.1.EncDecAttention.{p}",
-                        False,
-                    )
-                _norm(weights, out, f"{ours}.cross_attn_norm", f"{theirs}.1.layer_norm", False)
-                mlp = 2
-            for name, theirs_name in mlp_names:
-                _linear(
-                    weights,
-                    out,
-                    f"{ours}.mlp.{name}",
-                    f"{theirs}.{mlp}.DenseReluDense.{theirs_name}",
-                    False,
-                )
-            _norm(weights, out, f"{ours}.mlp_norm", f"{theirs}.{mlp}.layer_norm", False)
-        _norm(weights, out, f"{stack}.final_norm", f"{stack}.final_layer_norm", False)
+    names = T5_GATED if gated else T5
+    out = from_hf(weights, names, {"encoder": encoder_layers, "decoder": decoder_layers})
     # transformers 5 always writes tie_word_embeddings: true for T5 and unties a differing
     # lm_head.weight, so the weights decide; the output rescale has its own switch.
-    tied = _output_head(weights, out, "lm_head.weight", config, follow_weights=True)
+    tied = _output_head(weights, out, names.head, config, follow_weights=True)
     scale = config.raw.get("scale_decoder_outputs")
     rescale = bool(scale) if scale is not None else config["tie_word_embeddings"] is not False
     if rescale and not tied:
@@ -857,46 +680,12 @@ def import_bart(config: Config, weights: Weights) -> Imported:
                 f"config.json: {a} = {config[a]} and {b} = {config[b]} differ; the spec gives "
                 "both stacks the same attention and feed-forward shape"
             )
-    _strip_prefix(weights, "model.", keep=("lm_head.", "final_logits_bias"))
     encoder_layers = config.integer("encoder_layers")
     decoder_layers = config.integer("decoder_layers")
     d_model = config.integer("d_model")
     max_positions = config.integer("max_position_embeddings")
-    out: dict[str, torch.Tensor] = {}
-    embed = weights.take("shared.weight")
-    out["embed_tokens.weight"] = embed
-    weights.ignore(["encoder.version", "decoder.version"])
-    for stack, count in (("encoder", encoder_layers), ("decoder", decoder_layers)):
-        _same_as(weights, f"{stack}.embed_tokens.weight", embed, "shared.weight")
-        out[f"{stack}.embed_positions.weight"] = weights.take(f"{stack}.embed_positions.weight")
-        _norm(weights, out, f"{stack}.embed_norm", f"{stack}.layernorm_embedding", True)
-        for i in range(count):
-            ours, theirs = f"{stack}.layers.{i}", f"{stack}.layers.{i}"
-            attentions = [("self_attn", "self_attn")]
-            if stack == "decoder":
-                attentions.append(("cross_attn", "encoder_attn"))
-            for attn, their_attn in attentions:
-                for p in ("q", "k", "v"):
-                    _linear(
-                        weights,
-                        out,
-                        f"{ours}.{attn}.{p}_proj",
-                        f"{theirs}.{their_attn}.{p}_proj",
-                        True,
-                    )
-                _linear(
-                    weights, out, f"{ours}.{attn}.o_proj", f"{theirs}.{their_attn}.out_proj", True
-                )
-                _norm(
-                    weights, out, f"{ours}.{attn}_norm", f"{theirs}.{their_attn}_layer_norm", True
-                )
-            _linear(weights, out, f"{ours}.mlp.up_proj", f"{theirs}.fc1", True)
-            _linear(weights, out, f"{ours}.mlp.down_proj", f"{theirs}.fc2", True)
-            _norm(weights, out, f"{ours}.mlp_norm", f"{theirs}.final_layer_norm", True)
-    logits_bias = weights.take_if("final_logits_bias")
-    if logits_bias is not None:
-        out["logits_bias"] = logits_bias.reshape(-1)
-    tied = _output_head(weights, out, "lm_head.weight", config)
+    out = from_hf(weights, BART, {"encoder": encoder_layers, "decoder": decoder_layers})
+    tied = _output_head(weights, out, BART.head, config)
     token_ids, notes = _special_ids(config, ("pad", "bos", "eos", "unk", "mask"))
     spec: dict[str, Any] = {
         "architecture": "encoder-decoder",
@@ -913,7 +702,7 @@ def import_bart(config: Config, weights: Weights) -> Imported:
         "positions": {"type": "learned", "max_positions": max_positions, "offset": 2},
         "bias": True,
         "embeddings": {"norm": True, "scale": bool(config["scale_embedding"])},
-        "head": {"tied": tied, "logits_bias": "buffer" if logits_bias is not None else "none"},
+        "head": {"tied": tied, "logits_bias": "buffer" if "logits_bias" in out else "none"},
         "dropout": {
             "hidden": _dropout(config.number("dropout")),
             "attention": _dropout(config.number("attention_dropout")),
@@ -964,27 +753,13 @@ def import_llama(config: Config, weights: Weights) -> Imported:
     bias = bool(config["attention_bias"])
     base = _rope_base(config)
     activation = _activation(config, "hidden_act", gated=True)
-    _strip_prefix(weights, "model.", keep=("lm_head.",))
     d_model = config.integer("hidden_size")
     heads = config.integer("num_attention_heads")
     kv_heads = config.integer("num_key_value_heads") if config["num_key_value_heads"] else heads
     head_dim = config.integer("head_dim") if config["head_dim"] else d_model // heads
     layers = config.integer("num_hidden_layers")
-    out: dict[str, torch.Tensor] = {}
-    out["embed_tokens.weight"] = weights.take("embed_tokens.weight")
-    weights.ignore([f"layers.{i}.self_attn.rotary_emb.inv_freq" for i in range(layers)])
-    for i in range(layers):
-        ours, theirs = f"decoder.layers.{i}", f"layers.{i}"
-        _norm(weights, out, f"{ours}.self_attn_norm", f"{theirs}.input_layernorm", False)
-        for p in ("q", "k", "v", "o"):
-            _linear(
-                weights, out, f"{ours}.self_attn.{p}_proj", f"{theirs}.self_attn.{p}_proj", bias
-            )
-        _norm(weights, out, f"{ours}.mlp_norm", f"{theirs}.post_attention_layernorm", False)
-        for p in ("gate_proj", "up_proj", "down_proj"):
-            _linear(weights, out, f"{ours}.mlp.{p}", f"{theirs}.mlp.{p}", bias)
-    _norm(weights, out, "decoder.final_norm", "norm", False)
-    tied = _output_head(weights, out, "lm_head.weight", config)
+    out = from_hf(weights, LLAMA, {"decoder": layers}, ["bias"] if bias else [])
+    tied = _output_head(weights, out, LLAMA.head, config)
     attention: dict[str, Any] = {"heads": heads}
     if kv_heads != heads:
         attention["kv_heads"] = kv_heads
