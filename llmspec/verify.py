@@ -72,6 +72,8 @@ import numpy as np
 from llmspec.arguments import positive
 from runtime import artifact as fmt
 from runtime.artifact import ArtifactError, Manifest
+from runtime.graphs import DecoderGraph, EncoderGraph, Seq2SeqGraphs
+from runtime.session import Graph
 from runtime.signing import SigningError
 
 DEFAULT_EXAMPLES = 20
@@ -387,92 +389,18 @@ def _input_dtype(session: Any, prefix: str) -> Any:
     return np.float32
 
 
-def _positions(mask: np.ndarray) -> np.ndarray:
-    """Position ids counting real tokens only (left padding sits at position 0)."""
-    return np.clip(mask.cumsum(-1) - 1, 0, None).astype(np.int64)
-
-
 def _ids(rows: Sequence[Sequence[int]]) -> np.ndarray:
     return np.asarray(rows, dtype=np.int64).reshape(len(rows), -1)
 
 
-class _DecoderOnly:
-    def __init__(self, session: Any, manifest: Manifest) -> None:
-        self.session = session
-        self.layers = manifest.layers
-        self.kv_heads, self.head_dim = manifest.kv_heads, manifest.head_dim
-        self.dtype = _input_dtype(session, "past_key_values.")
-
-    def empty(self, batch: int) -> list[np.ndarray]:
-        shape = (batch, self.kv_heads, 0, self.head_dim)
-        return [np.zeros(shape, dtype=self.dtype) for _ in range(2 * self.layers)]
-
-    def run(
-        self,
-        ids: np.ndarray,
-        mask: np.ndarray,
-        positions: np.ndarray,
-        past: list[np.ndarray] | None = None,
-    ) -> tuple[np.ndarray, list[np.ndarray]]:
-        past = self.empty(len(ids)) if past is None else past
-        feeds = {fmt.INPUT_IDS: ids, fmt.ATTENTION_MASK: mask, fmt.POSITION_IDS: positions}
-        names = [fmt.past_name(i, k) for i in range(self.layers) for k in ("key", "value")]
-        feeds.update(zip(names, past, strict=True))
-        logits, *present = self.session.run(None, feeds)
-        return logits.astype(np.float64), present
+def _f64(value: Any) -> np.ndarray:
+    return np.asarray(value).astype(np.float64)
 
 
-class _Encoder:
-    def __init__(self, session: Any, token_types: int) -> None:
-        self.session = session
-        self.names = [v.name for v in session.get_inputs()]
-        self.token_types = token_types if fmt.TOKEN_TYPE_IDS in self.names else 0
-
-    def run(
-        self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None = None
-    ) -> list[np.ndarray]:
-        feeds = {fmt.INPUT_IDS: ids, fmt.ATTENTION_MASK: mask}
-        if self.token_types:
-            feeds[fmt.TOKEN_TYPE_IDS] = np.zeros_like(ids) if types is None else types
-        return [out.astype(np.float64) for out in self.session.run(None, feeds)]
-
-
-class _Seq2SeqDecoder:
-    def __init__(self, session: Any, manifest: Manifest) -> None:
-        self.session = session
-        self.layers = manifest.layers
-        self.kv_heads, self.head_dim = manifest.kv_heads, manifest.head_dim
-        self.dtype = _input_dtype(session, "past_key_values.")
-        self.positions = fmt.POSITION_IDS in {v.name for v in session.get_inputs()}
-
-    def run(
-        self,
-        ids: np.ndarray,
-        source_mask: np.ndarray,
-        cross: list[np.ndarray],
-        past: list[np.ndarray] | None = None,
-    ) -> tuple[np.ndarray, list[np.ndarray]]:
-        batch, length = ids.shape
-        if past is None:
-            shape = (batch, self.kv_heads, 0, self.head_dim)
-            past = [np.zeros(shape, dtype=self.dtype) for _ in range(2 * self.layers)]
-        done = past[0].shape[2]
-        feeds = {
-            fmt.INPUT_IDS: ids,
-            fmt.ENCODER_ATTENTION_MASK: source_mask,
-            fmt.ATTENTION_MASK: np.ones((batch, done + length), dtype=np.int64),
-        }
-        if self.positions:
-            feeds[fmt.POSITION_IDS] = np.broadcast_to(
-                np.arange(done, done + length, dtype=np.int64), (batch, length)
-            ).copy()
-        kinds = ("key", "value")
-        for i in range(self.layers):
-            for j, kind in enumerate(kinds):
-                feeds[fmt.past_name(i, kind, "encoder")] = cross[2 * i + j]
-                feeds[fmt.past_name(i, kind, "decoder")] = past[2 * i + j]
-        logits, *present = self.session.run(None, feeds)
-        return logits.astype(np.float64), present
+def _graph(sessions: dict[str, Any], name: str) -> Graph:
+    """The session of graph ``name``, to be fed through :mod:`runtime.graphs` exactly as the
+    runtime feeds it (plain ``session.run`` on the session's own provider)."""
+    return Graph.adopt(sessions[name], Path(name))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -651,7 +579,12 @@ class _Properties:
     def decoder_only(self) -> Iterator[CheckResult]:
         from hypothesis import strategies as st
 
-        graph = _DecoderOnly(self.sessions[fmt.DECODER_GRAPH], self.manifest)
+        session = self.sessions[fmt.DECODER_GRAPH]
+        graph = DecoderGraph.of(
+            _graph(self.sessions, fmt.DECODER_GRAPH),
+            self.manifest,
+            _input_dtype(session, "past_key_values."),
+        )
 
         @st.composite
         def causal_case(draw: Any) -> dict[str, Any]:
@@ -665,8 +598,7 @@ class _Properties:
             tokens, cut = case["tokens"], case["cut"]
             changed = tokens[: cut + 1] + case["changed_suffix"]
             ids = _ids([tokens, changed])
-            mask = np.ones_like(ids)
-            logits, _ = graph.run(ids, mask, _positions(mask))
+            logits = _f64(graph.run(ids, np.ones_like(ids))[0])
             keep = slice(0, cut + 1)
             return self.equal(logits[0, keep], logits[1, keep], "logits")
 
@@ -683,12 +615,11 @@ class _Properties:
         def padding(case: dict[str, Any]) -> _Measure:
             tokens, filler = case["tokens"], case["padding"]
             alone = _ids([tokens])
-            ones = np.ones_like(alone)
-            reference, _ = graph.run(alone, ones, _positions(ones))
+            reference = _f64(graph.run(alone, np.ones_like(alone))[0])
             ids = _ids([filler + tokens, case["neighbour"]])
             mask = np.ones_like(ids)
             mask[0, : len(filler)] = 0
-            logits, _ = graph.run(ids, mask, _positions(mask))
+            logits = _f64(graph.run(ids, mask)[0])
             return self.equal(reference[0], logits[0, len(filler) :], "logits")
 
         yield self.run_property("decoder left padding", padding_case(), padding)
@@ -712,26 +643,25 @@ class _Properties:
             ids = _ids([case["padding"] + case["tokens"], case["neighbour"]])
             mask = np.ones_like(ids)
             mask[0, :pad] = 0
-            positions = _positions(mask)
-            full, _ = graph.run(ids, mask, positions)
+            full = _f64(graph.run(ids, mask)[0])
             split = pad + case["prefill"]
-            logits, past = graph.run(ids[:, :split], mask[:, :split], positions[:, :split])
+            prefill, past = graph.prefill(ids[:, :split], mask[:, :split])
+            logits = _f64(prefill)
             measures = [
                 self.equal(full[0, pad:split], logits[0, pad:], "prefill of row 0", start=pad),
                 self.equal(full[1, :split], logits[1], "prefill of row 1"),
             ]
+            seen = mask[:, :split]
             for at in range(split, ids.shape[1]):
-                step, past = graph.run(
-                    ids[:, at : at + 1], mask[:, : at + 1], positions[:, at : at + 1], past
-                )
-                measures.append(self.equal(full[:, at], step[:, 0], f"decode step {at}", ("row",)))
+                step, seen, past = graph.step(ids[:, at], seen, past)
+                measures.append(self.equal(full[:, at], _f64(step), f"decode step {at}", ("row",)))
             return self.worst(*measures)
 
         yield self.run_property("decoder cache == full pass", cache_case(), cache)
 
     # -- encoders --------------------------------------------------------------------------------
 
-    def _bidirectional(self, name: str, encoder: _Encoder) -> CheckResult:
+    def _bidirectional(self, name: str, encoder: EncoderGraph) -> CheckResult:
         from hypothesis import strategies as st
 
         @st.composite
@@ -745,7 +675,7 @@ class _Properties:
             changed = list(tokens)
             changed[at] = case["new_token"]
             ids = _ids([tokens, changed])
-            hidden = encoder.run(ids, np.ones_like(ids))[0]
+            hidden = _f64(encoder.run(ids, np.ones_like(ids))[fmt.LAST_HIDDEN_STATE])
             moved = np.abs(hidden[0, :at] - hidden[1, :at]).max(axis=-1)  # per earlier position
             least = int(moved.argmin())
             floor = CHANGE_FLOOR * max(1.0, _scale(hidden[:, :at]))
@@ -771,17 +701,17 @@ class _Properties:
     def encoder_only(self) -> Iterator[CheckResult]:
         from hypothesis import strategies as st
 
-        token_types = self.spec.embeddings.token_types or 0
-        encoder = _Encoder(self.sessions[fmt.ENCODER_GRAPH], token_types)
+        encoder = EncoderGraph(_graph(self.sessions, fmt.ENCODER_GRAPH))
+        token_types = (self.spec.embeddings.token_types or 0) if encoder.token_types else 0
         yield self._bidirectional("encoder bidirectional", encoder)
 
         @st.composite
         def padding_case(draw: Any) -> dict[str, Any]:
             case = self._source_case(st, draw)
-            if encoder.token_types:
+            if token_types:
                 n = len(case["tokens"])
                 case["token_types"] = draw(
-                    st.lists(st.integers(0, encoder.token_types - 1), min_size=n, max_size=n)
+                    st.lists(st.integers(0, token_types - 1), min_size=n, max_size=n)
                 )
             return case
 
@@ -790,13 +720,15 @@ class _Properties:
             alone = _ids([case["tokens"]])
             types = case.get("token_types")
             alone_types = None if types is None else _ids([types])
-            hidden, logits = encoder.run(alone, np.ones_like(alone), alone_types)
+            out = encoder.run(alone, np.ones_like(alone), alone_types)
+            hidden, logits = _f64(out[fmt.LAST_HIDDEN_STATE]), _f64(out[fmt.LOGITS])
             ids, mask = self._right_padded(case)
             batch_types = None
             if types is not None:
                 batch_types = np.zeros_like(ids)
                 batch_types[0, :n] = types
-            padded_hidden, padded_logits = encoder.run(ids, mask, batch_types)
+            out = encoder.run(ids, mask, batch_types)
+            padded_hidden, padded_logits = _f64(out[fmt.LAST_HIDDEN_STATE]), _f64(out[fmt.LOGITS])
             return self.worst(
                 self.equal(hidden[0], padded_hidden[0, :n], "last_hidden_state"),
                 self.equal(logits[0], padded_logits[0, :n], "logits"),
@@ -809,10 +741,14 @@ class _Properties:
     def encoder_decoder(self) -> Iterator[CheckResult]:
         from hypothesis import strategies as st
 
-        encoder = _Encoder(self.sessions[fmt.ENCODER_GRAPH], 0)
-        decoder = _Seq2SeqDecoder(self.sessions[fmt.DECODER_GRAPH], self.manifest)
+        graphs = Seq2SeqGraphs.of(
+            _graph(self.sessions, fmt.ENCODER_GRAPH),
+            _graph(self.sessions, fmt.DECODER_GRAPH),
+            self.manifest,
+            _input_dtype(self.sessions[fmt.DECODER_GRAPH], "past_key_values."),
+        )
         start = self.manifest.special_tokens.get("decoder_start", 0)
-        yield self._bidirectional("encoder bidirectional", encoder)
+        yield self._bidirectional("encoder bidirectional", graphs.encoder)
 
         def decoder_tokens(min_size: int) -> Any:
             # every decoder sequence begins with the decoder start token, as in generation
@@ -827,20 +763,25 @@ class _Properties:
         def padding(case: dict[str, Any]) -> _Measure:
             n = len(case["tokens"])
             alone = _ids([case["tokens"]])
-            alone_mask = np.ones_like(alone)
-            hidden, *cross = encoder.run(alone, alone_mask)
+            encoded = graphs.encode(alone, np.ones_like(alone))
             ids, mask = self._right_padded(case)
-            padded_hidden, *padded_cross = encoder.run(ids, mask)
+            padded = graphs.encode(ids, mask)
+            hidden = _f64(encoded.last_hidden_state)
+            padded_hidden = _f64(padded.last_hidden_state)
             measures = [self.equal(hidden[0], padded_hidden[0, :n], "encoder last_hidden_state")]
-            for i, (kv, padded_kv) in enumerate(zip(cross, padded_cross, strict=True)):
-                what = f"encoder {fmt.present_name(i // 2, ('key', 'value')[i % 2], 'encoder')}"
+            for past, present in graphs.cross_names:
+                kv, padded_kv = _f64(encoded.cross[past]), _f64(padded.cross[past])
                 measures.append(
-                    self.equal(kv[0, :, :n], padded_kv[0, :, :n], what, ("head", "position"))
+                    self.equal(
+                        kv[0, :, :n],
+                        padded_kv[0, :, :n],
+                        f"encoder {present}",
+                        ("head", "position"),
+                    )
                 )
             target = _ids([case["decoder_tokens"]] * 2)
-            dtype = decoder.dtype
-            logits, _ = decoder.run(target[:1], alone_mask, [c.astype(dtype) for c in cross])
-            padded_logits, _ = decoder.run(target, mask, [c.astype(dtype) for c in padded_cross])
+            logits = _f64(graphs.decode(target[:1], encoded)[0])
+            padded_logits = _f64(graphs.decode(target, padded)[0])
             measures.append(self.equal(logits[0], padded_logits[0], "decoder logits"))
             return self.worst(*measures)
 
@@ -860,17 +801,12 @@ class _Properties:
                 "changed_suffix": [first, *rest],
             }
 
-        def encode(rows: list[list[int]], mask: np.ndarray | None = None) -> Any:
-            ids = _ids(rows)
-            mask = np.ones_like(ids) if mask is None else mask
-            _, *cross = encoder.run(ids, mask)
-            return mask, [c.astype(decoder.dtype) for c in cross]
-
         def causal(case: dict[str, Any]) -> _Measure:
             tokens, cut = case["decoder_tokens"], case["cut"]
             changed = tokens[: cut + 1] + case["changed_suffix"]
-            mask, cross = encode([case["source"]] * 2)
-            logits, _ = decoder.run(_ids([tokens, changed]), mask, cross)
+            source = _ids([case["source"]] * 2)
+            encoded = graphs.encode(source, np.ones_like(source))
+            logits = _f64(graphs.decode(_ids([tokens, changed]), encoded)[0])
             keep = slice(0, cut + 1)
             return self.equal(logits[0, keep], logits[1, keep], "decoder logits")
 
@@ -892,15 +828,16 @@ class _Properties:
 
         def cache(case: dict[str, Any]) -> _Measure:
             ids, source_mask = self._right_padded(case)
-            _, cross = encode([list(row) for row in ids], source_mask)
+            encoded = graphs.encode(ids, source_mask)
             target = _ids([case["decoder_tokens"], case["neighbour_decoder_tokens"]])
-            full, _ = decoder.run(target, source_mask, cross)
+            full = _f64(graphs.decode(target, encoded)[0])
             split = case["prefill"]
-            logits, past = decoder.run(target[:, :split], source_mask, cross)
-            measures = [self.equal(full[:, :split], logits, "prefill", ("row", "position"))]
+            prefill, past = graphs.decode(target[:, :split], encoded)
+            measures = [self.equal(full[:, :split], _f64(prefill), "prefill", ("row", "position"))]
+            seen = np.ones((len(target), split), dtype=np.int64)
             for at in range(split, target.shape[1]):
-                step, past = decoder.run(target[:, at : at + 1], source_mask, cross, past)
-                measures.append(self.equal(full[:, at], step[:, 0], f"decode step {at}", ("row",)))
+                step, seen, past = graphs.step(target[:, at], encoded, seen, past)
+                measures.append(self.equal(full[:, at], _f64(step), f"decode step {at}", ("row",)))
             return self.worst(*measures)
 
         yield self.run_property("decoder cache == full pass", cache_case(), cache)
