@@ -88,7 +88,7 @@ import os
 import re
 import sys
 import textwrap
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,7 +105,7 @@ from llmspec.tokenizer import TokenizerMismatch, byte_level, check_fits, read_to
 from llmspec.tokenizer import _byte_alphabet as byte_alphabet
 from runtime.reading import MiB, UnreadableFile, read_json, read_text
 
-__all__ = ["HFImportError", "import_hf", "import_hf_command"]
+__all__ = ["HFImportError", "import_hf", "import_hf_command", "weights_from_hf"]
 
 SUPPORTED_FAMILIES = ("bert", "gpt2", "t5", "bart", "llama")
 SPEC_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "spec.yaml", "weights.safetensors", "tokenizer.json"
@@ -1174,19 +1174,45 @@ def _validated(data: dict[str, Any]) -> ModelSpec:
         raise HFImportError(f"the imported spec is not valid: {problems}") from None
 
 
+def _import_family(config: Config, weights: Weights) -> Imported:
+    """The family's import of ``weights``, every one of which must have found its place."""
+    imported = FAMILIES[config.family](config, weights)
+    left = weights.left()
+    if left:
+        more = f" and {len(left) - 5} more" if len(left) > 5 else ""
+        raise HFImportError(
+            f"{weights.where}: weights with no place in the spec: {', '.join(left[:5])}"
+            f"{more} (a head llmspec does not import?)"
+        )
+    return imported
+
+
+def weights_from_hf(
+    config: Mapping[str, Any], state: Mapping[str, torch.Tensor], where: str = "the state dict"
+) -> dict[str, torch.Tensor]:
+    """Our tensors for a Hugging Face model's ``state`` (its ``state_dict()`` or its weight
+    files' tensors) and ``config`` (config.json's content): the weights half of
+    :func:`import_hf`; :func:`llmspec.hf_tables.to_hf` is its inverse.
+
+    Raises :class:`HFImportError` (naming the option or the weight, ``where`` for the weights)
+    for a config the spec cannot express, a missing weight, or one with no place in the spec.
+    """
+    family = config.get("model_type")
+    if family not in SUPPORTED_FAMILIES:
+        raise HFImportError(
+            f"config: model_type {family!r} is not supported; llmspec imports "
+            f"{', '.join(SUPPORTED_FAMILIES)}"
+        )
+    weights = Weights(dict(state), where)
+    return _import_family(Config(dict(config), str(family)), weights).tensors
+
+
 def build_import(source: Source) -> tuple[ModelSpec, str, dict[str, torch.Tensor], str | None]:
     """(spec, spec.yaml text, our tensors, tokenizer.json text or None) for a read source."""
     family = str(source.config["model_type"])
     config = Config(source.config, family)
     architecture = _check_architectures(config)
-    imported = FAMILIES[family](config, source.weights)
-    left = source.weights.left()
-    if left:
-        more = f" and {len(left) - 5} more" if len(left) > 5 else ""
-        raise HFImportError(
-            f"{source.weights.where}: weights with no place in the spec: {', '.join(left[:5])}"
-            f"{more} (a head llmspec does not import?)"
-        )
+    imported = _import_family(config, source.weights)
     size = config.integer("vocab_size")
     if source.tokenizer_json is not None:
         vocabulary = _vocabulary_from_tokenizer(source, imported, size)
