@@ -10,7 +10,7 @@ What runs (issue 5, "Performance"):
 * **ours**: ``runtime.load(artifact, device="cpu", threads=T).generate(...)``, greedy and
   ``top_p=0.9,sample``, batch 1 and 8, prompt 128 random token ids, 128 new tokens;
 * **transformers**: ``GPT2LMHeadModel.generate`` (its KV cache, default attention) with the
-  same weights copied in (the inverse of ``llmspec/hf_import.py``'s GPT-2 mapping: Conv1D
+  same weights copied in (``llmspec.hf_tables.to_hf`` with the import's GPT-2 table: Conv1D
   weights are ``[in, out]``, q/k/v fused into ``c_attn``);
 * **torch (ours)**: the generated PyTorch model (``llmspec.builder``) in a plain greedy loop
   with its KV cache;
@@ -191,6 +191,8 @@ def hf_model(weights: dict[str, Any], threads: int) -> Any:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from llmspec.hf_tables import GPT2, to_hf
+
     torch.set_num_threads(threads)
     config = GPT2Config(
         vocab_size=50257,
@@ -206,32 +208,8 @@ def hf_model(weights: dict[str, Any], threads: int) -> Any:
         tie_word_embeddings=True,
     )
     model = GPT2LMHeadModel(config).eval()
-    state = {"transformer.wte.weight": weights["embed_tokens.weight"]}
-    state["transformer.wpe.weight"] = weights["decoder.embed_positions.weight"]
-    for i in range(config.n_layer):
-        ours, theirs = f"decoder.layers.{i}", f"transformer.h.{i}"
-        for norm, hf_norm in (("self_attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
-            for kind in ("weight", "bias"):
-                state[f"{theirs}.{hf_norm}.{kind}"] = weights[f"{ours}.{norm}.{kind}"]
-        qkv = [f"{ours}.self_attn.{p}_proj" for p in "qkv"]
-        state[f"{theirs}.attn.c_attn.weight"] = torch.cat(
-            [weights[f"{p}.weight"] for p in qkv]
-        ).t()  # Conv1D: [in, 3 * out]
-        state[f"{theirs}.attn.c_attn.bias"] = torch.cat([weights[f"{p}.bias"] for p in qkv])
-        for proj, conv in (
-            ("self_attn.o_proj", "attn.c_proj"),
-            ("mlp.up_proj", "mlp.c_fc"),
-            ("mlp.down_proj", "mlp.c_proj"),
-        ):
-            state[f"{theirs}.{conv}.weight"] = weights[f"{ours}.{proj}.weight"].t()
-            state[f"{theirs}.{conv}.bias"] = weights[f"{ours}.{proj}.bias"]
-    for kind in ("weight", "bias"):
-        state[f"transformer.ln_f.{kind}"] = weights[f"decoder.final_norm.{kind}"]
-    state = {k: v.contiguous() for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k != "lm_head.weight"]  # tied to wte
-    if missing or unexpected:
-        raise RuntimeError(f"weight mapping: missing {missing}, unexpected {unexpected}")
+    # the import's GPT-2 table, converting back (Conv1D transposes, q/k/v fused into c_attn)
+    model.load_state_dict(to_hf(weights, GPT2), strict=True)
     return model
 
 
