@@ -33,6 +33,9 @@ Parts: a rule tagged with a ``part`` is imported only when its part is on. A par
 table's ``optional`` is on when the weights have its first name (BERT's pooler, BART's
 ``final_logits_bias``); any other part is a switch the family sets from the config (Llama's
 ``attention_bias``). :func:`to_hf` writes whatever parts our tensors have.
+
+Adding a family is adding its table here (and :data:`TABLES`) and its config translation in
+:mod:`llmspec.hf_import`.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ __all__ = [
     "WeightTable",
     "Weights",
     "from_hf",
+    "layer_pattern",
     "to_hf",
 ]
 
@@ -172,8 +176,9 @@ CONV1D = Transform("Conv1D transpose", _transposed, _transposed_back, rank=2)
 # GPT-2's c_attn: q, k and v side by side in one Conv1D ([in, 3 * out]) and its bias
 FUSED_QKV_CONV1D = Transform("fused q, k, v Conv1D split", _split_conv1d, _join_conv1d, rank=2)
 FUSED_QKV = Transform("fused q, k, v bias split", _split, _join, rank=1)
-# BART's final_logits_bias is a [1, vocab] buffer; our logits bias is [vocab]
-ROW = Transform("one-row reshape", _flattened, _row, rank=2)
+# BART's final_logits_bias is a [1, vocab] buffer; our logits bias is [vocab]. Any rank is
+# flattened, as the import always did; the vocabulary's size is checked with the other shapes.
+ROW = Transform("one-row reshape", _flattened, _row)
 
 
 @dataclass(frozen=True)
@@ -197,6 +202,7 @@ class Rule:
 
     @property
     def is_norm(self) -> bool:
+        """Whether the target is a norm's parameter (which may have a legacy name)."""
         return self.targets[0].rsplit(".", 1)[0].endswith("norm")
 
 
