@@ -1248,7 +1248,7 @@ def build_import(source: Source) -> tuple[ModelSpec, str, dict[str, torch.Tensor
         *(f"Note: {note}." for note in [*imported.notes, *vocabulary.notes]),
         *(f"Generation default not imported: {item}." for item in left_out),
     ]
-    header = [f"# Imported by `llmspec import-hf` from {source.path.resolve()}"]
+    header = [f"# Imported by `llmspec import-hf` from {source.path.resolve().name}"]
     header += [
         f"# {line}"
         for paragraph in paragraphs
@@ -1319,7 +1319,8 @@ def import_hf(
     _check_out_dir(target, force)
     source = read_source(hf_dir)
     _, text, tensors, tokenizer_json = build_import(source)
-    metadata = {"format": "pt", "source": str(source.path.resolve())}
+    # The folder's name only: an import never records the importing machine's paths.
+    metadata = {"format": "pt", "source": source.path.resolve().name}
     files: dict[str, Callable[[Path], object]] = {
         SPEC_FILE: lambda p: p.write_text(text, encoding="utf-8"),
         WEIGHTS_FILE: lambda p: save_file(_unshared(tensors), str(p), metadata=metadata),
