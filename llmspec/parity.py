@@ -22,6 +22,7 @@ manifest and the model card.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,8 @@ import torch
 from llmspec.onnx_graphs import ExportError
 from llmspec.spec import ModelSpec
 from runtime import artifact as fmt
+from runtime.graphs import Cache, DecoderGraph, EncoderGraph, Seq2SeqGraphs, positions
+from runtime.session import Graph
 
 DECODE_STEPS = 8
 
@@ -142,20 +145,13 @@ def _np(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().float().numpy()
 
 
-def _session_inputs(session: Any) -> set[str]:
-    return {i.name for i in session.get_inputs()}
-
-
-def _kv_dtype(session: Any) -> Any:
-    """The numpy type of the graph's cache inputs (bf16 through ml_dtypes, which onnx brings;
-    the bf16 path runs only on CUDA and has not been exercised on a GPU yet)."""
+def _kv_dtype(element_type: str) -> Any:
+    """The numpy type of a cache of ONNX ``element_type`` (bf16 through ml_dtypes, which onnx
+    brings; the bf16 path runs only on CUDA and has not been exercised on a GPU yet)."""
     import ml_dtypes
 
-    types = {"tensor(float16)": np.float16, "tensor(bfloat16)": ml_dtypes.bfloat16}
-    for value in session.get_inputs():
-        if value.name.startswith("past_key_values."):
-            return types.get(value.type, np.float32)
-    return np.float32
+    types = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
+    return types.get(element_type, np.float32)
 
 
 def _left_padded(spec: ModelSpec, rng: np.random.Generator, length: int) -> tuple[Any, Any]:
@@ -174,8 +170,10 @@ def _right_padded(spec: ModelSpec, rng: np.random.Generator, length: int) -> tup
     return ids, mask
 
 
-def _positions(mask: np.ndarray) -> np.ndarray:
-    return np.clip(mask.cumsum(-1) - 1, 0, None).astype(np.int64)
+def _adopt(session: Any, name: str) -> Graph:
+    """The gate's session of graph ``name``, fed through :mod:`runtime.graphs` exactly as the
+    runtime feeds it."""
+    return Graph.adopt(session, Path(name))
 
 
 def check_decoder_only(
@@ -184,35 +182,36 @@ def check_decoder_only(
     rng = np.random.default_rng(seed)
     length = max(4, min(12, spec.context_length - DECODE_STEPS))
     ids, mask = _left_padded(spec, rng, length)
-    layers, dtype = spec.num_decoder_layers, _kv_dtype(session)
-    empty = np.zeros((2, spec.kv_heads, 0, spec.head_dim), dtype=dtype)
-    past = {fmt.past_name(i, kind): empty for i in range(layers) for kind in ("key", "value")}
+    graph = DecoderGraph(
+        _adopt(session, fmt.DECODER_GRAPH),
+        spec.num_decoder_layers,
+        spec.kv_heads,
+        spec.head_dim,
+    )
+    graph.cache_dtype = _kv_dtype(graph.cache_type)
+    cache: Cache | None = None
     torch_past: list[torch.Tensor] | None = None
-    positions = _positions(mask)
-    names = _session_inputs(session)
+    position_ids = positions(mask)  # the reference's, as the feeder computes the graph's
     real = mask.astype(bool)
     for step in range(DECODE_STEPS + 1):
-        feeds = {fmt.INPUT_IDS: ids, fmt.ATTENTION_MASK: mask, fmt.POSITION_IDS: positions}
-        outputs = session.run(None, {k: v for k, v in {**feeds, **past}.items() if k in names})
+        if cache is None:
+            logits, cache = graph.prefill(ids, mask)
+        else:
+            last, mask, cache = graph.step(ids[:, 0], mask, cache)
+            logits = last[:, None, :]
         with torch.no_grad():
             out = model(
                 torch.from_numpy(ids),
                 torch.from_numpy(mask),
-                torch.from_numpy(positions),
+                torch.from_numpy(position_ids),
                 torch_past,
             )
         reference = _np(out.logits)
         name = "prefill" if step == 0 else f"decode step {step}"
-        report.checks.append(compare(name, reference, outputs[0], real, report.relative_tolerance))
-        past = {
-            fmt.past_name(i, kind): outputs[1 + 2 * i + j]
-            for i in range(layers)
-            for j, kind in enumerate(("key", "value"))
-        }
+        report.checks.append(compare(name, reference, logits, real, report.relative_tolerance))
         torch_past = list(out.present)
         ids = reference[:, -1].argmax(-1)[:, None].astype(np.int64)
-        mask = np.concatenate([mask, np.ones((2, 1), dtype=np.int64)], axis=1)
-        positions = positions[:, -1:] + 1
+        position_ids = position_ids[:, -1:] + 1
         real = np.ones((2, 1), dtype=bool)
 
 
@@ -221,22 +220,28 @@ def check_encoder_only(
 ) -> None:
     rng = np.random.default_rng(seed)
     ids, mask = _right_padded(spec, rng, max(4, min(16, spec.context_length)))
-    feeds = {fmt.INPUT_IDS: ids, fmt.ATTENTION_MASK: mask}
+    encoder = EncoderGraph(_adopt(session, fmt.ENCODER_GRAPH))
     args = [torch.from_numpy(ids), torch.from_numpy(mask)]
-    if fmt.TOKEN_TYPE_IDS in _session_inputs(session):
+    types = None
+    if encoder.token_types:
         types = np.zeros_like(ids)
         types[:, ids.shape[1] // 2 :] = 1
-        feeds[fmt.TOKEN_TYPE_IDS] = types
         args.append(torch.from_numpy(types))
-    hidden, logits = session.run(None, feeds)
+    outputs = encoder.run(ids, mask, types)
     with torch.no_grad():
         out = model(*args)
     real = mask.astype(bool)
     relative = report.relative_tolerance
     report.checks.append(
-        compare("last_hidden_state", _np(out.last_hidden_state), hidden, real, relative)
+        compare(
+            "last_hidden_state",
+            _np(out.last_hidden_state),
+            outputs[fmt.LAST_HIDDEN_STATE],
+            real,
+            relative,
+        )
     )
-    report.checks.append(compare("logits", _np(out.logits), logits, real, relative))
+    report.checks.append(compare("logits", _np(out.logits), outputs[fmt.LOGITS], real, relative))
 
 
 def check_encoder_decoder(
@@ -250,7 +255,15 @@ def check_encoder_decoder(
 ) -> None:
     rng = np.random.default_rng(seed)
     source, source_mask = _right_padded(spec, rng, max(4, min(12, spec.context_length)))
-    encoded = encoder.run(None, {fmt.INPUT_IDS: source, fmt.ATTENTION_MASK: source_mask})
+    graphs = Seq2SeqGraphs(
+        _adopt(encoder, fmt.ENCODER_GRAPH),
+        _adopt(decoder, fmt.DECODER_GRAPH),
+        spec.num_decoder_layers,
+        spec.kv_heads,
+        spec.head_dim,
+    )
+    graphs.cache_dtype = _kv_dtype(graphs.cache_type)
+    encoded = graphs.encode(source, source_mask)
     with torch.no_grad():
         reference = model.encode(torch.from_numpy(source), torch.from_numpy(source_mask))
     real = source_mask.astype(bool)
@@ -259,52 +272,32 @@ def check_encoder_decoder(
         compare(
             "encoder last_hidden_state",
             _np(reference.last_hidden_state),
-            encoded[0],
+            encoded.last_hidden_state,
             real,
             relative,
         )
     )
-    layers, dtype = spec.num_decoder_layers, _kv_dtype(decoder)
-    cross = {
-        fmt.past_name(i, kind, "encoder"): encoded[1 + 2 * i + j]
-        for i in range(layers)
-        for j, kind in enumerate(("key", "value"))
-    }
-    empty = np.zeros((2, spec.kv_heads, 0, spec.head_dim), dtype=dtype)
-    past = {
-        fmt.past_name(i, kind, "decoder"): empty for i in range(layers) for kind in ("key", "value")
-    }
-    names = _session_inputs(decoder)
     ids = np.full((2, 1), start_id, dtype=np.int64)
     mask = np.ones((2, 1), dtype=np.int64)
+    cache: Cache | None = None
     torch_past: list[torch.Tensor] | None = None
     every = np.ones((2, 1), dtype=bool)
     for step in range(DECODE_STEPS + 1):
-        feeds = {
-            fmt.INPUT_IDS: ids,
-            fmt.ENCODER_ATTENTION_MASK: source_mask,
-            fmt.ATTENTION_MASK: mask,
-            fmt.POSITION_IDS: np.full((2, 1), step, dtype=np.int64),
-            **cross,
-            **past,
-        }
-        outputs = decoder.run(None, {k: v for k, v in feeds.items() if k in names})
+        if cache is None:
+            actual, cache = graphs.decode(ids, encoded, mask)
+        else:
+            last, mask, cache = graphs.step(ids[:, 0], encoded, mask, cache)
+            actual = last[:, None, :]
         with torch.no_grad():
             out = model.decode(
                 torch.from_numpy(ids),
                 torch.from_numpy(source_mask),
                 list(reference.cross_key_values),
                 torch.from_numpy(mask),
-                torch.from_numpy(feeds[fmt.POSITION_IDS]),
+                torch.from_numpy(np.full((2, 1), step, dtype=np.int64)),  # decoder positions
                 torch_past,
             )
         logits = _np(out.logits)
-        report.checks.append(compare(f"decoder step {step}", logits, outputs[0], every, relative))
-        past = {
-            fmt.past_name(i, kind, "decoder"): outputs[1 + 2 * i + j]
-            for i in range(layers)
-            for j, kind in enumerate(("key", "value"))
-        }
+        report.checks.append(compare(f"decoder step {step}", logits, actual, every, relative))
         torch_past = list(out.present)
         ids = logits[:, -1].argmax(-1)[:, None].astype(np.int64)
-        mask = np.concatenate([mask, np.ones((2, 1), dtype=np.int64)], axis=1)

@@ -382,11 +382,9 @@ def _check_signatures(
 # Running the graphs
 
 
-def _input_dtype(session: Any, prefix: str) -> Any:
-    for value in session.get_inputs():
-        if value.name.startswith(prefix):
-            return _NUMPY_TYPES.get(fmt.ORT_TYPES.get(value.type, ""), np.float32)
-    return np.float32
+def _cache_dtype(element_type: str) -> Any:
+    """The numpy type an empty cache is made of (float32 for a type numpy lacks: bf16)."""
+    return _NUMPY_TYPES.get(fmt.ORT_TYPES.get(f"tensor({element_type})", ""), np.float32)
 
 
 def _ids(rows: Sequence[Sequence[int]]) -> np.ndarray:
@@ -579,12 +577,8 @@ class _Properties:
     def decoder_only(self) -> Iterator[CheckResult]:
         from hypothesis import strategies as st
 
-        session = self.sessions[fmt.DECODER_GRAPH]
-        graph = DecoderGraph.of(
-            _graph(self.sessions, fmt.DECODER_GRAPH),
-            self.manifest,
-            _input_dtype(session, "past_key_values."),
-        )
+        graph = DecoderGraph.of(_graph(self.sessions, fmt.DECODER_GRAPH), self.manifest)
+        graph.cache_dtype = _cache_dtype(graph.cache_type)
 
         @st.composite
         def causal_case(draw: Any) -> dict[str, Any]:
@@ -745,8 +739,8 @@ class _Properties:
             _graph(self.sessions, fmt.ENCODER_GRAPH),
             _graph(self.sessions, fmt.DECODER_GRAPH),
             self.manifest,
-            _input_dtype(self.sessions[fmt.DECODER_GRAPH], "past_key_values."),
         )
+        graphs.cache_dtype = _cache_dtype(graphs.cache_type)
         start = self.manifest.special_tokens.get("decoder_start", 0)
         yield self._bidirectional("encoder bidirectional", graphs.encoder)
 

@@ -127,6 +127,12 @@ class _CachedGraph:
         # otherwise (the export gate's bf16 through ml_dtypes).
         self.cache_dtype = cache_dtype
 
+    @property
+    def cache_type(self) -> str:
+        """The ONNX element type of the graph's cache inputs (``"float"``, ``"float16"``,
+        ``"bfloat16"``), for a caller that chooses its own ``cache_dtype``."""
+        return self.graph.inputs[self.names[0][0]].dtype if self.names else ""
+
     def _feeds(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {name: value for name, value in values.items() if name in self.graph.inputs}
 
