@@ -31,6 +31,8 @@ sys.path.insert(0, str(ROOT))
 from decode import weight_bytes_per_step  # noqa: E402  (bench/, the script's folder)
 
 from runtime import artifact as fmt  # noqa: E402
+from runtime.graphs import DecoderGraph  # noqa: E402
+from runtime.session import Graph  # noqa: E402
 
 
 def main() -> int:
@@ -100,19 +102,12 @@ def _decode(
     rng = np.random.default_rng(0)
     ids = rng.integers(0, manifest.vocab_size, (batch, prompt)).astype(np.int64)
     mask = np.ones((batch, prompt), np.int64)
-    positions = np.tile(np.arange(prompt, dtype=np.int64), (batch, 1))
-    shape = (batch, manifest.kv_heads, 0, manifest.head_dim)
-    past = [np.zeros(shape, cache_dtype) for _ in range(2 * manifest.layers)]
-    for _ in range(steps + 1):
-        feed = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
-        for i in range(manifest.layers):
-            feed[f"past_key_values.{i}.key"] = past[2 * i]
-            feed[f"past_key_values.{i}.value"] = past[2 * i + 1]
-        out = session.run(None, feed)
-        past = out[1:]
-        ids = out[0][:, -1].argmax(-1)[:, None].astype(np.int64)
-        mask = np.ones((batch, mask.shape[1] + 1), np.int64)
-        positions = positions[:, -1:] + 1
+    # fed as the runtime feeds it (runtime.graphs), on this profiling session
+    graph = DecoderGraph.of(Graph.adopt(session, Path(fmt.DECODER_GRAPH)), manifest, cache_dtype)
+    logits, cache = graph.prefill(ids, mask)
+    last = logits[:, -1]
+    for _ in range(steps):
+        last, mask, cache = graph.step(last.argmax(-1), mask, cache)
 
 
 if __name__ == "__main__":

@@ -264,3 +264,64 @@ def test_the_models_feeders_are_the_family_classes(gpt, t5, bert) -> None:
     assert isinstance(gpt.feeder, DecoderGraph)
     assert isinstance(t5.feeder, Seq2SeqGraphs)
     assert isinstance(bert.feeder, EncoderGraph)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions opened elsewhere, and the one feeder
+
+
+def test_the_feeder_reports_the_cache_element_type(gpt, t5) -> None:
+    assert gpt.feeder.cache_type == "float"
+    assert t5.feeder.cache_type == "float"
+
+
+def test_an_adopted_session_keeps_onnx_runtimes_own_errors(gpt) -> None:
+    """verify and the export gate report ONNX Runtime's error as before; a loaded artifact's
+    graph turns it into an ArtifactError naming the graph."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+    graph = gpt._graphs[fmt.DECODER_GRAPH]
+    cache = gpt.feeder.empty_cache(1)
+    wrong_rank = {
+        fmt.INPUT_IDS: np.zeros(3, dtype=np.int64),
+        fmt.ATTENTION_MASK: np.ones((1, 3), dtype=np.int64),
+        fmt.POSITION_IDS: np.zeros((1, 3), dtype=np.int64),
+    }
+    with pytest.raises(ArtifactError, match="decoder.onnx: ONNX Runtime refused"):
+        graph.run(wrong_rank, cache, host=())
+    with pytest.raises(InvalidArgument):
+        Graph.adopt(graph.session, graph.path).run(wrong_rank, cache, host=())
+
+
+def test_only_runtime_graphs_feeds_our_graphs() -> None:
+    """The graph contract has one feeder: outside runtime/graphs.py, only the format's own
+    definitions (runtime/artifact.py) and the exporter that names the graphs' inputs
+    (onnx_graphs.py) spell the contract's feed names."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spelled = {"POSITION_IDS", "ENCODER_ATTENTION_MASK", "TOKEN_TYPE_IDS", "past_name"}
+    allowed = {"runtime/graphs.py", "runtime/artifact.py"}
+    found = []
+    for package in ("llmspec", "runtime", "bench"):
+        for path in sorted((root / package).rglob("*.py")):
+            where = path.relative_to(root).as_posix()
+            if where in allowed or path.name == "onnx_graphs.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                name = (
+                    node.attr
+                    if isinstance(node, ast.Attribute)
+                    else node.id
+                    if isinstance(node, ast.Name)
+                    else None
+                )
+                literal = (
+                    isinstance(node, ast.Constant)
+                    and isinstance(node.value, str)
+                    and node.value.startswith("past_key_values.")
+                )
+                if name in spelled or literal:
+                    found.append(f"{where}:{node.lineno}")
+    assert found == []
