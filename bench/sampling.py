@@ -60,7 +60,7 @@ def entropy_and_nucleus(pool: list[np.ndarray], p: float = 0.9) -> tuple[float, 
 
 def time_ours(chain: str, pool: list[np.ndarray], steps: int) -> tuple[list[float], list[float]]:
     """Per-step wall-clock and CPU (this thread's) seconds."""
-    decoder = SamplerChain(chain)
+    sampler = SamplerChain(chain)
     batch = pool[0].shape[0]
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, VOCAB, PROMPT) for _ in range(batch)]
@@ -70,7 +70,7 @@ def time_ours(chain: str, pool: list[np.ndarray], steps: int) -> tuple[list[floa
     for step in range(steps + 10):
         start, start_cpu = time.perf_counter(), time.thread_time()
         np.copyto(work, pool[step % POOL])
-        tokens = decoder.select(work, state)
+        tokens = sampler.select(work, state)
         state.append(tokens)
         if step >= 10:  # warm-up: scratch buffers, bookkeeping built on first use
             walls.append(time.perf_counter() - start)

@@ -42,10 +42,10 @@ def test_sampled_frequencies_match_the_filtered_distribution(vocab, chain, kept,
     expected = softmax(np.where(row >= np.sort(row)[-kept], row, -np.inf))
     rows, steps = 500, 24  # 12,000 draws
     values = np.tile(row, (rows, 1))
-    decoder, state = SamplerChain(chain), state_for(values, seed=1234)
+    sampler, state = SamplerChain(chain), state_for(values, seed=1234)
     counts = np.zeros(vocab)
     for _ in range(steps):
-        tokens = decoder.select(values.copy(), state)
+        tokens = sampler.select(values.copy(), state)
         counts += np.bincount(tokens, minlength=vocab)
     assert counts[expected == 0].sum() == 0
     support = expected > 0
@@ -110,8 +110,8 @@ def test_finished_rows_get_pad_and_are_not_recorded():
     values = np.array([[0.0, 5.0, 0.0], [np.nan, 0.0, 0.0]], dtype=np.float32)
     state = state_for(values, prompts=[[0], [0]], pad_id=2)
     state.finish(np.array([False, True]))  # a finished row's logits are not even checked
-    decoder = SamplerChain("repetition_penalty=1.2,top_p=0.5,sample")
-    tokens = decoder.select(values.copy(), state)
+    sampler = SamplerChain("repetition_penalty=1.2,top_p=0.5,sample")
+    tokens = sampler.select(values.copy(), state)
     assert tokens.tolist() == [1, 2]
     state.append(tokens)
     assert state.generated(0).tolist() == [1] and state.generated(1).tolist() == []
@@ -120,27 +120,27 @@ def test_finished_rows_get_pad_and_are_not_recorded():
 def test_a_float32_contiguous_input_is_processed_in_place_others_are_copied():
     values = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)
     state = state_for(values)
-    decoder = SamplerChain("top_k=1,greedy")
-    assert decoder.process(values, state) is values
+    sampler = SamplerChain("top_k=1,greedy")
+    assert sampler.process(values, state) is values
     assert values.tolist() == [[-np.inf, -np.inf, 3.0]]
     wide = np.array([[[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]]])  # float64, [batch, seq, vocab]
     last = wide[:, -1, :]
-    assert decoder.select(last, state).tolist() == [0]
+    assert sampler.select(last, state).tolist() == [0]
     assert wide[0, -1].tolist() == [3.0, 2.0, 1.0]
 
 
-def test_the_decoder_builds_from_a_chain_a_string_or_steps_and_shows_its_chain():
+def test_the_sampler_chain_builds_from_a_chain_a_string_or_steps_and_shows_its_chain():
     text = "top_k=5,greedy"
-    decoders = [
+    samplers = [
         SamplerChain(text),
         SamplerChain(DecodingChain.parse(text)),
         SamplerChain([TopK(k=5), Greedy()]),
     ]
-    assert {str(d.chain) for d in decoders} == {text}
-    assert repr(decoders[0]) == "SamplerChain('top_k=5,greedy')"
+    assert {str(d.chain) for d in samplers} == {text}
+    assert repr(samplers[0]) == "SamplerChain('top_k=5,greedy')"
 
 
-def test_beam_search_is_not_a_decoder():
+def test_beam_search_is_not_a_sampler_chain():
     with pytest.raises(DecodingError, match="use runtime.beam_search.BeamSearcher"):
         SamplerChain([BeamSearch(beams=2)])
 
@@ -212,8 +212,8 @@ def test_empty_prompts_are_allowed():
     assert state.sequence(0).tolist() == [1] and state.generated(1).tolist() == [2]
 
 
-def test_one_decoder_serves_concurrent_requests_like_serial_ones():
-    decoder = SamplerChain("repetition_penalty=1.2,temperature=0.8,top_k=20,top_p=0.9,sample")
+def test_one_sampler_chain_serves_concurrent_requests_like_serial_ones():
+    sampler = SamplerChain("repetition_penalty=1.2,temperature=0.8,top_k=20,top_p=0.9,sample")
     rng = np.random.default_rng(5)
     steps = [rng.standard_normal((2, 500)).astype(np.float32) * 3 for _ in range(20)]
 
@@ -221,7 +221,7 @@ def test_one_decoder_serves_concurrent_requests_like_serial_ones():
         state = DecodingState([[1, 2, 3], [4]], 500, seed=seed)
         tokens = []
         for values in steps:
-            tokens.append(decoder.select(values.copy(), state).tolist())
+            tokens.append(sampler.select(values.copy(), state).tolist())
             state.append(np.array(tokens[-1]))
         return tokens
 

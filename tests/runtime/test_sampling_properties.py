@@ -120,13 +120,13 @@ def test_temperature_zero_then_sample_is_greedy(case):
 
 @given(logits(), st.integers(0, 2**32 - 1), st.sampled_from(["sample", "top_p=0.9,sample"]))
 def test_same_seed_same_tokens(values, seed, chain):
-    decoder = SamplerChain(chain)
+    sampler = SamplerChain(chain)
     runs = []
     for _ in range(2):
         state = DecodingState([[0]] * len(values), values.shape[1], seed=seed)
         tokens = []
         for step in range(5):
-            tokens.append(decoder.select(np.roll(values, step, axis=1), state).tolist())
+            tokens.append(sampler.select(np.roll(values, step, axis=1), state).tolist())
             state.append(np.array(tokens[-1]))
         runs.append(tokens)
     assert runs[0] == runs[1]
@@ -265,7 +265,7 @@ def test_temperature_only_rescales(case, value):
 @given(logits_and_state(), st.lists(PROCESSORS, max_size=3))
 def test_batched_selection_equals_per_row_selection_for_deterministic_chains(case, steps):
     values, state = case
-    decoder = SamplerChain([NoRepeatNgram(n=2), *steps, Greedy()])
+    sampler = SamplerChain([NoRepeatNgram(n=2), *steps, Greedy()])
     batch, vocab = values.shape
     rows = []
     for i in range(batch):
@@ -278,15 +278,15 @@ def test_batched_selection_equals_per_row_selection_for_deterministic_chains(cas
         alone, emptied = [], []
         for i in range(batch):
             try:
-                alone.append(int(decoder.select(step_logits[i : i + 1].copy(), rows[i])[0]))
+                alone.append(int(sampler.select(step_logits[i : i + 1].copy(), rows[i])[0]))
             except DecodingError:  # no_repeat_ngram banned the whole (tiny) vocabulary
                 emptied.append(f"row {i} has no token left")
         if emptied:
             with pytest.raises(DecodingError) as raised:
-                decoder.select(step_logits.copy(), state)
+                sampler.select(step_logits.copy(), state)
             assert all(message in str(raised.value) for message in emptied)
             return
-        together = decoder.select(step_logits.copy(), state)
+        together = sampler.select(step_logits.copy(), state)
         assert together.tolist() == alone
         state.append(together)
         for i, row_state in enumerate(rows):
