@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from llmspec.attention import KINDS, STACKS, render_command
+from llmspec.errors import EXIT_BAD_INPUT, EXIT_OK
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
             "install it with: pip install 'llmspec[compile]'",
             file=sys.stderr,
         )
-        return 1
+        return EXIT_BAD_INPUT
     write_atomic(args.output, png)
     print(f"wrote {Path(args.output)} ({summary})", file=sys.stderr)
-    return 0
+    return EXIT_OK

@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from llmspec.errors import EXIT_OK
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", metavar="SPEC")
@@ -29,7 +31,7 @@ def codegen(spec_path: str | os.PathLike[str], output: str | None) -> int:
     source = generate_source(spec)  # a RenderError: main reports it
     if output is None:
         sys.stdout.write(source)
-        return 0
+        return EXIT_OK
     write_atomic(output, source)  # an OutputError (what failed, where, what to do): main
     print(f"wrote {output} ({spec.name})", file=sys.stderr)
-    return 0
+    return EXIT_OK

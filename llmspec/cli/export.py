@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from llmspec.cli.arguments import positive_fraction
+from llmspec.errors import EXIT_BAD_INPUT, EXIT_OK
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,5 +47,5 @@ def run(args: argparse.Namespace) -> int:
         )
     except FileExistsError as err:  # an output in the way; ExportError etc. go to main
         print(f"llmspec export: {err}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_BAD_INPUT
+    return EXIT_OK

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from llmspec.errors import EXIT_OK
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("hf_dir", metavar="HF_DIR")
@@ -19,4 +21,4 @@ def run(args: argparse.Namespace) -> int:
     target = import_hf(args.hf_dir, args.output, force=args.force)
     written = sorted(p.name for p in target.iterdir())
     print(f"wrote {target} ({', '.join(written)})", file=sys.stderr)
-    return 0
+    return EXIT_OK

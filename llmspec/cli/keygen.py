@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from llmspec.errors import EXIT_BAD_INPUT, EXIT_OK
 from llmspec.sign import PRIVATE_KEY, PUBLIC_KEY, write_key_pair
 
 
@@ -25,6 +26,6 @@ def run(args: Any) -> int:
         private, public = write_key_pair(args.output)
     except OSError as err:  # FileExistsError included; a SigningError goes to main
         print(f"llmspec keygen: {err}", file=sys.stderr)
-        return 1
+        return EXIT_BAD_INPUT
     print(f"wrote {private} (secret: sign with it) and {public} (give it to whoever loads)")
-    return 0
+    return EXIT_OK

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from llmspec.errors import EXIT_BAD_INPUT, EXIT_OK
 from llmspec.sign import sign_artifact
 from runtime import artifact as fmt
 
@@ -29,6 +30,6 @@ def run(args: Any) -> int:
         target = sign_artifact(args.artifact, key)
     except OSError as err:
         print(f"llmspec sign: cannot write {fmt.SIGNATURE} ({err})", file=sys.stderr)
-        return 1
+        return EXIT_BAD_INPUT
     print(f"wrote {target} (key {fingerprint(key)})")
-    return 0
+    return EXIT_OK

@@ -6,6 +6,7 @@ import argparse
 import math
 
 from llmspec.cli.arguments import add_data_argument, non_negative, positive
+from llmspec.errors import EXIT_OK
 from llmspec.trainer import STRATEGIES, Settings, train
 
 
@@ -97,4 +98,4 @@ def run(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         progress=not args.quiet,
     )
-    return 0
+    return EXIT_OK

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from llmspec.cli.arguments import positive
+from llmspec.errors import EXIT_BAD_INPUT, EXIT_OK
 from llmspec.verify import DEFAULT_EXAMPLES, verify
 
 
@@ -53,4 +54,4 @@ def run(args: Any) -> int:
         print(report.render())
     if report.error:
         print(f"llmspec verify: {report.error}", file=sys.stderr)
-    return 0 if report.passed else 1
+    return EXIT_OK if report.passed else EXIT_BAD_INPUT
