@@ -50,12 +50,11 @@ class SpecError(ValueError, LlmspecError):
 
 def bad_input_errors() -> tuple[type[Exception], ...]:
     """What ``llmspec``'s ``main`` catches as bad input: :class:`LlmspecError`, and the errors
-    of the packages that cannot import it (``codegen`` imports nothing of ours). The one list."""
+    of the package that cannot import it (``codegen`` imports nothing of ours). The one list."""
     from codegen.errors import RenderError
     from codegen.plan import PlanError
-    from runtime.decoding import DecodingError
 
-    return (LlmspecError, PlanError, RenderError, DecodingError)
+    return (LlmspecError, PlanError, RenderError)
 
 
 __all__ = [

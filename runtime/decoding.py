@@ -93,8 +93,10 @@ from dataclasses import asdict, dataclass, fields, is_dataclass
 from importlib.metadata import entry_points
 from typing import Any, Literal
 
+from runtime.errors import LlmspecError
 
-class DecodingError(ValueError):
+
+class DecodingError(ValueError, LlmspecError):
     """A decoding chain or one of its parameters is invalid."""
 
 
