@@ -243,6 +243,13 @@ class Cluster:
 
         return self.device if getattr(self.device, "type", "cpu") == "cuda" else torch.device("cpu")
 
+    def barrier(self) -> None:
+        """Wait until every process gets here (nothing without a strategy)."""
+        if self.strategy is not None:
+            import torch.distributed as dist
+
+            dist.barrier()
+
     def close(self) -> None:
         if self.owns_group:
             import torch.distributed as dist
@@ -754,9 +761,14 @@ def train(
     }
     cluster = Cluster.start(strategy)
     try:
-        return _Run(cluster, Path(out_dir), progress and cluster.main).run(
+        run = _Run(cluster, Path(out_dir), progress and cluster.main).run(
             spec_or_dir, data, given, resume
         )
+        # Every process done with its collectives before any tears the group down: gloo
+        # aborts a process ("terminate called without an active exception") whose group goes
+        # while another's work is still in flight.
+        cluster.barrier()
+        return run
     finally:
         cluster.close()
 
