@@ -18,7 +18,6 @@ from pathlib import Path
 
 import jinja2
 
-from codegen.errors import RenderError as RenderError  # its home; named here as always
 from codegen.plan import ModelPlan
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -33,6 +32,10 @@ RUFF_FORMAT_ARGS = (
     "--stdin-filename=model.py",
     "-",
 )
+
+
+class RenderError(RuntimeError):
+    """The source could not be produced (template error or formatter failure)."""
 
 
 _GROUPED = re.compile(r"\([^()]*\)|\[[^\[\]]*\]")

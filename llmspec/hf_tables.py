@@ -46,8 +46,6 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from llmspec.errors import LlmspecError
-
 __all__ = [
     "BART",
     "BERT",
@@ -78,11 +76,11 @@ EMBEDDINGS = "embed_tokens.weight"
 LEGACY_NORM_NAMES = {".weight": ".gamma", ".bias": ".beta"}
 
 
-class HFImportError(ValueError, LlmspecError):
+class HFImportError(ValueError):
     """A Hugging Face directory that cannot be imported faithfully; the message says why."""
 
 
-class HFExportError(ValueError, LlmspecError):
+class HFExportError(ValueError):
     """Tensors that do not make a Hugging Face state dict; the message names the tensor."""
 
 

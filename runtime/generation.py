@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from runtime.decoding import DecodingChain, DecodingError
-from runtime.errors import LlmspecError
 from runtime.reading import MiB, UnreadableFile, read_json
 
 FinishReason = Literal["eos", "stop", "length"]
@@ -38,11 +37,11 @@ MAX_GENERATION_DEPTH = 16
 _INCOMPLETE = "\ufffd"
 
 
-class RuntimeInputError(ValueError, LlmspecError):
+class RuntimeInputError(ValueError):
     """A request the runtime refuses before running anything; the message says what to fix."""
 
 
-class GenerationConfigError(ValueError, LlmspecError):
+class GenerationConfigError(ValueError):
     """A generation.json (or its contents) that cannot be used; the message names the file."""
 
 

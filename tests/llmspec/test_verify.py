@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from llmspec.cli.verify import add_arguments as add_verify_arguments
-from llmspec.cli.verify import run as verify_command
-from llmspec.verify import verify
+from llmspec.verify import add_verify_arguments, verify, verify_command
 from runtime import artifact as fmt
 
 ROOT = Path(__file__).resolve().parents[2]
