@@ -72,29 +72,26 @@ class OutputError(OSError):
         return cls(path, reason, code)
 
 
+# What a person can do about a failed write, by its error number.
+_ADVICE = {
+    errno.ENOSPC: "free space on that disk (or raise your quota), or write to another disk",
+    errno.EDQUOT: "free space on that disk (or raise your quota), or write to another disk",
+    errno.EFBIG: "that file system cannot hold a file this large; write to another disk",
+    errno.EROFS: "choose a folder on a writable disk",
+    errno.EACCES: "you may not write there; choose a folder you can write to",
+    errno.EPERM: "you may not write there; choose a folder you can write to",
+    errno.ENOENT: "its folder does not exist; create it first or choose another path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
+    errno.EISDIR: "give the path of a file to write, for example one inside that directory",
+    errno.EEXIST: "something else is in the way there; move it or choose another path",
+    errno.ELOOP: "its symbolic links point at each other; remove the loop or choose another path",
+    errno.ENAMETOOLONG: "choose a shorter name",
+}
+
+
 def _advice(code: int | None) -> str:
     """What a person can do about a failed write."""
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        return "free space on that disk (or raise your quota), or write to another disk"
-    if code == errno.EFBIG:
-        return "that file system cannot hold a file this large; write to another disk"
-    if code == errno.EROFS:
-        return "choose a folder on a writable disk"
-    if code in (errno.EACCES, errno.EPERM):
-        return "you may not write there; choose a folder you can write to"
-    if code == errno.ENOENT:
-        return "its folder does not exist; create it first or choose another path"
-    if code == errno.ENOTDIR:
-        return "a part of the path is a file, not a folder; choose another path"
-    if code == errno.EISDIR:
-        return "give the path of a file to write, for example one inside that directory"
-    if code == errno.EEXIST:
-        return "something else is in the way there; move it or choose another path"
-    if code == errno.ELOOP:
-        return "its symbolic links point at each other; remove the loop or choose another path"
-    if code == errno.ENAMETOOLONG:
-        return "choose a shorter name"
-    return "check that its folder exists, is writable and has free space"
+    return _ADVICE.get(code or 0, "check that its folder exists, is writable and has free space")
 
 
 def _free_bytes(path: Path) -> int | None:
