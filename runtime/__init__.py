@@ -10,6 +10,8 @@ the artifact's family (see :mod:`runtime.model`)::
     print(result.texts, result.finish_reasons, result.timing.per_token_ms)
 """
 
+from typing import TYPE_CHECKING, Any
+
 from runtime.artifact import ArtifactError
 from runtime.decoding import DecodingChain, DecodingError
 from runtime.generation import (
@@ -19,8 +21,32 @@ from runtime.generation import (
     StreamEvent,
     Timing,
 )
-from runtime.model import DecoderModel, EncoderModel, MaskCandidate, Seq2SeqModel, load
-from runtime.session import DeviceError, DeviceFallbackWarning
+
+if TYPE_CHECKING:
+    from runtime.model import DecoderModel, EncoderModel, MaskCandidate, Seq2SeqModel, load
+    from runtime.session import DeviceError, DeviceFallbackWarning
+
+# The names that need ONNX Runtime are imported on first use, so that the compiler's use of
+# runtime's light modules (runtime.reading, runtime.memory, ...) does not load ONNX Runtime
+# into every training process.
+_LAZY = {
+    "DecoderModel": "runtime.model",
+    "EncoderModel": "runtime.model",
+    "MaskCandidate": "runtime.model",
+    "Seq2SeqModel": "runtime.model",
+    "load": "runtime.model",
+    "DeviceError": "runtime.session",
+    "DeviceFallbackWarning": "runtime.session",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'runtime' has no attribute {name!r}")
+
 
 __all__ = [
     "ArtifactError",
