@@ -19,14 +19,14 @@ What runs (issue 5, "Performance"):
 
 Every contestant makes exactly ``--new`` tokens (eos does not stop them: random weights could
 emit it). Each step is time-stamped when its logits are ready (ours: on entering
-``Decoder.select``; transformers: in a logits processor; torch: in the loop). Reported per
+``SamplerChain.select``; transformers: in a logits processor; torch: in the loop). Reported per
 run: time to first token (prefill), the median and the mean step (one token per row), and
 tokens/s (batch / median step). The median, because the 2 CPUs are shared with other people's
 jobs, whose bursts inflate single steps; the mean is there to compare.
 
 The roofline is the bytes of weights one decode step must read (every initializer of the
 decoder graph except tables only gathered from, like the token and position embeddings)
-divided by the read bandwidth. Sampling's share is the median time in ``Decoder.select`` over
+divided by the read bandwidth. Sampling's share is the median time in ``SamplerChain.select`` over
 the median step of the same run.
 
 Threads: our runtime runs with T (``--threads``, default: all CPUs) intra-op threads. torch's
@@ -218,13 +218,13 @@ def hf_model(weights: dict[str, Any], threads: int) -> Any:
 
 
 def run_ours(model: Any, prompts: np.ndarray, new: int, chain: str, label: str) -> Run:
-    """Our runtime's generate; a step is stamped when its logits reach ``Decoder.select``,
+    """Our runtime's generate; a step is stamped when its logits reach ``SamplerChain.select``,
     whose own time is the sampling share."""
     from runtime import sampling
 
     stamps: list[float] = []
     spent: list[float] = []
-    original = sampling.Decoder.select
+    original = sampling.SamplerChain.select
 
     def timed(self: Any, logits: np.ndarray, state: Any) -> np.ndarray:
         stamps.append(time.perf_counter())
@@ -233,12 +233,12 @@ def run_ours(model: Any, prompts: np.ndarray, new: int, chain: str, label: str) 
         finally:
             spent.append(time.perf_counter() - stamps[-1])
 
-    sampling.Decoder.select = timed  # type: ignore[method-assign]
+    sampling.SamplerChain.select = timed  # type: ignore[method-assign]
     try:
         start = time.perf_counter()
         result = model.generate(list(prompts), max_new_tokens=new, chain=chain, seed=0)
     finally:
-        sampling.Decoder.select = original  # type: ignore[method-assign]
+        sampling.SamplerChain.select = original  # type: ignore[method-assign]
     assert all(len(t) == new for t in result.tokens), "every row makes all its tokens"
     run = from_stamps("ours (onnxruntime)", label, len(prompts), chain, start, stamps)
     run.sampling_share = float(np.median(spent)) * 1000 / run.ms_per_step

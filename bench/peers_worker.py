@@ -80,7 +80,7 @@ def peak_rss_mib() -> float:
 
 
 def ours(job: Job) -> tuple[Callable[[np.ndarray, int, str], Timed], dict[str, Any]]:
-    """Our runtime; a step is stamped when its logits reach ``Decoder.select`` (as in
+    """Our runtime; a step is stamped when its logits reach ``SamplerChain.select`` (as in
     ``bench/decode.py``)."""
     import onnxruntime
 
@@ -94,18 +94,18 @@ def ours(job: Job) -> tuple[Callable[[np.ndarray, int, str], Timed], dict[str, A
 
     def generate(prompts: np.ndarray, new: int, chain: str) -> Timed:
         stamps: list[float] = []
-        original = sampling.Decoder.select
+        original = sampling.SamplerChain.select
 
         def stamped(self: Any, logits: np.ndarray, state: Any) -> np.ndarray:
             stamps.append(time.perf_counter())
             return original(self, logits, state)
 
-        sampling.Decoder.select = stamped  # type: ignore[method-assign]
+        sampling.SamplerChain.select = stamped  # type: ignore[method-assign]
         try:
             start = time.perf_counter()
             result = model.generate(list(prompts), max_new_tokens=new, chain=chain, seed=0)
         finally:
-            sampling.Decoder.select = original  # type: ignore[method-assign]
+            sampling.SamplerChain.select = original  # type: ignore[method-assign]
         return Timed(start, stamps, [int(t) for t in result.tokens[0]])
 
     facts = {"providers": list(model.providers), "onnxruntime": onnxruntime.__version__}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import jinja2
 
+from codegen.errors import RenderError as RenderError  # its home; named here as always
 from codegen.plan import ModelPlan
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -32,10 +33,6 @@ RUFF_FORMAT_ARGS = (
     "--stdin-filename=model.py",
     "-",
 )
-
-
-class RenderError(RuntimeError):
-    """The source could not be produced (template error or formatter failure)."""
 
 
 _GROUPED = re.compile(r"\([^()]*\)|\[[^\[\]]*\]")

@@ -25,18 +25,17 @@ them; an encoder-decoder's decoder input is ``decoder_start`` followed by ``--ta
 
 from __future__ import annotations
 
-import argparse
 import io
-import sys
 import threading
 import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from llmspec.errors import LlmspecError
 
 Key = tuple[str, int, str]  # (stack, layer, kind): ("decoder", 0, "self")
 
@@ -266,34 +265,11 @@ def draw(
     return buffer.getvalue()
 
 
-# --- the command -----------------------------------------------------------------------------
+# --- a map from a request (``llmspec attention``'s arguments) --------------------------------
 
 
-class AttentionInputError(ValueError):
+class AttentionInputError(ValueError, LlmspecError):
     """A bad request: a text too long or empty, a layer or head out of range, ..."""
-
-
-def add_attention_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "source", metavar="SPEC_OR_DIR", help="a spec file, model/run directory or artifact"
-    )
-    parser.add_argument("--text", required=True, help="the (encoder's) input text")
-    parser.add_argument(
-        "--target",
-        default="",
-        help="encoder-decoder: the decoder's input after decoder_start (default: none)",
-    )
-    parser.add_argument("--layer", type=int, metavar="L", help="one layer (default: all)")
-    parser.add_argument("--head", type=int, metavar="H", help="one head (default: all)")
-    parser.add_argument(
-        "--stack",
-        choices=STACKS,
-        help="default: the model's only stack; encoder-decoder: decoder for cross, else encoder",
-    )
-    parser.add_argument(
-        "--kind", choices=KINDS, help="default: self; cross for an encoder-decoder without --stack"
-    )
-    parser.add_argument("-o", "--output", required=True, metavar="PNG")
 
 
 def _load(source: str) -> tuple[Any, Any, Any, Any]:
@@ -340,7 +316,7 @@ def _check_range(what: str, value: int | None, count: int, where: str) -> None:
         )
 
 
-def render_command(args: argparse.Namespace) -> tuple[bytes, str]:
+def render_command(args: Any) -> tuple[bytes, str]:
     """(PNG bytes, a one-line summary) for parsed ``llmspec attention`` arguments."""
     import torch
 
@@ -411,37 +387,8 @@ def render_command(args: argparse.Namespace) -> tuple[bytes, str]:
     return png, f"{what}, {len(panels)} map(s), {len(queries)}x{len(keys)} tokens"
 
 
-def attention_command(args: argparse.Namespace) -> int:
-    from llmspec.builder import WeightsError
-    from llmspec.exporter import ExportError
-    from llmspec.files import write_atomic
-    from llmspec.tokenizer import TokenizerMismatch
-
-    try:
-        png, summary = render_command(args)
-    except (AttentionInputError, ExportError, TokenizerMismatch, WeightsError) as err:
-        print(f"llmspec attention: {err}", file=sys.stderr)
-        return 1
-    except ImportError as err:
-        print(
-            f"llmspec attention: drawing needs matplotlib ({err}); "
-            "install it with: pip install 'llmspec[compile]'",
-            file=sys.stderr,
-        )
-        return 1
-    try:
-        write_atomic(args.output, png)
-    except OSError as err:  # an OutputError: what failed, where and what to do
-        print(f"llmspec attention: {err}", file=sys.stderr)
-        return 1
-    print(f"wrote {Path(args.output)} ({summary})", file=sys.stderr)
-    return 0
-
-
 __all__ = [
     "AttentionMap",
-    "add_attention_arguments",
-    "attention_command",
     "attention_maps",
     "attention_modules",
     "attention_weights",

@@ -17,7 +17,6 @@ The module's weights follow DESIGN.md's naming contract (``embed_tokens.weight``
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import types
 from collections.abc import Mapping
@@ -28,7 +27,8 @@ import torch
 from torch import nn
 
 from codegen.loader import load_source
-from codegen.render import RenderError, render
+from codegen.render import render
+from llmspec.errors import LlmspecError
 from llmspec.estimate import (
     MachineMemory,
     build_bytes,
@@ -38,7 +38,6 @@ from llmspec.estimate import (
     machine_memory,
     shortfall,
 )
-from llmspec.files import write_atomic
 from llmspec.loader import load_spec, spec_sha256
 from llmspec.lower import lower
 from llmspec.spec import ModelSpec
@@ -57,7 +56,7 @@ _SOURCES: dict[str, str] = {}
 _SOURCES_LOCK = threading.Lock()
 
 
-class WeightsError(ValueError):
+class WeightsError(ValueError, LlmspecError):
     """Weights that do not fit the model: names missing or unexpected, or shapes that differ."""
 
 
@@ -236,35 +235,12 @@ def build(
     return model
 
 
-def codegen_command(spec_path: str | os.PathLike[str], output: str | None) -> int:
-    """``llmspec codegen SPEC [-o FILE]``: print the generated source, or write it to FILE
-    atomically. Returns the exit status; a bad spec raises :class:`SpecError` (the CLI
-    reports it and exits 1)."""
-    spec = load_spec(Path(spec_path))
-    try:
-        source = generate_source(spec)
-    except RenderError as err:
-        print(f"llmspec codegen: {err}", file=sys.stderr)
-        return 1
-    if output is None:
-        sys.stdout.write(source)
-        return 0
-    try:
-        write_atomic(output, source)
-    except OSError as err:  # an OutputError: what failed, where and what to do
-        print(f"llmspec codegen: {err}", file=sys.stderr)
-        return 1
-    print(f"wrote {output} ({spec.name})", file=sys.stderr)
-    return 0
-
-
 __all__ = [
     "DTYPES",
     "ModelTooLarge",
     "WeightsError",
     "build",
     "check_memory",
-    "codegen_command",
     "device_memory",
     "generate_source",
     "load_module",

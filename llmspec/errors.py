@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from runtime.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_USAGE, LlmspecError
+
 Path = tuple[str | int, ...]
 
 
@@ -34,7 +36,7 @@ class Problem:
         return f"{where}: {format_path(self.path)}: {self.message}"
 
 
-class SpecError(ValueError):
+class SpecError(ValueError, LlmspecError):
     """A spec that cannot be used. ``problems`` lists everything wrong with it, in source order."""
 
     def __init__(self, problems: Sequence[Problem]) -> None:
@@ -44,3 +46,24 @@ class SpecError(ValueError):
         count = len(self.problems)
         head = f"{count} problem{'s' if count != 1 else ''} in spec"
         super().__init__("\n".join([head, *(str(p) for p in self.problems)]))
+
+
+def bad_input_errors() -> tuple[type[Exception], ...]:
+    """What ``llmspec``'s ``main`` catches as bad input: :class:`LlmspecError`, and the errors
+    of the package that cannot import it (``codegen`` imports nothing of ours). The one list."""
+    from codegen.errors import RenderError
+    from codegen.plan import PlanError
+
+    return (LlmspecError, PlanError, RenderError)
+
+
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "LlmspecError",
+    "Problem",
+    "SpecError",
+    "bad_input_errors",
+    "format_path",
+]

@@ -37,13 +37,9 @@ torch.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
-import sys
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -51,15 +47,14 @@ from typing import Any
 
 import numpy as np
 
-from llmspec.arguments import add_data_argument, add_device_arguments, non_negative, positive
-from llmspec.objectives import IGNORE, Features, ObjectiveError, TokenIds, make_collator
+from llmspec.errors import LlmspecError
+from llmspec.objectives import IGNORE, Features, TokenIds, make_collator
 from llmspec.spec import ModelSpec
 
-EXIT_OK, EXIT_BAD_INPUT = 0, 1
 DEFAULT_BATCH_SIZE = 8
 
 
-class EvalError(ValueError):
+class EvalError(ValueError, LlmspecError):
     """An evaluation that cannot run (settings that do not fit the artifact, data with nothing
     to score); the message says why and what to do."""
 
@@ -295,84 +290,10 @@ def _exp(loss: float) -> float:
         return math.inf
 
 
-# ----------------------------------------------------------------------------------------
-# Command line
-
-
-def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``llmspec eval`` arguments."""
-    parser.add_argument("artifact", metavar="ARTIFACT", help="an artifact directory")
-    add_data_argument(parser)
-    parser.add_argument(
-        "--batch-size",
-        type=positive,
-        default=DEFAULT_BATCH_SIZE,
-        metavar="B",
-        help=f"sequences per batch (default {DEFAULT_BATCH_SIZE})",
-    )
-    parser.add_argument(
-        "--seq-len",
-        type=positive,
-        metavar="S",
-        help="tokens per sequence (default: context length)",
-    )
-    parser.add_argument(
-        "--batches", type=positive, metavar="N", help="at most N batches (default: all the data)"
-    )
-    parser.add_argument(
-        "--seed", type=non_negative, default=0, metavar="S", help="seed of the masking (default 0)"
-    )
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    add_device_arguments(parser)
-
-
-def eval_command(args: argparse.Namespace) -> int:
-    """``llmspec eval``: the exit status (1, with one line on stderr, for bad input)."""
-    import runtime
-    from llmspec.errors import SpecError
-    from llmspec.trainer import TrainError
-
-    bad = (
-        runtime.ArtifactError,
-        runtime.DeviceError,
-        runtime.RuntimeInputError,
-        TrainError,
-        EvalError,
-        ObjectiveError,
-        SpecError,
-        ValueError,
-    )
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", runtime.DeviceFallbackWarning)
-            report = evaluate(
-                args.artifact,
-                args.data,
-                batch_size=args.batch_size,
-                seq_len=args.seq_len,
-                batches=args.batches,
-                seed=args.seed,
-                device=args.device,
-                threads=args.threads,
-            )
-    except bad as err:
-        print(f"llmspec eval: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    for warning in caught:
-        print(f"llmspec eval: warning: {warning.message}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2))
-    else:
-        print(report.render())
-    return EXIT_OK
-
-
 __all__ = [
     "EvalError",
     "EvalReport",
-    "add_eval_arguments",
     "batch_logits",
-    "eval_command",
     "evaluate",
     "make_batches",
     "score",

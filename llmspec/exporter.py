@@ -438,23 +438,3 @@ def _write_files(
     files = sorted(p for p in staged.iterdir() if p.is_file())
     manifest = dataclasses.replace(manifest, files={p.name: fmt.file_info(p) for p in files})
     write_atomic(staged / fmt.MANIFEST, manifest.to_json())
-
-
-def export_command(args: Any) -> int:
-    """``llmspec export``: returns the exit status (1 on a bad input or a failed gate)."""
-    from llmspec.builder import WeightsError
-
-    try:
-        export(
-            args.source,
-            args.output,
-            weights=args.weights,
-            precision=args.precision,
-            quantize=args.quantize,
-            force=args.force,
-            tolerance=args.tolerance,
-        )
-    except (ExportError, WeightsError, FileExistsError) as err:
-        print(f"llmspec export: {err}", file=sys.stderr)
-        return 1
-    return 0

@@ -34,10 +34,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from llmspec.errors import LlmspecError
+
 _DISK_ALMOST_FULL = 1 << 20  # an error without an errno, with less free than this: a full disk
 
 
-class OutputError(OSError):
+class OutputError(OSError, LlmspecError):
     """An output could not be written. ``filename`` is the output (the file or directory the
     user asked for), ``strerror`` the cause, ``errno`` the error number where one is known; the
     message also says what to do. An ``OSError``, so code that catches ``OSError`` still does."""

@@ -86,7 +86,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import textwrap
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -105,7 +104,7 @@ from llmspec.tokenizer import TokenizerMismatch, byte_level, check_fits, read_to
 from llmspec.tokenizer import _byte_alphabet as byte_alphabet
 from runtime.reading import MiB, UnreadableFile, read_json, read_text
 
-__all__ = ["HFImportError", "import_hf", "import_hf_command", "weights_from_hf"]
+__all__ = ["HFImportError", "import_hf", "weights_from_hf"]
 
 SUPPORTED_FAMILIES = ("bert", "gpt2", "t5", "bart", "llama")
 SPEC_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "spec.yaml", "weights.safetensors", "tokenizer.json"
@@ -1329,15 +1328,3 @@ def import_hf(
         files[TOKENIZER_FILE] = lambda p: p.write_text(tokenizer_json, encoding="utf-8")
     _write_dir(target, files, force)
     return target
-
-
-def import_hf_command(hf_dir: str, out_dir: str, force: bool) -> int:
-    """``llmspec import-hf``: 0 on success, 1 (with a one-line error on stderr) on bad input."""
-    try:
-        target = import_hf(hf_dir, out_dir, force=force)
-    except HFImportError as err:
-        print(f"llmspec import-hf: {err}", file=sys.stderr)
-        return 1
-    written = sorted(p.name for p in target.iterdir())
-    print(f"wrote {target} ({', '.join(written)})", file=sys.stderr)
-    return 0

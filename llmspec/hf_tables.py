@@ -46,6 +46,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from llmspec.errors import LlmspecError
+
 __all__ = [
     "BART",
     "BERT",
@@ -76,11 +78,11 @@ EMBEDDINGS = "embed_tokens.weight"
 LEGACY_NORM_NAMES = {".weight": ".gamma", ".bias": ".beta"}
 
 
-class HFImportError(ValueError):
+class HFImportError(ValueError, LlmspecError):
     """A Hugging Face directory that cannot be imported faithfully; the message says why."""
 
 
-class HFExportError(ValueError):
+class HFExportError(ValueError, LlmspecError):
     """Tensors that do not make a Hugging Face state dict; the message names the tensor."""
 
 

@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from llmspec.errors import LlmspecError
 from llmspec.spec import CausalLM, Denoising, MaskedLM, ModelSpec, SpanCorruption
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,7 +75,7 @@ IntArray = np.ndarray[Any, np.dtype[np.int64]]
 Features = dict[str, IntArray]
 
 
-class ObjectiveError(ValueError):
+class ObjectiveError(ValueError, LlmspecError):
     """An example an objective cannot turn into training data (e.g. more noise spans than the
     vocabulary has sentinels)."""
 

@@ -20,6 +20,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from llmspec.errors import LlmspecError
 from llmspec.spec import ModelSpec
 from runtime import artifact as fmt
 from runtime.artifact import GraphInfo, TensorInfo
@@ -31,7 +32,7 @@ OPSET = 18
 _BATCH, _SEQ, _PAST, _SOURCE = 2, 3, 5, 7
 
 
-class ExportError(RuntimeError):
+class ExportError(RuntimeError, LlmspecError):
     """The model could not be turned into a graph; the message says which and why."""
 
 

@@ -36,6 +36,7 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmspec.errors import LlmspecError
 from runtime.reading import MiB, UnreadableFile, parse_json, read_text
 
 SEPARATOR = "\n\n"
@@ -46,7 +47,7 @@ MAX_TEMPLATE_BYTES = 1 * MiB
 MAX_EXAMPLES_BYTES = 64 * MiB
 
 
-class PromptError(ValueError):
+class PromptError(ValueError, LlmspecError):
     """A template, an examples file or a shot count that cannot be used; says where and why."""
 
 

@@ -7,15 +7,11 @@ and ``llmspec verify ARTIFACT --key PUBLIC_KEY`` check it.
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from runtime import artifact as fmt
-from runtime.artifact import ArtifactError
-from runtime.signing import SigningError
 
 PRIVATE_KEY = "private.pem"
 PUBLIC_KEY = "public.pem"
@@ -63,51 +59,3 @@ def write_key_pair(directory: str | os.PathLike[str]) -> tuple[Path, Path]:
         os.fsync(handle.fileno())
     write_atomic(public, public_pem)
     return private, public
-
-
-def add_sign_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("artifact", metavar="ARTIFACT", help="an artifact directory")
-    parser.add_argument(
-        "--key",
-        required=True,
-        metavar="PRIVATE_KEY",
-        help="an Ed25519 private key, PEM (private.pem of llmspec keygen)",
-    )
-
-
-def sign_command(args: Any) -> int:
-    """``llmspec sign``: 0 when signed, 1 for a bad artifact or key."""
-    from runtime.signing import fingerprint, private_key
-
-    try:
-        key = private_key(args.key)
-        target = sign_artifact(args.artifact, key)
-    except (ArtifactError, SigningError) as err:
-        print(f"llmspec sign: {err}", file=sys.stderr)
-        return 1
-    except OSError as err:
-        print(f"llmspec sign: cannot write {fmt.SIGNATURE} ({err})", file=sys.stderr)
-        return 1
-    print(f"wrote {target} (key {fingerprint(key)})")
-    return 0
-
-
-def add_keygen_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-o",
-        "--output",
-        required=True,
-        metavar="DIR",
-        help=f"where to write {PRIVATE_KEY} (0600; keep it secret) and {PUBLIC_KEY}",
-    )
-
-
-def keygen_command(args: Any) -> int:
-    """``llmspec keygen``: 0 when written, 1 when the keys exist or cannot be written."""
-    try:
-        private, public = write_key_pair(args.output)
-    except (SigningError, OSError) as err:  # FileExistsError included
-        print(f"llmspec keygen: {err}", file=sys.stderr)
-        return 1
-    print(f"wrote {private} (secret: sign with it) and {public} (give it to whoever loads)")
-    return 0

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from llmspec.errors import LlmspecError
 from llmspec.spec import BYTE_LEVEL_BASE, ModelSpec
 from runtime.reading import UnreadableFile, check_regular, is_inside, iter_lines, read_text
 from runtime.tokenizer import MAX_TOKENIZER_BYTES, is_panic
@@ -33,7 +34,7 @@ SPECIAL_ORDER = ("pad", "bos", "eos", "unk", "mask")
 CORPUS_MAX_LINE = 64 * 1024
 
 
-class TokenizerMismatch(ValueError):
+class TokenizerMismatch(ValueError, LlmspecError):
     """A tokenizer that does not fit its spec; the message lists every disagreement."""
 
 

@@ -60,6 +60,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from runtime.errors import LlmspecError
 from runtime.reading import (
     MiB,
     UnreadableFile,
@@ -138,7 +139,7 @@ def present_name(layer: int, kind: str, stack: str | None = None) -> str:
     return f"present.{middle}.{kind}"
 
 
-class ArtifactError(ValueError):
+class ArtifactError(ValueError, LlmspecError):
     """An artifact that cannot be used; the message names the file and says how to fix it."""
 
 

@@ -26,6 +26,11 @@ How a generation loop uses it::
 
 Live beams start from the same prompt: only beam 0 of each row is live at the first step (the
 others start at -inf), so the first step does not pick the same token ``beams`` times.
+
+A beam search runs no logits processors (a chain with ``beam_search`` is that step alone), so
+its reorder touches only the cache and the beams. A loop that did combine them would reorder
+the request's processor states with the same rows (``DecodingState.reorder(rows)`` in
+:mod:`runtime.sampling`), as it reorders the cache.
 """
 
 from __future__ import annotations

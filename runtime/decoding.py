@@ -28,7 +28,7 @@ the model (:mod:`runtime.model`), which knows them.
 
 Each step documents its no-op value and rejects bad parameters with an actionable message.
 This module holds configuration only; it imports nothing heavy. The behaviour (numpy logits
-processors, selectors, the compiled :class:`runtime.sampling.Decoder`) lives in
+processors, selectors, the runnable :class:`runtime.sampling.SamplerChain`) lives in
 ``runtime.sampling``; beam search bookkeeping in ``runtime.beam_search``.
 
 Plugins
@@ -53,17 +53,34 @@ name and its object is a class that is both the configuration and the behaviour:
             if self.strength < 0:
                 raise DecodingError(f"my_step must be >= 0 (0 disables it), got {self.strength}")
 
-        # a logits processor (see runtime.sampling.LogitsProcessor) ...
-        def process(self, logits: np.ndarray, state: DecodingState) -> np.ndarray: ...
+        # a logits processor (see runtime.sampling.LogitsProcessor) owns its per-request
+        # state: start() makes it for the request's batch (None if it keeps none) ...
+        def start(self, request: DecodingState) -> MyState | None: ...
+        # ... and process() reads it; the request's rows, sequences and scratch are shared
+        def process(self, logits: np.ndarray, request: DecodingState, state: MyState | None
+                    ) -> np.ndarray: ...
         # ... or a selector, which ends the chain (see runtime.sampling.TokenSelector)
         def select(self, logits: np.ndarray, state: DecodingState) -> np.ndarray: ...
 
+    class MyState:  # a processor's state for one request (runtime.sampling.ProcessorState)
+        def accept(self, rows: np.ndarray, tokens: np.ndarray) -> None: ...  # new tokens
+        def reorder(self, rows: np.ndarray) -> None: ...  # row i becomes the old row rows[i]
+
+A processor's state learns the tokens the request accepts through ``accept`` alone (the
+unfinished rows and their tokens, once per step); ``start`` is called once per request, the
+first time the processor runs on it, and may read the prompts and tokens so far
+(``request.sequence(row)``, ``request.generated(row)``). The processor itself stays
+immutable, so one chain serves concurrent requests. Processors written to the old contract,
+``process(logits, state)`` reading counts and n-grams from a shared ``DecodingState``, have no
+``start`` and are refused with a message that says how to update them.
+
 The class must be a dataclass (``to_json``/``from_json`` and ``generation.json`` use its
 fields), its ``type`` default must equal the entry point's name, it must define exactly one of
-``process`` and ``select``, and its name must not shadow a built-in step. A compact-form value
-is read as an int when the field is annotated ``int``, else as a float. Plugins are loaded on
-the first name this module does not know, once per process; a plugin that fails to import or
-breaks the contract is reported when its name is used, and named in the list of known steps.
+``process`` (with ``start``) and ``select``, and its name must not shadow a built-in step. A
+compact-form value is read as an int when the field is annotated ``int``, else as a float.
+Plugins are loaded on the first name this module does not know, once per process; a plugin that
+fails to import or breaks the contract is reported when its name is used, and named in the list
+of known steps.
 The spec's ``generation`` section accepts built-in steps only (it is validated by pydantic
 against their types); plugins are for Python callers, ``generation.json`` and the CLI.
 """
@@ -76,8 +93,10 @@ from dataclasses import asdict, dataclass, fields, is_dataclass
 from importlib.metadata import entry_points
 from typing import Any, Literal
 
+from runtime.errors import LlmspecError
 
-class DecodingError(ValueError):
+
+class DecodingError(ValueError, LlmspecError):
     """A decoding chain or one of its parameters is invalid."""
 
 
@@ -332,10 +351,34 @@ def _contract_problem(name: str, obj: Any) -> str | None:
         return f"its 'type' field must default to the entry point's name {name!r}, got {tag!r}"
     kinds = [m for m in ("process", "select") if callable(getattr(obj, m, None))]
     if len(kinds) != 1:
-        return "it must define exactly one of process(logits, state) and select(logits, state)"
+        return (
+            "it must define exactly one of process(logits, request, state) (with "
+            "start(request)) and select(logits, state)"
+        )
+    problem = plugin_shape_problem(obj)
+    if problem:
+        return problem
     parameter = getattr(obj, "parameter", None)
     if parameter is not None and parameter not in {f.name for f in fields(obj)}:
         return f"its 'parameter' {parameter!r} is not one of its fields"
+    return None
+
+
+OLD_PROCESSOR_SHAPE = (
+    "it is written to the old processor contract, process(logits, state) reading a shared "
+    "DecodingState (generated_counts, seen_pairs, banned_ngram_tokens are gone); a processor "
+    "now owns its per-request state: define start(request) returning its state for the "
+    "batch (an object with accept(rows, tokens) and reorder(rows), or None if it keeps "
+    "none), and process(logits, request, state) receiving that state; see the "
+    "runtime.decoding module's 'Plugins' section"
+)
+
+
+def plugin_shape_problem(obj: Any) -> str | None:
+    """Why a plugin step (class or instance) with a ``process`` method is written to the old
+    processor contract (no ``start``), or None."""
+    if callable(getattr(obj, "process", None)) and not callable(getattr(obj, "start", None)):
+        return OLD_PROCESSOR_SHAPE
     return None
 
 

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from runtime.decoding import DecodingChain, DecodingError
+from runtime.errors import LlmspecError
 from runtime.reading import MiB, UnreadableFile, read_json
 
 FinishReason = Literal["eos", "stop", "length"]
@@ -37,11 +38,11 @@ MAX_GENERATION_DEPTH = 16
 _INCOMPLETE = "\ufffd"
 
 
-class RuntimeInputError(ValueError):
+class RuntimeInputError(ValueError, LlmspecError):
     """A request the runtime refuses before running anything; the message says what to fix."""
 
 
-class GenerationConfigError(ValueError):
+class GenerationConfigError(ValueError, LlmspecError):
     """A generation.json (or its contents) that cannot be used; the message names the file."""
 
 

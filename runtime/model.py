@@ -66,7 +66,7 @@ from runtime.graphs import (
     right_padded,
 )
 from runtime.memory import machine_memory
-from runtime.sampling import Decoder, DecodingState, log_softmax, softmax
+from runtime.sampling import SamplerChain, log_softmax, softmax
 from runtime.session import Graph, resolve_device, session_options
 from runtime.tokenizer import ArtifactTokenizer
 
@@ -227,7 +227,7 @@ class _Request:
 
     prompts: list[list[int]]  # the token ids the model is fed (framed for encoder inputs)
     max_new_tokens: int
-    decoder: Decoder | None  # None with beam search
+    sampler: SamplerChain | None  # None with beam search
     beam: BeamSearch | None
     seed: int | None
     stop: tuple[str, ...]
@@ -282,7 +282,7 @@ class _GenerativeModel(_Model):
         except GenerationConfigError as err:
             raise ArtifactError(f"{err}; export the artifact again") from None
         super().__init__(root, manifest, device, threads)
-        self._default_decoder = None if self._beam(self.chain) else Decoder(self.chain)
+        self._default_sampler = None if self._beam(self.chain) else SamplerChain(self.chain)
 
     @staticmethod
     def _beam(chain: DecodingChain) -> BeamSearch | None:
@@ -388,10 +388,10 @@ class _GenerativeModel(_Model):
                 "use stream=False or a sampling chain"
             )
         self._check_memory(ids, int(max_new_tokens), beam.beams if beam is not None else 1)
-        decoder = None
+        sampler = None
         if beam is None:
-            decoder = self._default_decoder if parsed is self.chain else Decoder(parsed)
-        return _Request(ids, int(max_new_tokens), decoder, beam, seed, stops, stream)
+            sampler = self._default_sampler if parsed is self.chain else SamplerChain(parsed)
+        return _Request(ids, int(max_new_tokens), sampler, beam, seed, stops, stream)
 
     def request_bytes(self, prompts: list[list[int]], max_new_tokens: int, beams: int) -> int:
         """A lower estimate of the memory a request takes: its KV cache at full length
@@ -524,8 +524,8 @@ class _Run:
             self.texts = [self._row_text() for _ in request.prompts]
         if request.max_new_tokens == 0:
             return
-        assert request.decoder is not None
-        state = DecodingState(
+        assert request.sampler is not None
+        state = request.sampler.start(
             model._prefixes(request.prompts),
             model.vocab_size,
             seed=request.seed,
@@ -534,7 +534,7 @@ class _Run:
         stepper = model._stepper(request.prompts)
         logits = stepper.first(1)
         for step in range(request.max_new_tokens):
-            tokens = request.decoder.select(logits, state)
+            tokens = request.sampler.select(logits, state)
             state.append(tokens)
             if step == 0:
                 self.first_token = self.clock.now()

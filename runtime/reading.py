@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from runtime.errors import LlmspecError
+
 MiB = 1 << 20
 
 # Nesting of the JSON files we read ourselves (manifest.json, generation.json, examples): the
@@ -33,7 +35,7 @@ MiB = 1 << 20
 MAX_JSON_DEPTH = 64
 
 
-class UnreadableFile(ValueError):
+class UnreadableFile(ValueError, LlmspecError):
     """A file that cannot be read safely; the message names it and says why."""
 
 

@@ -4,26 +4,31 @@ The configuration types live in :mod:`runtime.decoding`; this module gives them 
 follows Hugging Face's ``logits_process.py`` (one method per processor, applied in order) and
 llama.cpp's sampler chain (the selector ends the chain by construction).
 
-How a generation loop uses it (one ``Decoder`` per chain, one ``DecodingState`` per request)::
+How a generation loop uses it (one ``SamplerChain`` per chain, one request state per call)::
 
-    decoder = Decoder("temperature=0.7,top_k=50,top_p=0.9,sample")  # immutable, thread-safe
-    state = DecodingState(prompts, vocab_size, seed=seed, pad_id=pad_id)  # prompts unpadded
+    chain = SamplerChain("temperature=0.7,top_k=50,top_p=0.9,sample")  # immutable, thread-safe
+    state = chain.start(prompts, vocab_size, seed=seed, pad_id=pad_id)  # prompts unpadded
     for _ in range(max_new_tokens):
         logits = run_the_model(...)[:, -1, :]        # [batch, vocab], the last position
-        tokens = decoder.select(logits, state)       # [batch] int64; finished rows get pad_id
-        state.append(tokens)                         # records tokens of unfinished rows
+        tokens = chain.select(logits, state)         # [batch] int64; finished rows get pad_id
+        state.append(tokens)                         # accepts tokens of unfinished rows
         state.finish(tokens == eos_id)               # and rows that hit a stop string
         if state.finished.all():
             break
 
-``Decoder.select`` checks the logits against the state (shape, dtype, NaN, +inf, rows with no
-token left) and raises :class:`DecodingError` naming the row. It may modify ``logits`` in place
-when they are a C-contiguous float32 array (the usual case, for speed); pass a copy to keep them.
+``SamplerChain.select`` checks the logits against the state (shape, dtype, NaN, +inf, rows
+with no token left) and raises :class:`DecodingError` naming the row. It may modify ``logits``
+in place when they are a C-contiguous float32 array (the usual case, for speed); pass a copy
+to keep them.
 
 Processors see float32 ``[batch, vocab]`` logits; a removed token is ``-inf``. Rows that are
 already finished are skipped by the per-row processors and get ``pad_id`` from the selector.
-Everything that changes during a request (token counts, n-gram indexes, the random generator,
-scratch buffers) is in the ``DecodingState``, so one ``Decoder`` serves concurrent requests.
+Everything that changes during a request is in the request's :class:`DecodingState`: what
+every step reads (the sequences, finished rows, the random generator, scratch buffers) and
+the state each stateful processor made for the request with its ``start`` and keeps up to
+date with ``accept`` (token counts, n-gram indexes), as llama.cpp's samplers own theirs. So
+one ``SamplerChain`` serves concurrent requests, and a new stateful processor (a grammar, a
+penalty) is one class and its state, with no shared state class to edit.
 
 Built-in steps register their implementation with ``@_implements(ConfigType)``; plugin steps
 (see :mod:`runtime.decoding`, "Plugins") are their own implementation.
@@ -52,14 +57,16 @@ from runtime.decoding import (
     TopK,
     TopP,
     Typical,
+    plugin_shape_problem,
     step_text,
 )
 
 __all__ = [
-    "Decoder",
     "DecodingError",
     "DecodingState",
     "LogitsProcessor",
+    "ProcessorState",
+    "SamplerChain",
     "TokenSelector",
     "implementation",
     "log_softmax",
@@ -101,7 +108,15 @@ class _Pairs:
 
 
 class DecodingState:
-    """What the chain knows about one request; the generation loop creates one per request.
+    """One request of a chain: what every step may read, and the states its processors own.
+
+    The generation loop creates one per request (or :meth:`SamplerChain.start` does). It
+    holds what is common to all steps: the rows' sequences (prompt and accepted tokens),
+    which rows are finished, the request's seeded random generator and scratch buffers. What
+    a stateful processor keeps (token counts, an n-gram index, a grammar's position) is that
+    processor's own state, made by its ``start(request)`` the first time the processor runs on
+    this request and updated only through its ``accept``; this class knows no processor's
+    internals (llama.cpp's samplers: ``accept`` updates, ``apply`` reads, ``reset`` clears).
 
     Args:
         prompts: one sequence of token ids per batch row, without padding (for an
@@ -112,11 +127,6 @@ class DecodingState:
         seed: seeds the request's one ``np.random.Generator(PCG64(seed))``; the same seed and
             the same logits give the same tokens. None draws fresh entropy.
         pad_id: the token the selector returns for finished rows.
-
-    Per-row bookkeeping (counts, seen tokens, n-gram indexes) is built on first use from the
-    sequences and then kept up to date incrementally by :meth:`append`, so a chain pays only
-    for what it uses: O(batch) per step, plus O(batch * vocab) int32 / bool arrays for the
-    penalties.
     """
 
     def __init__(
@@ -158,17 +168,18 @@ class DecodingState:
                 )
             self._sequences.append(ids.astype(np.int64).tolist())
             self._prompt_lengths.append(ids.size)
-        self._counts: np.ndarray | None = None  # [batch, vocab] int32, generated tokens
-        self._generated_pairs: _Pairs | None = None
-        self._seen: np.ndarray | None = None  # [batch, vocab] bool, prompt or generated
-        self._seen_pairs: _Pairs | None = None
-        self._ngrams: dict[int, list[dict[tuple[int, ...], set[int]]]] = {}
+        # id(processor) -> (processor, its state or None); the processor is kept so that its
+        # id is not reused while this request lives.
+        self._states: dict[int, tuple[LogitsProcessor, ProcessorState | None]] = {}
         self._scratch: dict[tuple[str, str], np.ndarray] = {}
 
     # -- what the generation loop calls
 
     def append(self, tokens: np.ndarray) -> None:
-        """Record one new token per row (``[batch]`` integers); finished rows are ignored."""
+        """Accept one new token per row (``[batch]`` integers); finished rows are ignored.
+
+        Records the tokens and hands them to every processor state of this request
+        (``accept(rows, tokens)``, the unfinished rows and their tokens)."""
         tokens = np.asarray(tokens)
         if tokens.shape != (self.batch_size,) or tokens.dtype.kind not in "iu":
             raise DecodingError(
@@ -185,20 +196,9 @@ class DecodingState:
             )
         for row, token in zip(rows.tolist(), new.tolist(), strict=True):
             self._sequences[row].append(token)
-        if self._counts is not None and self._generated_pairs is not None:
-            first = self._counts[rows, new] == 0
-            self._counts[rows, new] += 1
-            self._generated_pairs.add(rows[first], new[first])
-        if self._seen is not None and self._seen_pairs is not None:
-            first = ~self._seen[rows, new]
-            self._seen[rows, new] = True
-            self._seen_pairs.add(rows[first], new[first])
-        for n, indexes in self._ngrams.items():
-            for row in rows.tolist():
-                sequence = self._sequences[row]
-                if len(sequence) >= n:
-                    prefix = tuple(sequence[len(sequence) - n : -1])
-                    indexes[row].setdefault(prefix, set()).add(sequence[-1])
+        for _, state in self._states.values():
+            if state is not None:
+                state.accept(rows, new)
         self.steps += 1
 
     def finish(self, rows: np.ndarray) -> None:
@@ -211,6 +211,26 @@ class DecodingState:
         else:
             self.finished[rows] = True
 
+    def reorder(self, rows: np.ndarray) -> None:
+        """Make row ``i`` the old row ``rows[i]`` (a row may be taken twice, as a beam search
+        does with its cache): the sequences, the finished flags and every processor's state
+        (``reorder(rows)``)."""
+        rows = np.asarray(rows)
+        if rows.shape != (self.batch_size,) or rows.dtype.kind not in "iu":
+            raise DecodingError(
+                f"reorder takes one integer row index per row, shape ({self.batch_size},); "
+                f"got shape {rows.shape} of {rows.dtype}"
+            )
+        if rows.size and (rows.min() < 0 or rows.max() >= self.batch_size):
+            raise DecodingError(f"reorder's row indices must be in [0, {self.batch_size})")
+        order = rows.astype(np.int64).tolist()
+        self._sequences = [list(self._sequences[row]) for row in order]
+        self._prompt_lengths = [self._prompt_lengths[row] for row in order]
+        self.finished = self.finished[rows]
+        for _, state in self._states.values():
+            if state is not None:
+                state.reorder(rows)
+
     # -- what processors read
 
     def sequence(self, row: int) -> np.ndarray:
@@ -221,56 +241,22 @@ class DecodingState:
         """The tokens generated so far for row ``row`` (int64)."""
         return np.asarray(self._sequences[row][self._prompt_lengths[row] :], dtype=np.int64)
 
-    def generated_counts(self) -> np.ndarray:
-        """``[batch, vocab]`` int32: how often each token was generated in each row (the
-        prompt not included). Read-only by convention; kept up to date by :meth:`append`."""
-        if self._counts is None:
-            counts = np.zeros((self.batch_size, self.vocab_size), dtype=np.int32)
-            pairs = _Pairs()
-            for row in range(self.batch_size):
-                np.add.at(counts[row], self.generated(row), 1)
-                tokens = np.flatnonzero(counts[row])
-                pairs.add(np.full(len(tokens), row), tokens)
-            self._counts, self._generated_pairs = counts, pairs
-        return self._counts
-
-    def generated_pairs(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(rows, tokens)``: every (row, token) generated at least once, each pair once."""
-        self.generated_counts()
-        assert self._generated_pairs is not None
-        return self._generated_pairs.view()
-
-    def seen_pairs(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(rows, tokens)``: every (row, token) in the prompt or generated, each pair once."""
-        if self._seen is None:
-            seen = np.zeros((self.batch_size, self.vocab_size), dtype=bool)
-            pairs = _Pairs()
-            for row in range(self.batch_size):
-                tokens = np.unique(self.sequence(row))
-                seen[row, tokens] = True
-                pairs.add(np.full(len(tokens), row), tokens)
-            self._seen, self._seen_pairs = seen, pairs
-        assert self._seen_pairs is not None
-        return self._seen_pairs.view()
-
-    def banned_ngram_tokens(self, row: int, n: int) -> list[int]:
-        """The tokens that would complete, in row ``row``, an ``n``-gram the row's sequence
-        (prompt and generated) already contains."""
-        indexes = self._ngrams.get(n)
-        if indexes is None:
-            indexes = []
-            for sequence in self._sequences:
-                index: dict[tuple[int, ...], set[int]] = {}
-                for end in range(n, len(sequence) + 1):
-                    index.setdefault(tuple(sequence[end - n : end - 1]), set()).add(
-                        sequence[end - 1]
-                    )
-                indexes.append(index)
-            self._ngrams[n] = indexes
-        sequence = self._sequences[row]
-        if len(sequence) < n - 1:
-            return []
-        return sorted(indexes[row].get(tuple(sequence[len(sequence) - n + 1 :]), ()))
+    def state_of(self, processor: LogitsProcessor) -> ProcessorState | None:
+        """``processor``'s state for this request: made by ``processor.start(self)`` on first
+        use (from the sequences so far), then kept up to date by :meth:`append`."""
+        entry = self._states.get(id(processor))
+        if entry is None:
+            state = processor.start(self)
+            if state is not None and not all(
+                callable(getattr(state, method, None)) for method in ("accept", "reorder")
+            ):
+                raise DecodingError(
+                    f"{processor!r}.start returned {type(state).__name__}, not a processor "
+                    "state: return None, or an object with accept(rows, tokens) and "
+                    "reorder(rows)"
+                )
+            entry = self._states[id(processor)] = (processor, state)
+        return entry[1]
 
     def scratch(self, name: str, dtype: type | np.dtype = np.float64) -> np.ndarray:
         """A ``[vocab]`` work buffer of this request, reused across steps to avoid allocating
@@ -287,24 +273,47 @@ class DecodingState:
 # The contract and the registry
 
 
+class ProcessorState(Protocol):
+    """What a stateful processor keeps about one request, for its batch rows.
+
+    ``accept`` receives the unfinished rows' indices and the tokens they accepted (both int64
+    arrays of one length); it is the only way the state learns of new tokens. ``reorder``
+    makes row ``i`` the old row ``rows[i]`` (``[batch]`` int64; a row may be taken twice).
+    """
+
+    def accept(self, rows: np.ndarray, tokens: np.ndarray) -> None: ...
+
+    def reorder(self, rows: np.ndarray) -> None: ...
+
+
 class LogitsProcessor(Protocol):
     """Changes logits; applied in the order the chain lists them.
 
+    ``start(request)`` makes the processor's state for a request's batch (a
+    :class:`ProcessorState`, built from ``request.sequence(row)`` / ``request.generated(row)``),
+    or returns None when the processor keeps none. It is called once per request, the first
+    time the processor runs on it; from then on the state learns new tokens through its
+    ``accept`` alone. Starting again gives a fresh state.
+
     ``process`` receives checked, C-contiguous float32 logits ``[batch, vocab]`` (no NaN, no
-    +inf, at least one finite entry in every unfinished row) and returns logits of the same
-    shape and dtype, usually the same array modified in place. A removed token is ``-inf``;
-    a filter keeps at least one token per row. Per-request data comes from ``state``; the
-    processor itself must not change, so one instance serves concurrent requests.
+    +inf, at least one finite entry in every unfinished row), the request and the state
+    ``start`` made, and returns logits of the same shape and dtype, usually the same array
+    modified in place. A removed token is ``-inf``; a filter keeps at least one token per
+    row. The processor itself must not change, so one instance serves concurrent requests.
     """
 
-    def process(self, logits: np.ndarray, state: DecodingState) -> np.ndarray: ...
+    def start(self, request: DecodingState) -> ProcessorState | None: ...
+
+    def process(
+        self, logits: np.ndarray, request: DecodingState, state: ProcessorState | None
+    ) -> np.ndarray: ...
 
 
 class TokenSelector(Protocol):
     """Picks one token per row from processed logits; ends the chain.
 
     ``select`` receives what the processors returned and returns ``[batch]`` int64 token
-    ids; the decoder replaces the tokens of finished rows with ``state.pad_id``.
+    ids; the chain replaces the tokens of finished rows with ``state.pad_id``.
     """
 
     def select(self, logits: np.ndarray, state: DecodingState) -> np.ndarray: ...
@@ -330,6 +339,9 @@ def implementation(step: Any) -> LogitsProcessor | TokenSelector:
     build = _IMPLEMENTATIONS.get(type(step))
     if build is not None:
         return build(step)
+    problem = plugin_shape_problem(step)
+    if problem:
+        raise DecodingError(f"decoding step {step!r} cannot be used: {problem}")
     if callable(getattr(step, "process", None)) or callable(getattr(step, "select", None)):
         return step  # a plugin step is its own behaviour
     raise DecodingError(f"decoding step {step!r} has no implementation")
@@ -527,8 +539,15 @@ def _keep_minimal_mass(
 # Processors
 
 
+class _Stateless:
+    """A processor that keeps nothing about a request."""
+
+    def start(self, request: DecodingState) -> None:
+        return None
+
+
 @_implements(Temperature)
-class TemperatureProcessor:
+class TemperatureProcessor(_Stateless):
     """Divide logits by the temperature (Ackley et al. 1985; Hinton et al. 2015).
 
     No-op: 1.0. Below 1 sharpens, above 1 flattens; 0 keeps only the most likely token (the
@@ -540,7 +559,7 @@ class TemperatureProcessor:
         # A temperature below float32's smallest number must not round to a zero divisor.
         self.divisor = max(np.float32(config.value), np.finfo(np.float32).smallest_subnormal)
 
-    def process(self, logits: np.ndarray, state: DecodingState) -> np.ndarray:
+    def process(self, logits: np.ndarray, request: DecodingState, state: None) -> np.ndarray:
         if self.value == 1.0:
             return logits
         if self.value == 0.0:
@@ -560,7 +579,7 @@ class TemperatureProcessor:
 
 
 @_implements(TopK)
-class TopKProcessor:
+class TopKProcessor(_Stateless):
     """Keep the ``k`` most likely tokens (Fan et al. 2018, "Hierarchical Neural Story
     Generation"); ties at the k-th place go to the lowest ids, so exactly ``k`` remain.
 
@@ -573,35 +592,35 @@ class TopKProcessor:
     def __init__(self, config: TopK) -> None:
         self.k = config.k
 
-    def process(self, logits: np.ndarray, state: DecodingState) -> np.ndarray:
+    def process(self, logits: np.ndarray, request: DecodingState, state: None) -> np.ndarray:
         size = logits.shape[1]
         if self.k == 0 or self.k >= size:
             return logits
         columns = size // 16
-        for index in _active_rows(state):
+        for index in _active_rows(request):
             row = logits[index]
             if 4 * self.k <= columns:
                 maxima = np.max(row[: 16 * columns].reshape(16, columns), axis=0)
                 maxima.partition(columns - self.k)
                 candidates = row[row >= maxima[columns - self.k]]
             else:
-                candidates = state.scratch("top_k", np.float32)
+                candidates = request.scratch("top_k", np.float32)
                 np.copyto(candidates, row)
             candidates.partition(len(candidates) - self.k)
             kth = candidates[len(candidates) - self.k]  # the k-th largest logit
             if kth == NEG_INF:
                 continue  # k or fewer tokens are left already
-            keep = np.greater_equal(row, kth, out=state.scratch("keep", bool))
+            keep = np.greater_equal(row, kth, out=request.scratch("keep", bool))
             surplus = np.count_nonzero(keep) - self.k  # tokens tied with the k-th one
             if surplus:
                 tied = np.flatnonzero(row == kth)
                 keep[tied[len(tied) - surplus :]] = False  # ties go to the lowest ids
-            _keep(row, keep, state)
+            _keep(row, keep, request)
         return logits
 
 
 @_implements(TopP)
-class TopPProcessor:
+class TopPProcessor(_Stateless):
     """Nucleus filtering (Holtzman et al. 2020, "The Curious Case of Neural Text
     Degeneration"): keep the smallest set of most likely tokens whose probability reaches
     ``p`` (ties at the boundary go to the lowest ids); always at least one token.
@@ -612,12 +631,12 @@ class TopPProcessor:
     def __init__(self, config: TopP) -> None:
         self.p = config.p
 
-    def process(self, logits: np.ndarray, state: DecodingState) -> np.ndarray:
+    def process(self, logits: np.ndarray, request: DecodingState, state: None) -> np.ndarray:
         if self.p >= 1.0:
             return logits
-        for index in _active_rows(state):
+        for index in _active_rows(request):
             row = logits[index]
-            support = _sparse_support(row, state)
+            support = _sparse_support(row, request)
             if support is not None:
                 values = row[support].astype(np.float64)
                 weights = np.exp(values - values.max())
@@ -628,16 +647,16 @@ class TopPProcessor:
                 continue
             # Over the whole vocabulary, float32 is enough to find the boundary (as in HF):
             # ordering by -logit is exact, the masses are accurate to ~1e-7.
-            key = np.negative(row, out=state.scratch("key", np.float32))
-            weights = np.subtract(row, row.max(), out=state.scratch("weights", np.float32))
+            key = np.negative(row, out=request.scratch("key", np.float32))
+            weights = np.subtract(row, row.max(), out=request.scratch("weights", np.float32))
             np.exp(weights, out=weights)
             target = self.p * float(weights.sum())
-            _keep_minimal_mass(row, key, weights, target, state)
+            _keep_minimal_mass(row, key, weights, target, request)
         return logits
 
 
 @_implements(MinP)
-class MinPProcessor:
+class MinPProcessor(_Stateless):
     """Keep the tokens at least ``p`` times as likely as the most likely one (Nguyen et al.
     2024, "Turning Up the Heat: Min-p Sampling"), i.e. logit >= max logit + log(p).
 
@@ -647,18 +666,18 @@ class MinPProcessor:
     def __init__(self, config: MinP) -> None:
         self.log_p = math.log(config.p) if config.p > 0 else -math.inf
 
-    def process(self, logits: np.ndarray, state: DecodingState) -> np.ndarray:
+    def process(self, logits: np.ndarray, request: DecodingState, state: None) -> np.ndarray:
         if self.log_p == -math.inf:
             return logits
-        for index in _active_rows(state):
+        for index in _active_rows(request):
             row = logits[index]
             threshold = np.float32(float(row.max()) + self.log_p)
-            _keep(row, np.greater_equal(row, threshold, out=state.scratch("keep", bool)), state)
+            _keep(row, np.greater_equal(row, threshold, out=request.scratch("keep", bool)), request)
         return logits
 
 
 @_implements(Typical)
-class TypicalProcessor:
+class TypicalProcessor(_Stateless):
     """Locally typical filtering (Meister et al. 2023, "Locally Typical Sampling"): keep the
     tokens whose surprisal is closest to the distribution's entropy, fewest first, until
     their probability reaches ``p`` (ties: lowest id); always at least one token.
@@ -669,23 +688,70 @@ class TypicalProcessor:
     def __init__(self, config: Typical) -> None:
         self.p = config.p
 
-    def process(self, logits: np.ndarray, state: DecodingState) -> np.ndarray:
+    def process(self, logits: np.ndarray, request: DecodingState, state: None) -> np.ndarray:
         if self.p >= 1.0:
             return logits
-        for index in _active_rows(state):
+        for index in _active_rows(request):
             row = logits[index]
-            weights = _weights(row, state)
+            weights = _weights(row, request)
             total = weights.sum()
-            log_p = np.subtract(row, row.max(), out=state.scratch("log_p"), dtype=np.float64)
+            log_p = np.subtract(row, row.max(), out=request.scratch("log_p"), dtype=np.float64)
             log_p -= math.log(total)
             with np.errstate(invalid="ignore"):
-                terms = np.multiply(weights, log_p, out=state.scratch("key"))
+                terms = np.multiply(weights, log_p, out=request.scratch("key"))
             terms[np.isnan(terms)] = 0.0  # 0 * -inf: removed tokens add no entropy
             entropy = -terms.sum() / total
             key = np.add(log_p, entropy, out=terms)  # |surprisal - entropy|; inf if removed
             np.abs(key, out=key)
-            _keep_minimal_mass(row, key, weights, self.p * total, state)
+            _keep_minimal_mass(row, key, weights, self.p * total, request)
         return logits
+
+
+class _TokenCounts:
+    """How often each token was accepted in each row (the prompt not counted), with the
+    (row, token) pairs that occur, each once: a presence or frequency penalty's state.
+    O(batch) per step; a ``[batch, vocab]`` int32 array."""
+
+    def __init__(self, request: DecodingState) -> None:
+        self.counts = np.zeros((request.batch_size, request.vocab_size), dtype=np.int32)
+        self.pairs = _Pairs()
+        for row in range(request.batch_size):
+            np.add.at(self.counts[row], request.generated(row), 1)
+            tokens = np.flatnonzero(self.counts[row])
+            self.pairs.add(np.full(len(tokens), row), tokens)
+
+    def accept(self, rows: np.ndarray, tokens: np.ndarray) -> None:
+        first = self.counts[rows, tokens] == 0
+        self.counts[rows, tokens] += 1
+        self.pairs.add(rows[first], tokens[first])
+
+    def reorder(self, rows: np.ndarray) -> None:
+        self.counts = self.counts[rows]
+        self.pairs = _Pairs()
+        self.pairs.add(*np.nonzero(self.counts))
+
+
+class _SeenTokens:
+    """Which tokens each row holds, prompt or accepted, as (row, token) pairs, each once: a
+    repetition penalty's state. O(batch) per step; a ``[batch, vocab]`` bool array."""
+
+    def __init__(self, request: DecodingState) -> None:
+        self.seen = np.zeros((request.batch_size, request.vocab_size), dtype=bool)
+        self.pairs = _Pairs()
+        for row in range(request.batch_size):
+            tokens = np.unique(request.sequence(row))
+            self.seen[row, tokens] = True
+            self.pairs.add(np.full(len(tokens), row), tokens)
+
+    def accept(self, rows: np.ndarray, tokens: np.ndarray) -> None:
+        first = ~self.seen[rows, tokens]
+        self.seen[rows, tokens] = True
+        self.pairs.add(rows[first], tokens[first])
+
+    def reorder(self, rows: np.ndarray) -> None:
+        self.seen = self.seen[rows]
+        self.pairs = _Pairs()
+        self.pairs.add(*np.nonzero(self.seen))
 
 
 @_implements(RepetitionPenalty)
@@ -693,16 +759,21 @@ class RepetitionPenaltyProcessor:
     """CTRL's repetition penalty (Keskar et al. 2019): divide the positive logits and
     multiply the negative logits of tokens already in the row (prompt or generated).
 
-    No-op: 1.0. Touches only the tokens seen, not the vocabulary.
+    No-op: 1.0 (keeps no state then). Touches only the tokens seen, not the vocabulary.
     """
 
     def __init__(self, config: RepetitionPenalty) -> None:
         self.penalty = np.float32(config.penalty)
 
-    def process(self, logits: np.ndarray, state: DecodingState) -> np.ndarray:
-        if self.penalty == 1.0:
+    def start(self, request: DecodingState) -> _SeenTokens | None:
+        return None if self.penalty == 1.0 else _SeenTokens(request)
+
+    def process(
+        self, logits: np.ndarray, request: DecodingState, state: _SeenTokens | None
+    ) -> np.ndarray:
+        if state is None:
             return logits
-        rows, tokens = state.seen_pairs()
+        rows, tokens = state.pairs.view()
         values = logits[rows, tokens]
         logits[rows, tokens] = np.where(values > 0, values / self.penalty, values * self.penalty)
         return logits
@@ -716,10 +787,15 @@ class PresencePenaltyProcessor:
     def __init__(self, config: PresencePenalty) -> None:
         self.penalty = np.float32(config.penalty)
 
-    def process(self, logits: np.ndarray, state: DecodingState) -> np.ndarray:
-        if self.penalty == 0.0:
+    def start(self, request: DecodingState) -> _TokenCounts | None:
+        return None if self.penalty == 0.0 else _TokenCounts(request)
+
+    def process(
+        self, logits: np.ndarray, request: DecodingState, state: _TokenCounts | None
+    ) -> np.ndarray:
+        if state is None:
             return logits
-        rows, tokens = state.generated_pairs()
+        rows, tokens = state.pairs.view()
         logits[rows, tokens] -= self.penalty
         return logits
 
@@ -732,13 +808,57 @@ class FrequencyPenaltyProcessor:
     def __init__(self, config: FrequencyPenalty) -> None:
         self.penalty = np.float32(config.penalty)
 
-    def process(self, logits: np.ndarray, state: DecodingState) -> np.ndarray:
-        if self.penalty == 0.0:
+    def start(self, request: DecodingState) -> _TokenCounts | None:
+        return None if self.penalty == 0.0 else _TokenCounts(request)
+
+    def process(
+        self, logits: np.ndarray, request: DecodingState, state: _TokenCounts | None
+    ) -> np.ndarray:
+        if state is None:
             return logits
-        rows, tokens = state.generated_pairs()
-        counts = state.generated_counts()[rows, tokens]
+        rows, tokens = state.pairs.view()
+        counts = state.counts[rows, tokens]
         logits[rows, tokens] -= self.penalty * counts.astype(np.float32)
         return logits
+
+
+class _NgramIndex:
+    """Each row's sequence (prompt and accepted tokens) and an index from each (n-1)-token
+    prefix in it to the tokens that followed: a no-repeat-ngram's state. One lookup and one
+    insertion per row and step."""
+
+    def __init__(self, request: DecodingState, n: int) -> None:
+        self.n = n
+        self.sequences = [request.sequence(row).tolist() for row in range(request.batch_size)]
+        self.indexes: list[dict[tuple[int, ...], set[int]]] = []
+        for sequence in self.sequences:
+            index: dict[tuple[int, ...], set[int]] = {}
+            for end in range(n, len(sequence) + 1):
+                index.setdefault(tuple(sequence[end - n : end - 1]), set()).add(sequence[end - 1])
+            self.indexes.append(index)
+
+    def accept(self, rows: np.ndarray, tokens: np.ndarray) -> None:
+        n = self.n
+        for row, token in zip(rows.tolist(), tokens.tolist(), strict=True):
+            sequence = self.sequences[row]
+            sequence.append(token)
+            if len(sequence) >= n:
+                prefix = tuple(sequence[len(sequence) - n : -1])
+                self.indexes[row].setdefault(prefix, set()).add(token)
+
+    def reorder(self, rows: np.ndarray) -> None:
+        order = rows.tolist()
+        self.sequences = [list(self.sequences[row]) for row in order]
+        self.indexes = [
+            {prefix: set(follow) for prefix, follow in self.indexes[row].items()} for row in order
+        ]
+
+    def banned(self, row: int) -> list[int]:
+        """The tokens that would complete, in ``row``, an n-gram its sequence already holds."""
+        sequence, n = self.sequences[row], self.n
+        if len(sequence) < n - 1:
+            return []
+        return sorted(self.indexes[row].get(tuple(sequence[len(sequence) - n + 1 :]), ()))
 
 
 @_implements(NoRepeatNgram)
@@ -747,18 +867,23 @@ class NoRepeatNgramProcessor:
     sequence, prompt included (Paulus et al. 2018, "A Deep Reinforced Model for Abstractive
     Summarization"; HF's ``no_repeat_ngram_size``). No-op: 0.
 
-    The state keeps an index from each (n-1)-token prefix to its continuations, updated once
-    per appended token, so a step costs O(batch) lookups.
+    Its state keeps an index from each (n-1)-token prefix to its continuations, updated once
+    per accepted token, so a step costs O(batch) lookups.
     """
 
     def __init__(self, config: NoRepeatNgram) -> None:
         self.n = config.n
 
-    def process(self, logits: np.ndarray, state: DecodingState) -> np.ndarray:
-        if self.n == 0:
+    def start(self, request: DecodingState) -> _NgramIndex | None:
+        return None if self.n == 0 else _NgramIndex(request, self.n)
+
+    def process(
+        self, logits: np.ndarray, request: DecodingState, state: _NgramIndex | None
+    ) -> np.ndarray:
+        if state is None:
             return logits
-        for index in _active_rows(state):
-            banned = state.banned_ngram_tokens(index, self.n)
+        for index in _active_rows(request):
+            banned = state.banned(index)
             if banned:
                 logits[index, banned] = NEG_INF
         return logits
@@ -830,12 +955,13 @@ class SampleSelector:
 # The compiled chain
 
 
-class Decoder:
-    """A decoding chain compiled into processors and its selector.
+class SamplerChain:
+    """A decoding chain compiled into its processors and its selector: the runnable chain.
 
     Build it once per chain (from a :class:`DecodingChain`, its compact string
     ``"temperature=0.7,top_k=50,sample"``, or a sequence of steps) and share it: it holds no
-    per-request data. Beam search is not a Decoder, because it reorders the cache: use
+    per-request data (that is in the request's :class:`DecodingState`, with each processor's
+    own state). Beam search is not a SamplerChain, because it reorders the cache: use
     :class:`runtime.beam_search.BeamSearcher`.
     """
 
@@ -843,13 +969,28 @@ class Decoder:
         chain = DecodingChain.coerce(chain)
         if isinstance(chain.steps[0], BeamSearch):
             raise DecodingError(
-                "beam_search reorders the KV cache, so it is a search, not a Decoder; "
+                "beam_search reorders the KV cache, so it is a search, not a SamplerChain; "
                 "use runtime.beam_search.BeamSearcher.from_config"
             )
         self.chain = chain
         *processors, selector = (implementation(step) for step in chain.steps)
         self.processors: tuple[LogitsProcessor, ...] = tuple(processors)  # type: ignore[arg-type]
         self.selector: TokenSelector = selector  # type: ignore[assignment]
+
+    def start(
+        self,
+        prompts: Sequence[Sequence[int] | np.ndarray],
+        vocab_size: int,
+        *,
+        seed: int | None = None,
+        pad_id: int = 0,
+    ) -> DecodingState:
+        """A fresh request of this chain (see :class:`DecodingState` for the arguments), with
+        every processor's state started from the prompts."""
+        request = DecodingState(prompts, vocab_size, seed=seed, pad_id=pad_id)
+        for processor in self.processors:
+            request.state_of(processor)
+        return request
 
     def process(self, logits: np.ndarray, state: DecodingState) -> np.ndarray:
         """Check ``logits`` ``[batch, vocab]`` against ``state`` and apply the processors in
@@ -859,7 +1000,7 @@ class Decoder:
         logits = _checked(logits, state)
         _check_rows(logits, state, None)
         for step, processor in zip(self.chain.steps, self.processors, strict=False):
-            logits = processor.process(logits, state)
+            logits = processor.process(logits, state, state.state_of(processor))
             # After each step, so that the next one sees valid rows and the error names it.
             _check_rows(logits, state, step)
         return logits
@@ -867,7 +1008,7 @@ class Decoder:
     def select(self, logits: np.ndarray, state: DecodingState) -> np.ndarray:
         """The next token of every row: ``[batch]`` int64, ``state.pad_id`` for finished rows.
 
-        Does not record the tokens: call ``state.append(tokens)`` next.
+        Does not accept the tokens: call ``state.append(tokens)`` next.
         """
         tokens = np.asarray(self.selector.select(self.process(logits, state), state))
         if tokens.shape != (state.batch_size,):
@@ -880,7 +1021,7 @@ class Decoder:
         return tokens
 
     def __repr__(self) -> str:
-        return f"Decoder({str(self.chain)!r})"
+        return f"SamplerChain({str(self.chain)!r})"
 
 
 def _checked(logits: np.ndarray, state: DecodingState) -> np.ndarray:

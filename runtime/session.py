@@ -30,6 +30,7 @@ import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from runtime.artifact import ArtifactError
+from runtime.errors import LlmspecError
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -46,7 +47,7 @@ _PROBE = bytes.fromhex(
 NUMPY_DTYPES = {"float": np.float32, "float16": np.float16, "int64": np.int64}
 
 
-class DeviceError(RuntimeError):
+class DeviceError(RuntimeError, LlmspecError):
     """The requested device cannot be used; the message says why and what to do."""
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.artifact import MANIFEST, SIGNATURE, ArtifactError
+from runtime.errors import LlmspecError
 from runtime.reading import UnreadableFile, read_bytes
 
 SIGNATURE_BYTES = 64  # an Ed25519 signature
@@ -35,7 +36,7 @@ KEY_FILE_LIMIT = 64 << 10  # a PEM key is a few hundred bytes
 KeySource = Any  # a path to a PEM file, PEM bytes, or a cryptography key object
 
 
-class SigningError(ValueError):
+class SigningError(ValueError, LlmspecError):
     """A key that cannot be used (unreadable, not Ed25519, the wrong half), or no
     ``cryptography`` package; the message says what to do. A bad *signature* is an
     :class:`ArtifactError`: it is the artifact that cannot be trusted then."""

@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from llmspec.builder import WeightsError, build, codegen_command, generate_source
+from llmspec.builder import WeightsError, build, generate_source
 from llmspec.cli import main
+from llmspec.cli.codegen import codegen as codegen_command
 from llmspec.estimate import count_parameters
 from llmspec.loader import load_spec
 

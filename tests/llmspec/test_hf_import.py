@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from llmspec.cli import main
-from llmspec.hf_import import HFImportError, expected_shapes, import_hf, import_hf_command
+from llmspec.hf_import import HFImportError, expected_shapes, import_hf
 from llmspec.loader import load_spec
 from llmspec.spec import ModelSpec
 from llmspec.tokenizer import load_for_spec
@@ -404,7 +404,7 @@ def test_a_failed_forced_import_leaves_the_old_out_dir(tmp_path: Path) -> None:
 def test_the_command_prints_one_line_and_returns_1_on_bad_input(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert import_hf_command(str(tmp_path / "missing"), str(tmp_path / "out"), False) == 1
+    assert main(["import-hf", str(tmp_path / "missing"), "-o", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("llmspec import-hf: ") and err.count("\n") == 1
 

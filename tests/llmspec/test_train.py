@@ -3,7 +3,6 @@ DDP and FSDP match one process, and the memory estimate matches what a step take
 
 from __future__ import annotations
 
-import argparse
 import signal
 import subprocess
 import sys
@@ -14,17 +13,16 @@ from pathlib import Path
 import pytest
 
 import llmspec
+from llmspec.cli import main
 from llmspec.loader import load_spec
 from llmspec.tokenizer import load_for_spec
 from llmspec.trainer import (
     CHECKPOINTS,
     TrainError,
-    add_train_arguments,
     checkpoint_dirs,
     lr_factor,
     read_metrics,
     train,
-    train_command,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -166,18 +164,14 @@ def test_bad_runs_are_refused_before_training(corpus: Path, tmp_path: Path, monk
 
 
 def test_the_command_line_reports_bad_input_with_status_1(corpus: Path, tmp_path: Path, capsys):
-    parser = argparse.ArgumentParser()
-    add_train_arguments(parser)
     spec = str(SPECS / "tiny-decoder.yaml")
-    args = parser.parse_args([spec, "--data", str(tmp_path / "none"), "-o", str(tmp_path / "r")])
-    assert train_command(args) == 1
+    assert main(["train", spec, "--data", str(tmp_path / "none"), "-o", str(tmp_path / "r")]) == 1
     assert "llmspec train: data not found" in capsys.readouterr().err
-    argv = [spec, "--data", str(corpus), "-o", str(tmp_path / "r"), "--steps", "1"]
-    args = parser.parse_args([*argv, "--batch-size", "2", "--seq-len", "16", "--quiet"])
-    assert train_command(args) == 0
+    argv = ["train", spec, "--data", str(corpus), "-o", str(tmp_path / "r"), "--steps", "1"]
+    assert main([*argv, "--batch-size", "2", "--seq-len", "16", "--quiet"]) == 0
     assert capsys.readouterr().err == ""
     with pytest.raises(SystemExit):
-        parser.parse_args([*argv, "--lr", "-1"])
+        main([*argv, "--lr", "-1"])
 
 
 # ----------------------------------------------------------------------------------------

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from llmspec.verify import add_verify_arguments, verify, verify_command
+from llmspec.cli.verify import add_arguments as add_verify_arguments
+from llmspec.cli.verify import run as verify_command
+from llmspec.verify import verify
 from runtime import artifact as fmt
 
 ROOT = Path(__file__).resolve().parents[2]

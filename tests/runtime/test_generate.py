@@ -11,7 +11,7 @@ import torch
 import llmspec
 import runtime
 from runtime import artifact as fmt
-from runtime.sampling import Decoder, DecodingState
+from runtime.sampling import SamplerChain
 from runtime.session import Graph
 
 PROMPTS = ["Hello world", "Hi", "The quick brown fox jumps"]
@@ -94,8 +94,8 @@ def test_encoder_decoder_greedy_tokens_equal_pytorch_for_64_steps(t5):
 @torch.no_grad()
 def _torch_chain_seq2seq(model, source, start, steps, chain, vocab_size):
     """The PyTorch model's tokens when the runtime's own decoding chain picks them."""
-    decoder = Decoder(chain)
-    state = DecodingState([[start]], vocab_size)
+    sampler = SamplerChain(chain)
+    state = sampler.start([[start]], vocab_size)
     src = torch.tensor([source])
     src_mask = torch.ones_like(src)
     cross = list(model.encode(src, src_mask).cross_key_values)
@@ -105,7 +105,7 @@ def _torch_chain_seq2seq(model, source, start, steps, chain, vocab_size):
         position = torch.tensor([[step]])
         out = model.decode(torch.tensor([[token]]), src_mask, cross, mask, position, past)
         past = list(out.present)
-        token = int(decoder.select(out.logits[:, -1].numpy(), state)[0])
+        token = int(sampler.select(out.logits[:, -1].numpy(), state)[0])
         state.append(np.array([token]))
         tokens.append(token)
     return tokens
@@ -347,14 +347,14 @@ def test_a_prompt_prefilled_in_chunks_gives_the_one_run_result(gpt, chunk_tokens
     chains = ("greedy", "beam_search=2", "top_k=20,sample")
     expected = {c: gpt.generate(prompts, max_new_tokens=10, chain=c, seed=3) for c in chains}
     first: dict[str, np.ndarray] = {}
-    real_select = Decoder.select
+    real_select = SamplerChain.select
 
     def record(self, logits, state):
         first.setdefault("logits", logits.copy())
         return real_select(self, logits, state)
 
     monkeypatch.setattr(engine, "PREFILL_CHUNK_TOKENS", chunk_tokens * len(prompts))
-    monkeypatch.setattr(Decoder, "select", record)
+    monkeypatch.setattr(SamplerChain, "select", record)
     chunked = {c: gpt.generate(prompts, max_new_tokens=10, chain=c, seed=3) for c in chains}
     for chain in chains:
         assert chunked[chain].tokens == expected[chain].tokens

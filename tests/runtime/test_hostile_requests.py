@@ -44,7 +44,7 @@ from runtime.decoding import (
 )
 from runtime.generation import GenerationConfigError, read_generation
 from runtime.memory import machine_memory
-from runtime.sampling import Decoder
+from runtime.sampling import SamplerChain
 from runtime.tokenizer import ArtifactTokenizer, _guarded, check_text, is_panic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -223,7 +223,7 @@ def test_a_chain_that_is_not_one_says_what_a_chain_may_be(chain, message):
     with pytest.raises(DecodingError, match=__import__("re").escape(message)):
         DecodingChain.coerce(chain)
     with pytest.raises(DecodingError):
-        Decoder(chain)
+        SamplerChain(chain)
 
 
 @pytest.mark.parametrize(

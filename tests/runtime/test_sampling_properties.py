@@ -22,7 +22,7 @@ from runtime.decoding import (
     TopP,
     Typical,
 )
-from runtime.sampling import Decoder, DecodingState, implementation, softmax
+from runtime.sampling import DecodingState, SamplerChain, implementation, softmax
 
 # Logits on a 0.01 grid: ties are common (as in fp16 models) and no difference underflows.
 GRID = st.integers(-3000, 3000).map(lambda i: i / 100)
@@ -48,8 +48,10 @@ def logits_and_state(draw, **kwargs):
     return values, state
 
 
-def processed(step, values, state):
-    return implementation(step).process(values.copy(), state)
+def processed(step, values, state, processor=None):
+    """``values`` after one processor (``step``'s, or ``processor`` to keep its state)."""
+    processor = processor or implementation(step)
+    return processor.process(values.copy(), state, state.state_of(processor))
 
 
 def support(row):
@@ -97,7 +99,7 @@ def reference_min_p(row, p):
 @given(logits_and_state())
 def test_greedy_is_argmax_with_ties_to_the_lowest_id(case):
     values, state = case
-    tokens = Decoder("greedy").select(values.copy(), state)
+    tokens = SamplerChain("greedy").select(values.copy(), state)
     assert tokens.tolist() == np.argmax(values, axis=1).tolist()
     assert tokens.dtype == np.int64
 
@@ -105,26 +107,26 @@ def test_greedy_is_argmax_with_ties_to_the_lowest_id(case):
 @given(logits_and_state())
 def test_top_k_1_then_sample_is_greedy(case):
     values, state = case
-    sampled = Decoder("top_k=1,sample").select(values.copy(), state)
+    sampled = SamplerChain("top_k=1,sample").select(values.copy(), state)
     assert sampled.tolist() == np.argmax(values, axis=1).tolist()
 
 
 @given(logits_and_state())
 def test_temperature_zero_then_sample_is_greedy(case):
     values, state = case
-    sampled = Decoder("temperature=0,sample").select(values.copy(), state)
+    sampled = SamplerChain("temperature=0,sample").select(values.copy(), state)
     assert sampled.tolist() == np.argmax(values, axis=1).tolist()
 
 
 @given(logits(), st.integers(0, 2**32 - 1), st.sampled_from(["sample", "top_p=0.9,sample"]))
 def test_same_seed_same_tokens(values, seed, chain):
-    decoder = Decoder(chain)
+    sampler = SamplerChain(chain)
     runs = []
     for _ in range(2):
         state = DecodingState([[0]] * len(values), values.shape[1], seed=seed)
         tokens = []
         for step in range(5):
-            tokens.append(decoder.select(np.roll(values, step, axis=1), state).tolist())
+            tokens.append(sampler.select(np.roll(values, step, axis=1), state).tolist())
             state.append(np.array(tokens[-1]))
         runs.append(tokens)
     assert runs[0] == runs[1]
@@ -201,7 +203,7 @@ def test_nucleus_and_typical_at_a_real_vocabulary_match_a_full_sort(scale, p):
 def test_a_sampled_token_is_always_inside_the_filtered_support(case, step):
     values, state = case
     kept = [support(row) for row in processed(step, values, state)]
-    tokens = Decoder([step, Sample()]).select(values.copy(), state)
+    tokens = SamplerChain([step, Sample()]).select(values.copy(), state)
     assert all(token in row for token, row in zip(tokens.tolist(), kept, strict=True))
 
 
@@ -226,7 +228,7 @@ PROCESSORS = st.one_of(
 )
 def test_processed_distributions_are_non_negative_and_sum_to_one(case, steps):
     values, state = case
-    probs = softmax(Decoder([*steps, Greedy()]).process(values.copy(), state))
+    probs = softmax(SamplerChain([*steps, Greedy()]).process(values.copy(), state))
     assert np.all(probs >= 0)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=0, atol=1e-9)
 
@@ -263,7 +265,7 @@ def test_temperature_only_rescales(case, value):
 @given(logits_and_state(), st.lists(PROCESSORS, max_size=3))
 def test_batched_selection_equals_per_row_selection_for_deterministic_chains(case, steps):
     values, state = case
-    decoder = Decoder([NoRepeatNgram(n=2), *steps, Greedy()])
+    sampler = SamplerChain([NoRepeatNgram(n=2), *steps, Greedy()])
     batch, vocab = values.shape
     rows = []
     for i in range(batch):
@@ -276,15 +278,15 @@ def test_batched_selection_equals_per_row_selection_for_deterministic_chains(cas
         alone, emptied = [], []
         for i in range(batch):
             try:
-                alone.append(int(decoder.select(step_logits[i : i + 1].copy(), rows[i])[0]))
+                alone.append(int(sampler.select(step_logits[i : i + 1].copy(), rows[i])[0]))
             except DecodingError:  # no_repeat_ngram banned the whole (tiny) vocabulary
                 emptied.append(f"row {i} has no token left")
         if emptied:
             with pytest.raises(DecodingError) as raised:
-                decoder.select(step_logits.copy(), state)
+                sampler.select(step_logits.copy(), state)
             assert all(message in str(raised.value) for message in emptied)
             return
-        together = decoder.select(step_logits.copy(), state)
+        together = sampler.select(step_logits.copy(), state)
         assert together.tolist() == alone
         state.append(together)
         for i, row_state in enumerate(rows):
@@ -337,12 +339,13 @@ def test_no_repeat_ngram_forbids_exactly_the_completing_tokens(vocab, n, prompts
     prompts = [[t % vocab for t in p] for p in prompts]
     state = DecodingState(prompts, vocab)
     step = NoRepeatNgram(n=n)
+    processor = implementation(step)
     values = np.zeros((len(prompts), vocab), dtype=np.float32)
     for _ in range(data.draw(st.integers(0, 6))):
-        processed(step, values, state)  # the index is built, then kept up to date
+        processed(step, values, state, processor)  # the index is built, then kept up to date
         tokens = st.lists(st.integers(0, vocab - 1), min_size=len(prompts), max_size=len(prompts))
         state.append(np.array(data.draw(tokens)))
-    out = processed(step, values, state)
+    out = processed(step, values, state, processor)
     for i in range(len(prompts)):
         assert set(np.flatnonzero(out[i] == -np.inf).tolist()) == brute_force_banned(
             state.sequence(i), n
@@ -357,7 +360,9 @@ def test_no_repeat_ngram_forbids_exactly_the_completing_tokens(vocab, n, prompts
 def test_incremental_bookkeeping_equals_recounting(prompts, steps, data):
     prompts = prompts[:1] * 3 if len(prompts) < 3 else prompts
     state = DecodingState(prompts, 10, pad_id=9)
-    state.generated_counts(), state.seen_pairs()  # built now, then updated by append
+    # The penalties' states are started now, then updated by append (their accept).
+    counted = state.state_of(implementation(FrequencyPenalty(penalty=1.0)))
+    seen = state.state_of(implementation(RepetitionPenalty(penalty=2.0)))
     generated: list[list[int]] = [[] for _ in prompts]
     for tokens in steps:
         state.append(np.array(tokens))
@@ -369,12 +374,12 @@ def test_incremental_bookkeeping_equals_recounting(prompts, steps, data):
         assert state.generated(i).tolist() == generated[i]
         assert state.sequence(i).tolist() == prompt + generated[i]
         counts = np.bincount(generated[i], minlength=10)
-        assert state.generated_counts()[i].tolist() == counts.tolist()
-    rows, tokens = state.seen_pairs()
+        assert counted.counts[i].tolist() == counts.tolist()
+    rows, tokens = seen.pairs.view()
     assert sorted(zip(rows.tolist(), tokens.tolist(), strict=True)) == sorted(
         (i, t) for i in range(3) for t in set(state.sequence(i).tolist())
     )
-    rows, tokens = state.generated_pairs()
+    rows, tokens = counted.pairs.view()
     assert sorted(zip(rows.tolist(), tokens.tolist(), strict=True)) == sorted(
         (i, t) for i in range(3) for t in set(generated[i])
     )
@@ -385,7 +390,7 @@ def test_the_order_of_processors_matters():
     # first, and then the nucleus is {0} alone.
     values = np.log(np.array([[0.5, 0.3, 0.2]], dtype=np.float32))
     state = DecodingState([[0]], 3)
-    first = Decoder(DecodingChain.parse("temperature=0.25,top_p=0.7,greedy"))
-    second = Decoder(DecodingChain.parse("top_p=0.7,temperature=0.25,greedy"))
+    first = SamplerChain(DecodingChain.parse("temperature=0.25,top_p=0.7,greedy"))
+    second = SamplerChain(DecodingChain.parse("top_p=0.7,temperature=0.25,greedy"))
     assert support(first.process(values.copy(), state)[0]) == {0}
     assert support(second.process(values.copy(), state)[0]) == {0, 1}
