@@ -10,7 +10,8 @@ What runs (issue 5, "Performance"):
 * **ours**: ``runtime.load(artifact, device="cpu", threads=T).generate(...)``, greedy and
   ``top_p=0.9,sample``, batch 1 and 8, prompt 128 random token ids, 128 new tokens;
 * **transformers**: ``GPT2LMHeadModel.generate`` (its KV cache, default attention) with the
-  same weights copied in (``llmspec.hf_tables.to_hf`` with the import's GPT-2 table: Conv1D
+  same weights copied in (``llmspec.importers.hf.tables.to_hf`` with the import's GPT-2 table:
+  Conv1D
   weights are ``[in, out]``, q/k/v fused into ``c_attn``);
 * **torch (ours)**: the generated PyTorch model (``llmspec.builder``) in a plain greedy loop
   with its KV cache;
@@ -165,7 +166,7 @@ def artifact(precision: str) -> Path:
     when the spec file changed (its sha256 is kept beside the artifact)."""
     import hashlib
 
-    from llmspec.exporter import export
+    from llmspec.exporter.pipeline import export
 
     path = RESULTS / "artifacts" / f"gpt2-small-{precision}"
     stamp = path.with_name(path.name + ".spec-sha256")
@@ -191,7 +192,7 @@ def hf_model(weights: dict[str, Any], threads: int) -> Any:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from llmspec.hf_tables import GPT2, to_hf
+    from llmspec.importers.hf.tables import GPT2, to_hf
 
     torch.set_num_threads(threads)
     config = GPT2Config(

@@ -3,8 +3,8 @@
 from typing import Any
 
 from llmspec.errors import Problem, SpecError
-from llmspec.loader import dump_spec, load_spec, spec_sha256
-from llmspec.spec import ModelSpec
+from llmspec.spec.loading import dump_spec, load_spec, spec_sha256
+from llmspec.spec.sections import ModelSpec
 
 __version__ = "0.1.0"
 __all__ = [
@@ -27,8 +27,8 @@ __all__ = [
 _LAZY = {
     "build": "llmspec.builder",
     "generate_source": "llmspec.builder",
-    "export": "llmspec.exporter",
-    "train": "llmspec.trainer",
+    "export": "llmspec.exporter.pipeline",
+    "train": "llmspec.trainer.loop",
 }
 
 

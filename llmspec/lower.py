@@ -23,8 +23,8 @@ from codegen.plan import (
     PositionsPlan,
     StackPlan,
 )
-from llmspec.loader import spec_sha256
-from llmspec.spec import BYTE_LEVEL_BASE, ModelSpec
+from llmspec.spec.loading import spec_sha256
+from llmspec.spec.sections import BYTE_LEVEL_BASE, ModelSpec
 
 # The activation applied inside each feed-forward; gated ones apply it to gate_proj.
 BASE_ACTIVATION: dict[str, ActivationKind] = {

@@ -23,7 +23,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from llmspec.errors import LlmspecError
-from llmspec.spec import BYTE_LEVEL_BASE, ModelSpec
+from llmspec.spec.sections import BYTE_LEVEL_BASE, ModelSpec
 from runtime.reading import UnreadableFile, check_regular, is_inside, iter_lines, read_text
 from runtime.tokenizer import MAX_TOKENIZER_BYTES, is_panic
 

@@ -7,7 +7,7 @@ on the chosen device (see :mod:`runtime.session`) and returns
   ``generate``;
 * :class:`EncoderModel` (encoder-only), which does ``fill_mask`` and ``embed``.
 
-Tokenization conventions (the ones the training objectives use, see ``llmspec.objectives``):
+Tokenization conventions (the ones the training objectives use, see ``llmspec.trainer.objectives``):
 a decoder-only prompt is the text's tokens as they are (no bos); encoder inputs (an
 encoder-decoder prompt, a fill-mask or embedding text) are framed ``[bos] tokens [eos]``, each
 where the vocabulary has it. Prompts given as token ids are used exactly as given.

@@ -23,7 +23,7 @@ worker never dies of a tokenizer and a user never sees a traceback:
 
 Only the panic is caught besides ``Exception``: KeyboardInterrupt and SystemExit pass.
 The method names and signatures mirror the library's ``Tokenizer``, so code written for it
-(``llmspec.evaluate``) takes this class unchanged.
+(``llmspec.inspect.evaluate``) takes this class unchanged.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ def tiny_artifact(tmp_path_factory):
     def make(name: str, precision: str = "fp32"):
         key = (name, precision)
         if key not in made:
-            from llmspec.exporter import export
+            from llmspec.exporter.pipeline import export
 
             quantized = precision in ("int8", "int4")
             made[key] = export(

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from llmspec.attention import KINDS, STACKS, render_command
 from llmspec.errors import EXIT_BAD_INPUT, EXIT_OK
+from llmspec.inspect.attention_maps import KINDS, STACKS, render_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

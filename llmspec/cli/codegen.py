@@ -25,7 +25,7 @@ def codegen(spec_path: str | os.PathLike[str], output: str | None) -> int:
     reports it and exits 1)."""
     from llmspec.builder import generate_source
     from llmspec.files import write_atomic
-    from llmspec.loader import load_spec
+    from llmspec.spec.loading import load_spec
 
     spec = load_spec(Path(spec_path))
     source = generate_source(spec)  # a RenderError: main reports it

@@ -9,7 +9,7 @@ import warnings
 
 from llmspec.cli.arguments import add_data_argument, add_device_arguments, non_negative, positive
 from llmspec.errors import EXIT_BAD_INPUT, EXIT_OK
-from llmspec.evaluate import DEFAULT_BATCH_SIZE, evaluate
+from llmspec.inspect.evaluate import DEFAULT_BATCH_SIZE, evaluate
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

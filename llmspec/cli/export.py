@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``llmspec export``: returns the exit status (1 on a bad input or a failed gate)."""
-    from llmspec.exporter import export
+    from llmspec.exporter.pipeline import export
 
     try:
         export(

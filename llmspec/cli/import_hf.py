@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``llmspec import-hf``: 0 on success, 1 (with a one-line error on stderr) on bad input."""
-    from llmspec.hf_import import import_hf
+    from llmspec.importers.hf.importer import import_hf
 
     target = import_hf(args.hf_dir, args.output, force=args.force)
     written = sorted(p.name for p in target.iterdir())

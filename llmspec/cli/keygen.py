@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from llmspec.errors import EXIT_BAD_INPUT, EXIT_OK
-from llmspec.sign import PRIVATE_KEY, PUBLIC_KEY, write_key_pair
+from llmspec.exporter.signing import PRIVATE_KEY, PUBLIC_KEY, write_key_pair
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from llmspec.files import write_atomic
-    from llmspec.schema import json_schema_text
+    from llmspec.spec.schema import json_schema_text
 
     text = json_schema_text()
     if args.output:

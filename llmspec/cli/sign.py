@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from llmspec.errors import EXIT_BAD_INPUT, EXIT_OK
-from llmspec.sign import sign_artifact
+from llmspec.exporter.signing import sign_artifact
 from runtime import artifact as fmt
 
 

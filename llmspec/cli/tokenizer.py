@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from llmspec.files import write_atomic
-    from llmspec.loader import load_spec
+    from llmspec.spec.loading import load_spec
     from llmspec.tokenizer import load_for_spec
 
     path = Path(args.spec)

@@ -7,7 +7,7 @@ import math
 
 from llmspec.cli.arguments import add_data_argument, non_negative, positive
 from llmspec.errors import EXIT_OK
-from llmspec.trainer import STRATEGIES, Settings, train
+from llmspec.trainer.loop import STRATEGIES, Settings, train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llmspec.loader import load_spec
+    from llmspec.spec.loading import load_spec
 
     results = []
     status = EXIT_OK

@@ -9,7 +9,7 @@ from typing import Any
 
 from llmspec.cli.arguments import positive
 from llmspec.errors import EXIT_BAD_INPUT, EXIT_OK
-from llmspec.verify import DEFAULT_EXAMPLES, verify
+from llmspec.inspect.verify import DEFAULT_EXAMPLES, verify
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -2,7 +2,7 @@
 
 ``variant(family, **changes)`` starts from a tiny base spec of the family and applies changes
 given as dotted paths (``positions={"type": "rope"}``, ``norm__type="rmsnorm"``); the result
-goes through ``llmspec.loader.load_spec`` like any spec file.
+goes through ``llmspec.spec.loading.load_spec`` like any spec file.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 import yaml
 
 from llmspec.builder import build
-from llmspec.loader import load_spec
-from llmspec.spec import ModelSpec
+from llmspec.spec.loading import load_spec
+from llmspec.spec.sections import ModelSpec
 
 SPECIALS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>", "mask": "<mask>"}
 VOCAB = 262  # 256 bytes + 5 special tokens + 1 spare

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmspec.builder import load_module
-from llmspec.spec import ModelSpec
+from llmspec.spec.sections import ModelSpec
 
 # Each example generates, imports and runs a model: a fifth of the profile's examples (see
 # tests/conftest.py; 10 under "ci", 20 under "dev"), the profile's other settings unchanged.

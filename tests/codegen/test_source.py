@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 from codegen_variants import FAMILIES, POSITIONS, variant
+from golden_files import differences
 
 from codegen import render as render_module
 from codegen.loader import load_source
 from codegen.plan import PlanError, PositionsPlan, StackPlan
 from codegen.render import RenderError, environment, format_source, ruff_command
 from llmspec.builder import generate_source
-from llmspec.golden import differences
-from llmspec.loader import load_spec, spec_sha256
 from llmspec.lower import class_prefix, lower
+from llmspec.spec.loading import load_spec, spec_sha256
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_FILES = sorted((ROOT / "specs").glob("*.yaml"))
@@ -185,14 +185,21 @@ def test_output_does_not_depend_on_the_working_directory(tmp_path: Path) -> None
 
 def test_golden_files_are_up_to_date() -> None:
     reports = differences()
-    assert not reports, "\n".join(reports) + "\nrun: python -m llmspec.golden --fix"
+    assert not reports, "\n".join(reports) + "\nrun: python tests/codegen/golden_files.py --fix"
 
 
 def test_golden_check_command_reports_a_stale_file(tmp_path: Path) -> None:
     specs, golden = tmp_path / "specs", tmp_path / "golden"
     specs.mkdir()
     (specs / "tiny-gpt.yaml").write_text((ROOT / "specs" / "tiny-gpt.yaml").read_text())
-    run = [sys.executable, "-m", "llmspec.golden", "--specs", str(specs), "--golden", str(golden)]
+    run = [
+        sys.executable,
+        str(Path(__file__).with_name("golden_files.py")),
+        "--specs",
+        str(specs),
+        "--golden",
+        str(golden),
+    ]
     assert subprocess.run([*run, "--check"], cwd=ROOT, capture_output=True).returncode == 1
     assert subprocess.run([*run, "--fix"], cwd=ROOT, capture_output=True).returncode == 0
     assert subprocess.run([*run, "--check"], cwd=ROOT, capture_output=True).returncode == 0

@@ -8,7 +8,7 @@ import pytest
 import torch
 from codegen_variants import FAMILIES, POSITIONS, VOCAB, built, tokens, variant
 
-from llmspec.spec import ModelSpec
+from llmspec.spec.sections import ModelSpec
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {}
 for family in FAMILIES:

@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 from llmspec.builder import WeightsError, build, generate_source
 from llmspec.cli import main
 from llmspec.cli.codegen import codegen as codegen_command
-from llmspec.estimate import count_parameters
-from llmspec.loader import load_spec
+from llmspec.inspect.estimate import count_parameters
+from llmspec.spec.loading import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = ROOT / "specs"
@@ -198,10 +198,10 @@ def test_build_export_train_are_lazy_functions_of_llmspec() -> None:
         "import sys, llmspec\n"
         "assert 'torch' not in sys.modules\n"
         f"model = llmspec.build({spec!r})\n"
-        "import llmspec.builder, llmspec.exporter, llmspec.trainer\n"
+        "import llmspec.builder, llmspec.exporter.pipeline, llmspec.trainer.loop\n"
         f"again = llmspec.build({spec!r})\n"
         "assert callable(llmspec.export) and callable(llmspec.train)\n"
-        "assert llmspec.export.__module__ == 'llmspec.exporter'\n"
+        "assert llmspec.export.__module__ == 'llmspec.exporter.pipeline'\n"
         "from llmspec import build, generate_source\n"
         f"assert build({spec!r}) is not None and generate_source({spec!r}).startswith('# Gen')\n"
         "print(type(model).__name__, type(again).__name__)\n"

@@ -18,16 +18,22 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 import llmspec.builder
-import llmspec.estimate
+import llmspec.inspect.estimate
 import llmspec.tokenizer
 from llmspec.builder import ModelTooLarge, build
 from llmspec.cli import main
 from llmspec.errors import SpecError
-from llmspec.estimate import MachineMemory, build_bytes, count_parameters, human_bytes, human_count
-from llmspec.hf_import import HFImportError, import_hf
-from llmspec.loader import load_spec
+from llmspec.importers.hf.importer import HFImportError, import_hf
+from llmspec.inspect.estimate import (
+    MachineMemory,
+    build_bytes,
+    count_parameters,
+    human_bytes,
+    human_count,
+)
 from llmspec.prompts import PromptError, read_examples, read_template
-from llmspec.spec import ModelSpec
+from llmspec.spec.loading import load_spec
+from llmspec.spec.sections import ModelSpec
 from llmspec.tokenizer import (
     TokenizerMismatch,
     byte_level,
@@ -35,7 +41,7 @@ from llmspec.tokenizer import (
     special_texts,
     train_bpe,
 )
-from llmspec.trainer import TokenIds, TrainError, corpus_files, token_stream, train
+from llmspec.trainer.loop import TokenIds, TrainError, corpus_files, token_stream, train
 from runtime.reading import iter_lines
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
@@ -340,8 +346,8 @@ def test_a_corpus_that_is_one_giant_line_trains_in_bounded_pieces(tmp_path: Path
 def test_token_streams_of_large_files_equal_encoding_them_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(llmspec.trainer, "ENCODE_CHUNK", 64)
-    monkeypatch.setattr(llmspec.trainer, "ENCODE_CHUNK_MAX", 256)
+    monkeypatch.setattr(llmspec.trainer.loop, "ENCODE_CHUNK", 64)
+    monkeypatch.setattr(llmspec.trainer.loop, "ENCODE_CHUNK_MAX", 256)
     text = "".join(f"{TEXT}  indented {i}\n\n\tmore text here\r\n" for i in range(200))
     (tmp_path / "doc.txt").write_text(text, encoding="utf-8", newline="")
     (tmp_path / "binary.bin").write_bytes(b"ok" * 200 + b"\xff")  # not UTF-8: skipped as before
@@ -369,7 +375,7 @@ def absurd(field: str, value: int) -> str:
 def small_machine(monkeypatch: pytest.MonkeyPatch, available: int) -> None:
     memory = MachineMemory(available, 2 * available, "this machine")
     monkeypatch.setattr(llmspec.builder, "machine_memory", lambda: memory)
-    monkeypatch.setattr(llmspec.estimate, "machine_memory", lambda: memory)
+    monkeypatch.setattr(llmspec.inspect.estimate, "machine_memory", lambda: memory)
 
 
 class Unbuildable(torch.nn.Module):
@@ -491,7 +497,7 @@ def test_on_a_gpu_the_check_uses_the_free_memory_torch_reports(
     assert memory == MachineMemory(3 << 30, 80 << 30, "cuda:0") and asked == [
         torch.device("cuda:0")
     ]
-    need = llmspec.estimate.train_bytes(spec)
+    need = llmspec.inspect.estimate.train_bytes(spec)
     with pytest.raises(ModelTooLarge, match=r"cuda:0 has 3.0 GiB available \(80.0 GiB in all\)"):
         llmspec.builder.check_memory(spec, need, "training it", "cuda:0")
     llmspec.builder.check_memory(load_spec(TINY), need // 1000, "training it", "cuda:0")

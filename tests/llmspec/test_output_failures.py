@@ -314,13 +314,13 @@ def test_export_into_a_read_only_folder_says_so_and_creates_nothing(
 def test_a_graph_that_cannot_be_written_is_a_write_error_not_an_export_bug(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from llmspec.exporter import export
+    from llmspec.exporter.pipeline import export
 
     def full(plan: Any, directory: Path) -> Path:
         (directory / plan.file).write_bytes(b"half a graph")
         raise OSError("problem writing element 13312 to file")
 
-    monkeypatch.setattr("llmspec.exporter.export_graph", full)
+    monkeypatch.setattr("llmspec.exporter.pipeline.export_graph", full)
     monkeypatch.setattr(files, "_free_bytes", lambda path: 0)
     target = tmp_path / "artifact"
     with pytest.raises(OSError) as raised:
@@ -391,7 +391,7 @@ def test_train_says_when_the_loss_plot_cannot_be_written(
 def test_train_says_when_the_metrics_cannot_be_appended(
     corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ):
-    from llmspec.trainer import _Run
+    from llmspec.trainer.loop import _Run
 
     class FullDisk:
         def write(self, text: str) -> int:
@@ -437,7 +437,7 @@ def test_train_into_a_folder_it_may_not_create_says_so(
 def test_under_torchrun_a_failed_write_of_process_0_ends_every_process_without_a_traceback(
     corpus: Path, tmp_path: Path
 ):
-    from llmspec.trainer import train
+    from llmspec.trainer.loop import train
 
     settings: dict[str, Any] = {"steps": 1, "batch_size": 4, "seq_len": 16, "progress": False}
     run = train(SPECS / "tiny-decoder.yaml", [corpus], tmp_path / "run", **settings)
@@ -503,7 +503,7 @@ def test_import_hf_force_onto_a_symlink_replaces_its_directory_and_keeps_the_lin
 ):
     import hf_tiny  # tests/llmspec/hf_tiny.py, beside this file
 
-    from llmspec.hf_import import HFImportError, import_hf
+    from llmspec.importers.hf.importer import HFImportError, import_hf
 
     hf_tiny.gpt2(tmp_path / "hf")
     (tmp_path / "v1").mkdir()
@@ -642,7 +642,7 @@ def test_a_temporary_file_a_killed_write_left_is_removed_by_the_next(tmp_path: P
 
 
 def test_training_again_removes_the_checkpoint_a_killed_run_left(corpus: Path, tmp_path: Path):
-    from llmspec.trainer import train
+    from llmspec.trainer.loop import train
 
     settings: dict[str, Any] = {"steps": 1, "batch_size": 2, "seq_len": 16, "progress": False}
     run = train(SPECS / "tiny-decoder.yaml", [corpus], tmp_path / "run", **settings)
@@ -682,7 +682,7 @@ def test_published_files_get_0666_less_the_umask_whatever_wrote_them(
 def test_every_file_of_a_run_directory_gets_0666_less_the_umask(
     corpus: Path, tmp_path: Path, umask
 ):
-    from llmspec.trainer import train
+    from llmspec.trainer.loop import train
 
     umask(0o027)
     settings: dict[str, Any] = {"steps": 1, "batch_size": 2, "seq_len": 16, "progress": False}

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmspec.loader import load_spec
+from llmspec.spec.loading import load_spec
 from llmspec.tokenizer import (
     TokenizerMismatch,
     byte_level,

@@ -26,7 +26,7 @@ def varied_artifact(tmp_path_factory):
             from safetensors.torch import save_file
 
             import llmspec
-            from llmspec.exporter import export
+            from llmspec.exporter.pipeline import export
 
             spec = os.path.join(SPECS, f"{name}.yaml")
             torch.manual_seed(0)

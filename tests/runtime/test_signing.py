@@ -15,8 +15,8 @@ import pytest
 
 import runtime
 from llmspec.cli import main
-from llmspec.sign import PRIVATE_KEY, PUBLIC_KEY, sign_artifact, write_key_pair
-from llmspec.verify import verify
+from llmspec.exporter.signing import PRIVATE_KEY, PUBLIC_KEY, sign_artifact, write_key_pair
+from llmspec.inspect.verify import verify
 from runtime import artifact as fmt
 from runtime.signing import SigningError
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from llmspec.loader import load_spec
+from llmspec.spec.loading import load_spec
 from llmspec.tokenizer import byte_level
 from runtime.generation import RowText
 

@@ -1,0 +1,443 @@
+"""``llmspec export``: a spec (or a directory with weights) in, a verified artifact out.
+
+The artifact (see :mod:`runtime.artifact` for the format) is written into a hidden staging
+directory beside the target, checked by the parity gate (:mod:`llmspec.exporter.parity`), fsynced,
+and
+only then published under its final name in one rename (an existing artifact is swapped
+atomically, and only with ``force``). A failure or a ``kill -9`` at any point leaves the
+previous artifact as it was and nothing under the final name that is not a whole artifact; a
+killed export may leave a hidden ``.NAME.*.partial`` sibling, which the next export to the same
+target removes (and which is safe to delete). A full disk or a read-only folder ends in
+:class:`llmspec.files.OutputError` naming the artifact. Every file of the artifact gets the same
+permissions, ``0o666`` less the umask.
+
+An ``output`` that is a symbolic link to an artifact directory (``current -> v1``, as
+deployments flip ``current`` between versions) is followed: with ``force`` the directory it
+points to is replaced, atomically, and the link is kept. A link to nothing is refused.
+
+Sources:
+
+* a spec file: exported with freshly initialized weights (seeded, so the same spec gives the
+  same weights);
+* a directory holding ``spec.yaml`` and ``weights.safetensors`` (from ``llmspec import-hf`` or
+  ``llmspec train``), and optionally ``tokenizer.json``, which is used as it is;
+* ``weights=`` overrides the weights file in either case.
+
+Precision: ``fp32``, ``fp16`` and ``bf16`` export the model in that dtype; ``int8`` and ``int4``
+quantize the fp32 graphs (see :mod:`llmspec.exporter.quantize`). ONNX Runtime's CPU provider runs
+fp32,
+fp16, int8 and int4 graphs; it has no bf16 kernels, so bf16 artifacts can only be exported (and
+gated) where the CUDA provider works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmspec import __version__
+from llmspec.exporter.graphs import (
+    ExportError,
+    export_graph,
+    graph_info,
+    plan_graphs,
+    quiet,
+)
+from llmspec.exporter.parity import (
+    DECODE_STEPS,
+    ParityError,
+    ParityReport,
+    check_decoder_only,
+    check_encoder_decoder,
+    check_encoder_only,
+)
+from llmspec.files import publishing, write_atomic
+from llmspec.spec.loading import dump_spec, load_spec, spec_sha256
+from llmspec.spec.sections import ModelSpec
+from runtime import artifact as fmt
+from runtime.decoding import DecodingChain, Greedy
+
+Progress = Callable[[str], None]
+INIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where an export's spec, weights and tokenizer come from."""
+
+    spec: ModelSpec
+    directory: Path  # relative paths in the spec are resolved against it
+    weights: Path | None
+    tokenizer: Path | None
+
+
+def resolve_source(source: str | Path, weights: str | Path | None = None) -> Source:
+    """Read a spec file or a model directory (``spec.yaml`` + ``weights.safetensors``)."""
+    path = Path(source)
+    if path.is_dir():
+        spec_path = path / fmt.SPEC
+        if not spec_path.is_file():
+            raise ExportError(
+                f"{path}: a model directory needs {fmt.SPEC} (and {fmt.WEIGHTS}); "
+                "pass a spec file or a directory from llmspec import-hf / llmspec train"
+            )
+        spec = load_spec(spec_path)
+        found = path / fmt.WEIGHTS
+        tokenizer = path / fmt.TOKENIZER
+        return Source(
+            spec,
+            path,
+            Path(weights) if weights else (found if found.is_file() else None),
+            tokenizer if tokenizer.is_file() else None,
+        )
+    spec = load_spec(path)
+    return Source(spec, path.parent, Path(weights) if weights else None, None)
+
+
+def _with_precision(spec: ModelSpec, dtype: str | None, quantize: str | None) -> ModelSpec:
+    """The spec with the export's precision, validated like the spec itself."""
+    current = spec.precision
+    wanted = {
+        "dtype": dtype or current.dtype,
+        "quantize": quantize or current.quantize,
+        "block_size": current.block_size,
+    }
+    data = spec.model_dump()
+    data["precision"] = wanted
+    try:
+        return ModelSpec.model_validate(data)
+    except ValueError as err:
+        problems = "; ".join(
+            e["msg"].removeprefix("Value error, ") for e in getattr(err, "errors", lambda: [])()
+        )
+        raise ExportError(
+            f"precision {wanted['dtype']} with quantize {wanted['quantize']}: {problems or err}"
+        ) from None
+
+
+def _tokenizer(src: Source, spec: ModelSpec) -> Any:
+    from llmspec.tokenizer import TokenizerMismatch, check_fits, load_for_spec, read_tokenizer
+
+    try:
+        if src.tokenizer is not None:
+            tokenizer = read_tokenizer(src.tokenizer)
+            check_fits(tokenizer, spec)
+            return tokenizer
+        return load_for_spec(spec, src.directory)
+    except TokenizerMismatch as err:
+        raise ExportError(str(err)) from None
+
+
+BF16_NEEDS_CUDA = (
+    "bf16 graphs need the CUDA provider to be checked (ONNX Runtime's CPU provider has no bf16 "
+    "kernels) and CUDA is not usable here; export fp16 or fp32 on this machine, or bf16 on one "
+    "with a GPU"
+)
+
+
+def _sessions(paths: list[Path], precision: str) -> tuple[list[Any], str]:
+    """ONNX Runtime sessions for the gate, and the provider they really use."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if precision == "bf16":
+        sessions = [
+            ort.InferenceSession(str(p), options, providers=["CUDAExecutionProvider"])
+            for p in paths
+        ]
+        if any("CUDAExecutionProvider" not in s.get_providers() for s in sessions):
+            raise ExportError(BF16_NEEDS_CUDA)
+        return sessions, "CUDAExecutionProvider"
+    sessions = [
+        ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in paths
+    ]
+    return sessions, "CPUExecutionProvider"
+
+
+def run_gate(
+    spec: ModelSpec,
+    reference: torch.nn.Module,
+    graphs: list[Path],
+    precision: str,
+    start_id: int,
+    tolerance: float | None = None,
+) -> ParityReport:
+    """Compare the graphs with the fp32 PyTorch model; raise :class:`ParityError` on failure.
+    ``tolerance`` overrides the precision's relative tolerance."""
+    sessions, provider = _sessions(graphs, precision)
+    report = ParityReport(precision=precision, provider=provider, tolerance_override=tolerance)
+    if spec.architecture == "decoder-only":
+        check_decoder_only(spec, reference, sessions[0], report)
+    elif spec.architecture == "encoder-only":
+        check_encoder_only(spec, reference, sessions[0], report)
+    else:
+        check_encoder_decoder(spec, reference, sessions[0], sessions[1], start_id, report)
+    if not report.passed:
+        raise ParityError(report)
+    return report
+
+
+def _export_graphs(
+    spec: ModelSpec, reference: torch.nn.Module, staged: Path, say: Progress
+) -> tuple[list[Path], dict[str, dict[str, int]]]:
+    """Export, fuse (see :mod:`llmspec.exporter.rewrites.ort_optimizer`) and, if asked, quantize
+    the graphs.
+
+    Returns the graph paths and each graph's fused-operator counts."""
+    from llmspec.exporter.rewrites.attention import fuse_attention, use_sequence_major_layout
+    from llmspec.exporter.rewrites.matmul_packing import pack_matmuls
+    from llmspec.exporter.rewrites.ort_optimizer import optimize_graph, rewrite_graph_file
+    from llmspec.exporter.rewrites.rotary import fuse_rotary
+
+    precision, quantize = spec.precision.dtype, spec.precision.quantize
+    fusions: dict[str, dict[str, int]] = {}
+    if quantize == "none":
+        model = reference if precision == "fp32" else _cast(reference, precision)
+        dtype = next(model.parameters()).dtype
+        paths = []
+        for plan in plan_graphs(spec, model, dtype):
+            say(f"exporting {plan.file} ({precision})")
+            path = export_graph(plan, staged)
+            with quiet(), _stage(plan.file, "optimizing"):
+                rewrites = (pack_matmuls, fuse_rotary, fuse_attention, use_sequence_major_layout)
+                counts, (packed, rotary, attention, _) = optimize_graph(path, spec, *rewrites)
+                fusions[plan.file] = _fused(counts, packed, rotary, attention)
+            paths.append(path)
+        return paths, fusions
+    from llmspec.exporter.quantize import quantize_int4, quantize_int8
+
+    scratch = staged / ".fp32"
+    scratch.mkdir()
+    paths = []
+    for plan in plan_graphs(spec, reference, torch.float32):
+        say(f"exporting {plan.file} (fp32, to quantize)")
+        fp32 = export_graph(plan, scratch)
+        target = staged / plan.file
+        say(f"quantizing {plan.file} to {quantize}")
+        with quiet(), _stage(plan.file, "optimizing and quantizing"):
+            counts, (packed, rotary) = optimize_graph(fp32, spec, pack_matmuls, fuse_rotary)
+            if quantize == "int8":
+                quantize_int8(fp32, target)
+            else:
+                quantize_int4(fp32, target, spec.precision.block_size)
+            attention, _ = rewrite_graph_file(target, fuse_attention, use_sequence_major_layout)
+            fusions[plan.file] = _fused(counts, packed, rotary, attention)
+        paths.append(target)
+    shutil.rmtree(scratch)
+    return paths, fusions
+
+
+@contextlib.contextmanager
+def _stage(graph: str, what: str) -> Iterator[None]:
+    """Name the graph and the stage when ONNX Runtime's optimizer, a quantizer or one of our
+    rewrites fails (they raise many types), instead of a bare traceback."""
+    try:
+        yield
+    except (OSError, MemoryError):
+        raise  # the disk or memory: the caller's handling applies
+    except Exception as err:
+        raise ExportError(
+            f"{what} {graph} failed: {type(err).__name__}: {err}. This is a bug in llmspec or "
+            "in ONNX Runtime's tools, not in your spec: please report it with the spec"
+        ) from err
+
+
+def _opset(path: Path) -> int:
+    """The default-domain opset a graph file imports (23 where attention was fused)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _fused(counts: dict[str, int], packed: int, rotary: int, attention: int) -> dict[str, int]:
+    """The optimizer's fusion counts with our own rewrites' (packed MatMuls, RotaryEmbedding,
+    Attention), the non-zero ones, in name order."""
+    ours = {"PackedMatMul": packed, "RotaryEmbedding": rotary, "Attention": attention}
+    return dict(sorted({**counts, **{k: n for k, n in ours.items() if n}}.items()))
+
+
+def _cast(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+    import copy
+
+    from llmspec.builder import DTYPES
+
+    return copy.deepcopy(model).to(DTYPES[precision]).eval()
+
+
+def _generation(spec: ModelSpec) -> dict[str, Any]:
+    if spec.generation is not None:
+        chain = DecodingChain(tuple(spec.generation.chain))
+        max_new = spec.generation.max_new_tokens
+    else:
+        # the built-in default, within the context window (runtime.generation's limit)
+        chain, max_new = DecodingChain((Greedy(),)), min(64, spec.context_length)
+    return {"max_new_tokens": max_new, "chain": chain.to_json()}
+
+
+def _model_card(spec: ModelSpec, manifest: fmt.Manifest, generation: dict[str, Any]) -> str:
+    import jinja2
+
+    from llmspec.inspect.estimate import estimate, human_bytes, human_count
+
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("llmspec.exporter", "templates"),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    numbers = estimate(spec, batch_size=1, seq_len=spec.context_length).to_json()
+    chain = DecodingChain.from_json(generation["chain"])
+    weight_key = (
+        spec.precision.quantize if spec.precision.quantize != "none" else spec.precision.dtype
+    )
+    return environment.get_template("model_card.md.jinja").render(
+        spec=spec,
+        manifest=manifest,
+        parameters=human_count(numbers["parameters"]["total"]),
+        parameters_exact=f"{numbers['parameters']['total']:,}",
+        weights=human_bytes(numbers["weights_bytes"][weight_key]),
+        kv_per_token=human_bytes(numbers["inference"]["kv_cache_bytes_per_token"]),
+        chain=str(chain),
+        max_new_tokens=generation["max_new_tokens"],
+        parity=manifest.parity,
+    )
+
+
+def export(
+    source: str | Path,
+    output: str | Path,
+    *,
+    weights: str | Path | None = None,
+    precision: str | None = None,
+    quantize: str | None = None,
+    force: bool = False,
+    tolerance: float | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """Export ``source`` (a spec file or a model directory) to the artifact ``output``.
+
+    Args:
+        source: a spec file, or a directory with ``spec.yaml`` and ``weights.safetensors``.
+        output: the artifact directory to create.
+        weights: a safetensors file to use instead of the source's weights.
+        precision: ``fp32``, ``fp16`` or ``bf16`` (default: the spec's).
+        quantize: ``none``, ``int8`` or ``int4`` (default: the spec's).
+        force: replace an existing artifact (atomically); when ``output`` is a symbolic link
+            to an artifact, the directory it points to is replaced and the link kept.
+        tolerance: the parity gate's relative tolerance instead of the precision's (for
+            example int4 on random weights, whose logits are nearly flat); top-1 must still
+            agree, and the manifest records the tolerance used.
+        progress: called with one line per stage (default: print to stderr).
+
+    Returns the artifact's path. Raises :class:`ExportError` (:class:`ParityError` when the gate
+    fails), :class:`llmspec.SpecError`, :class:`llmspec.builder.WeightsError`, or
+    :class:`llmspec.files.OutputError` (an ``OSError``) when the artifact cannot be written.
+    """
+    say = progress or (lambda line: print(f"llmspec export: {line}", file=sys.stderr))
+    target = Path(output)
+    if target.is_symlink() and not target.exists():
+        raise ExportError(
+            f"{target} is a symbolic link to {os.readlink(target)}, which does not exist; "
+            "point it at an artifact directory, or remove it"
+        )
+    if target.exists() and not force:
+        raise ExportError(f"{target} exists; pass --force (force=True) to replace it")
+    if target.exists() and not (target / fmt.MANIFEST).is_file():
+        raise ExportError(f"{target} exists and is not an artifact; refusing to replace it")
+    src = resolve_source(source, weights)
+    spec = _with_precision(src.spec, precision, quantize)
+    if spec.precision.dtype == "bf16":
+        from runtime.session import cuda_status
+
+        usable, why = cuda_status()
+        if not usable:
+            raise ExportError(f"{BF16_NEEDS_CUDA} ({why})")
+    from llmspec.builder import build
+
+    say(f"building {spec.name} ({spec.architecture})")
+    torch.manual_seed(INIT_SEED)
+    reference = build(spec, dtype="fp32", weights=src.weights).eval()
+    tokenizer = _tokenizer(src, spec)
+    from llmspec.tokenizer import check_fits
+
+    special = check_fits(tokenizer, spec)
+    if spec.architecture == "encoder-decoder":
+        special["decoder_start"] = special[spec.decoder_start]
+
+    with publishing(target, replace=force) as staged:
+        graphs, fusions = _export_graphs(spec, reference, staged, say)
+        say(f"parity gate: prefill, {DECODE_STEPS} cached decode steps, a padded batch")
+        report = run_gate(
+            spec,
+            reference,
+            graphs,
+            spec.precision.quantize if spec.precision.quantize != "none" else spec.precision.dtype,
+            special.get("decoder_start", 0),
+            tolerance,
+        )
+        say(f"parity gate passed (max |diff| {report.max_abs_diff:.3g})")
+        _write_files(spec, reference, tokenizer, special, graphs, report, fusions, staged)
+    say(f"wrote {target}")
+    return target
+
+
+def _write_files(
+    spec: ModelSpec,
+    reference: torch.nn.Module,
+    tokenizer: Any,
+    special: dict[str, int],
+    graphs: list[Path],
+    report: ParityReport,
+    fusions: dict[str, dict[str, int]],
+    staged: Path,
+) -> None:
+    from safetensors.torch import save_file
+
+    from llmspec.builder import DTYPES, generate_source
+
+    write_atomic(staged / fmt.SPEC, dump_spec(spec))
+    write_atomic(staged / fmt.MODEL_SOURCE, generate_source(spec))
+    stored = DTYPES[spec.precision.dtype] if spec.precision.quantize == "none" else torch.float32
+    state = {k: v.detach().to(stored).contiguous() for k, v in reference.state_dict().items()}
+    save_file(state, str(staged / fmt.WEIGHTS), metadata={"spec_sha256": spec_sha256(spec)})
+    write_atomic(staged / fmt.TOKENIZER, tokenizer.to_str(pretty=True))  # .save leaves half
+    generation = _generation(spec)
+    write_atomic(staged / fmt.GENERATION, json.dumps(generation, indent=2) + "\n")
+    manifest = fmt.Manifest(
+        format_version=fmt.FORMAT_VERSION,
+        llmspec_version=__version__,
+        name=spec.name,
+        architecture=spec.architecture,
+        spec_sha256=spec_sha256(spec),
+        precision=spec.precision.dtype,
+        quantize=spec.precision.quantize,
+        opset=max(_opset(path) for path in graphs),
+        vocab_size=spec.vocabulary.size,
+        context_length=spec.context_length,
+        layers=spec.num_decoder_layers or spec.layers,
+        kv_heads=spec.kv_heads,
+        head_dim=spec.head_dim,
+        special_tokens=special,
+        graphs={p.name: graph_info(p) for p in graphs},
+        files={},
+        parity=report.to_json(),
+        fusions=fusions,
+    )
+    write_atomic(staged / fmt.MODEL_CARD, _model_card(spec, manifest, generation))
+    files = sorted(p for p in staged.iterdir() if p.is_file())
+    manifest = dataclasses.replace(manifest, files={p.name: fmt.file_info(p) for p in files})
+    write_atomic(staged / fmt.MANIFEST, manifest.to_json())

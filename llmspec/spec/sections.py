@@ -1,0 +1,752 @@
+"""The spec language: a validated, typed description of one transformer language model.
+
+A spec is YAML with nested sections and snake_case keys (see ``specs/`` for examples)::
+
+    name: gpt2-small
+    architecture: decoder-only
+    vocabulary: {size: 50257, special_tokens: {eos: "<|endoftext|>"}}
+    context_length: 1024
+    d_model: 768
+    layers: 12
+    attention: {heads: 12}
+    feed_forward: {d_ff: 3072, activation: gelu-tanh}
+    norm: {type: layernorm, position: pre, eps: 1.0e-5}
+    positions: {type: learned, max_positions: 1024}
+    objective: {type: causal-lm}
+
+Variant choices are discriminated unions with a literal ``type`` tag. Every model forbids
+unknown keys. Validation is strict: ``768.0`` is not an integer and ``"yes"`` is not a
+boolean. Cross-field rules live in :func:`cross_field_problems`; they are reported together with
+field errors by :func:`llmspec.spec.loading.load_spec`.
+
+Decisions recorded here (where DESIGN.md is silent):
+
+* ``bias`` is one switch for every linear projection and every LayerNorm's shift; RMSNorm never
+  has a bias. BERT, GPT-2 and BART have biases; T5 and Llama have none.
+* ``layers`` counts the layers of each stack; an encoder-decoder may give ``decoder_layers``
+  when its decoder is deeper or shallower (T5's ``num_decoder_layers``).
+* ``head.logits_bias: buffer`` is a fixed (not trained) bias on the logits, loaded with the
+  weights, as BART's ``final_logits_bias``; ``learned`` is a trained one (BERT's MLM decoder bias).
+  Buffers are not parameters, so they are not in the parameter count.
+* T5 relative position buckets live in the first layer of each stack and are shared by all its
+  layers, as in T5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import PurePosixPath, PureWindowsPath
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    model_validator,
+)
+
+from runtime.decoding import Greedy, Step, chain_problems
+
+BYTE_LEVEL_BASE = 256  # the built-in tokenizer has one token per byte before its specials
+
+
+class Section(BaseModel):
+    """Base of every spec section: unknown keys are errors, values are not coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+# ----------------------------------------------------------------------------------------
+# Vocabulary and tokenizer
+
+
+class ByteLevelTokenizer(Section):
+    """The built-in tokenizer: one token per byte (256), then the special tokens and sentinels.
+    Needs no training and no file."""
+
+    type: Literal["byte-level"] = "byte-level"
+
+
+def _inside_spec_folder(value: str) -> str:
+    """A file name in a spec: relative, and not climbing out of the spec's folder.
+
+    A spec is something people share, so it must not be able to pull in files from elsewhere
+    on the machine that builds it (a corpus ends up in the exported tokenizer). Symlinks that
+    lead outside are refused where the file is opened (:func:`llmspec.tokenizer.spec_file`)."""
+    if "\0" in value:
+        raise ValueError(f"{value!r} contains a NUL character; write a plain file name")
+    posix, windows = PurePosixPath(value), PureWindowsPath(value)
+    where = (
+        "an absolute path"
+        if posix.is_absolute() or windows.drive or windows.root
+        else "a path that climbs with '..'"
+        if ".." in posix.parts or ".." in windows.parts
+        else None
+    )
+    if where is not None:
+        raise ValueError(
+            f"{value!r} is {where}; files named in a spec are read from the spec's folder "
+            "(or below it) only: copy the file next to the spec and write its name relative "
+            "to the spec"
+        )
+    return value
+
+
+SpecFile = Annotated[str, AfterValidator(_inside_spec_folder)]
+
+
+class BpeTokenizer(Section):
+    """A byte-level BPE trained to ``vocabulary.size`` on the given text files."""
+
+    type: Literal["bpe"]
+    corpus: list[SpecFile] = Field(
+        min_length=1, description="text files, relative to the spec file, inside its folder"
+    )
+    min_frequency: PositiveInt = 2
+
+
+class FileTokenizer(Section):
+    """A ready ``tokenizer.json`` (Hugging Face tokenizers format)."""
+
+    type: Literal["file"]
+    path: SpecFile = Field(min_length=1, description="relative to the spec file, inside its folder")
+
+
+Tokenizer = Annotated[
+    ByteLevelTokenizer | BpeTokenizer | FileTokenizer, Field(discriminator="type")
+]
+
+
+class SpecialTokens(Section):
+    """The text of each special token; ``null`` when the model has none."""
+
+    pad: str | None = None
+    bos: str | None = None
+    eos: str | None = None
+    unk: str | None = None
+    mask: str | None = None
+
+    def present(self) -> dict[str, str]:
+        return {name: text for name, text in self.model_dump().items() if text is not None}
+
+
+class Vocabulary(Section):
+    size: PositiveInt
+    tokenizer: Tokenizer = Field(default_factory=ByteLevelTokenizer)
+    special_tokens: SpecialTokens = Field(default_factory=SpecialTokens)
+    sentinels: int = Field(
+        default=0, ge=0, description="span-corruption sentinels <extra_id_0> ... (T5 has 100)"
+    )
+    decoder_start: Literal["pad", "bos", "eos"] | None = Field(
+        default=None,
+        description="encoder-decoder only: the special token the decoder starts from "
+        "(default pad, as T5; BART starts from eos)",
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Blocks
+
+
+class Attention(Section):
+    heads: PositiveInt
+    kv_heads: PositiveInt | None = Field(
+        default=None, description="key/value heads: = heads for MHA, 1 for MQA, between for GQA"
+    )
+    head_dim: PositiveInt | None = Field(default=None, description="default: d_model // heads")
+    scaled: bool = Field(
+        default=True,
+        description="scale scores by 1/sqrt(head_dim); T5 folds the scale into its init",
+    )
+
+
+Activation = Literal["relu", "gelu", "gelu-tanh", "silu", "swiglu", "geglu", "geglu-tanh"]
+GATED_ACTIVATIONS = frozenset({"swiglu", "geglu", "geglu-tanh"})
+
+
+class FeedForward(Section):
+    d_ff: PositiveInt
+    activation: Activation = Field(
+        default="gelu",
+        description="swiglu/geglu/geglu-tanh are gated: gate_proj and up_proj, then down_proj",
+    )
+
+
+class Norm(Section):
+    type: Literal["layernorm", "rmsnorm"] = "layernorm"
+    position: Literal["pre", "post"] = Field(
+        default="pre", description="pre: x + f(norm(x)) (GPT-2); post: norm(x + f(x)) (BERT)"
+    )
+    eps: float = Field(default=1e-5, gt=0, lt=1)
+
+
+class LearnedPositions(Section):
+    type: Literal["learned"]
+    max_positions: PositiveInt
+    offset: int = Field(default=0, ge=0, description="BART adds 2 to every position id")
+
+
+class SinusoidalPositions(Section):
+    type: Literal["sinusoidal"]
+
+
+class RopePositions(Section):
+    type: Literal["rope"]
+    base: float = Field(default=10000.0, gt=1)
+
+
+class AlibiPositions(Section):
+    type: Literal["alibi"]
+
+
+class RelativePositions(Section):
+    """T5's bucketed relative position bias, computed once per stack and shared by its layers."""
+
+    type: Literal["relative"]
+    buckets: PositiveInt = 32
+    max_distance: PositiveInt = 128
+
+
+Positions = Annotated[
+    LearnedPositions | SinusoidalPositions | RopePositions | AlibiPositions | RelativePositions,
+    Field(discriminator="type"),
+]
+
+
+class Embeddings(Section):
+    token_types: int = Field(default=0, ge=0, description="segment embeddings (BERT has 2)")
+    norm: bool = Field(default=False, description="a norm after the embeddings (BERT, BART)")
+    scale: bool = Field(default=False, description="multiply embeddings by sqrt(d_model)")
+
+
+class Head(Section):
+    tied: bool = Field(default=True, description="the output projection is the input embedding")
+    transform: bool = Field(
+        default=False, description="dense + activation + norm before the output (BERT's MLM)"
+    )
+    pooler: bool = Field(default=False, description="dense + tanh on the first token (BERT)")
+    logits_bias: Literal["none", "learned", "buffer"] = "none"
+    rescale: bool = Field(
+        default=False,
+        description="multiply hidden states by d_model ** -0.5 before a tied output (T5)",
+    )
+
+
+class Dropout(Section):
+    hidden: float = Field(default=0.0, ge=0, lt=1)
+    attention: float = Field(default=0.0, ge=0, lt=1)
+
+
+# ----------------------------------------------------------------------------------------
+# Objective, precision, generation
+
+
+class CausalLM(Section):
+    """Next-token prediction (GPT)."""
+
+    type: Literal["causal-lm"]
+
+
+class MaskedLM(Section):
+    """BERT's masked LM: select ``mask_rate`` of the tokens; of those, ``mask_fraction``
+    become the mask token, ``random_fraction`` a random token, the rest stay."""
+
+    type: Literal["masked-lm"]
+    mask_rate: float = Field(default=0.15, gt=0, lt=1)
+    mask_fraction: float = Field(default=0.8, ge=0, le=1)
+    random_fraction: float = Field(default=0.1, ge=0, le=1)
+
+
+class SpanCorruption(Section):
+    """T5's span corruption: drop ``noise_density`` of the tokens in spans of mean length
+    ``mean_span_length``, each replaced by a sentinel."""
+
+    type: Literal["span-corruption"]
+    noise_density: float = Field(default=0.15, gt=0, lt=1)
+    mean_span_length: float = Field(default=3.0, ge=1)
+
+
+class Denoising(Section):
+    """BART's text infilling: mask ``mask_rate`` of the tokens in Poisson(``poisson_lambda``)
+    spans, each span replaced by one mask token; optionally permute sentences."""
+
+    type: Literal["denoising"]
+    mask_rate: float = Field(default=0.3, gt=0, lt=1)
+    poisson_lambda: float = Field(default=3.0, gt=0)
+    permute_sentences: bool = False
+
+
+Objective = Annotated[CausalLM | MaskedLM | SpanCorruption | Denoising, Field(discriminator="type")]
+OBJECTIVE_ARCHITECTURE = {
+    "causal-lm": "decoder-only",
+    "masked-lm": "encoder-only",
+    "span-corruption": "encoder-decoder",
+    "denoising": "encoder-decoder",
+}
+
+
+class Precision(Section):
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    quantize: Literal["none", "int8", "int4"] = Field(
+        default="none", description="weight quantization at export"
+    )
+    block_size: int = Field(default=32, description="int4 block size: 16, 32, 64, 128 or 256")
+
+
+# The runtime's decoding step types, one definition for the spec, generation.json and the CLI.
+DecodingStep = Annotated[Step, Field(discriminator="type")]
+
+
+def _strict_step_values(chain: Any) -> Any:
+    """Decoding steps are validated in lax mode (see Generation); hold their parameters to the
+    same strictness as the rest of the spec: numbers are numbers, not booleans or text."""
+    problems = []
+    for index, item in enumerate(chain if isinstance(chain, list) else []):
+        for key, value in item.items() if isinstance(item, dict) else ():
+            if key not in ("type", "early_stopping") and isinstance(value, str | bool):
+                shown = str(value).lower() if isinstance(value, bool) else repr(value)
+                problems.append(f"[{index}].{key} must be a number, got {shown}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return chain
+
+
+def _greedy_chain() -> list[DecodingStep]:
+    return [Greedy()]
+
+
+class Generation(Section):
+    # Decoding steps are plain dataclasses shared with the runtime; pydantic validates them
+    # from mappings only in lax mode, so this section is lax (a quoted "0.7" is read as 0.7).
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+    max_new_tokens: PositiveInt = 64
+    chain: Annotated[list[DecodingStep], BeforeValidator(_strict_step_values)] = Field(
+        default_factory=lambda: _greedy_chain()
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# The spec
+
+
+class ModelSpec(Section):
+    """A whole model. Derived values (``head_dim``, ``kv_heads``, ...) are properties."""
+
+    name: str = Field(
+        pattern=r"^[a-z][a-z0-9]*([-_][a-z0-9]+)*$",
+        max_length=64,
+        description="lowercase words joined by '-' or '_'; names the generated classes",
+    )
+    architecture: Literal["encoder-only", "decoder-only", "encoder-decoder"]
+    vocabulary: Vocabulary
+    context_length: PositiveInt
+    d_model: PositiveInt
+    layers: PositiveInt = Field(description="layers per stack")
+    decoder_layers: PositiveInt | None = Field(
+        default=None, description="encoder-decoder only: decoder depth when it differs"
+    )
+    attention: Attention
+    feed_forward: FeedForward
+    norm: Norm = Field(default_factory=Norm)
+    positions: Positions
+    bias: bool = Field(default=True, description="biases in projections and LayerNorms")
+    embeddings: Embeddings = Field(default_factory=Embeddings)
+    head: Head = Field(default_factory=Head)
+    dropout: Dropout = Field(default_factory=Dropout)
+    objective: Objective
+    precision: Precision = Field(default_factory=Precision)
+    generation: Generation | None = None
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self, info: Any) -> ModelSpec:
+        if info.context and info.context.get("skip_rules"):
+            return self
+        problems = cross_field_problems(self)
+        if problems:
+            raise ValueError("; ".join(f"{'.'.join(map(str, p))}: {m}" for p, m in problems))
+        return self
+
+    # Derived values, computed in one place.
+    @property
+    def kv_heads(self) -> int:
+        return self.attention.kv_heads or self.attention.heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.attention.head_dim or self.d_model // self.attention.heads
+
+    @property
+    def encoder_layers(self) -> int:
+        return self.layers if self.architecture != "decoder-only" else 0
+
+    @property
+    def num_decoder_layers(self) -> int:
+        if self.architecture == "encoder-only":
+            return 0
+        return self.decoder_layers or self.layers
+
+    @property
+    def decoder_start(self) -> str:
+        """The special token (its role) that starts the decoder of an encoder-decoder."""
+        return self.vocabulary.decoder_start or "pad"
+
+    @property
+    def gated(self) -> bool:
+        return self.feed_forward.activation in GATED_ACTIVATIONS
+
+    @property
+    def can_generate(self) -> bool:
+        return self.architecture != "encoder-only"
+
+
+# ----------------------------------------------------------------------------------------
+# Cross-field rules. Each rule names the top-level fields it reads, so that rules whose inputs
+# are valid still run (and are reported) when other sections have field errors.
+
+RuleProblems = list[tuple[tuple[str | int, ...], str]]
+Rule = Callable[[Any], RuleProblems]
+RULES: list[tuple[frozenset[str], Rule]] = []
+
+
+def rule(*needs: str) -> Callable[[Rule], Rule]:
+    def register(function: Rule) -> Rule:
+        RULES.append((frozenset(needs), function))
+        return function
+
+    return register
+
+
+def _divisors(n: int) -> str:
+    if n > 4096:
+        return "a divisor"
+    values = [str(d) for d in range(1, n + 1) if n % d == 0]
+    return ", ".join(values[:-1]) + f" or {values[-1]}" if len(values) > 1 else values[0]
+
+
+@rule("attention", "d_model")
+def _heads_fit(s: Any) -> RuleProblems:
+    a = s.attention
+    out: RuleProblems = []
+    if a.head_dim is None and s.d_model % a.heads:
+        out.append(
+            (
+                ("attention", "heads"),
+                f"heads ({a.heads}) must divide d_model ({s.d_model}); try "
+                f"{_divisors(s.d_model)}, "
+                "or set attention.head_dim",
+            )
+        )
+    if a.kv_heads is not None and a.heads % a.kv_heads:
+        out.append(
+            (
+                ("attention", "kv_heads"),
+                f"kv_heads ({a.kv_heads}) must divide heads ({a.heads}); try {_divisors(a.heads)}",
+            )
+        )
+    return out
+
+
+@rule("attention", "d_model", "positions")
+def _rope_even(s: Any) -> RuleProblems:
+    head_dim = s.attention.head_dim or s.d_model // s.attention.heads
+    if s.positions.type == "rope" and head_dim % 2:
+        return [
+            (
+                ("positions", "type"),
+                f"rope rotates pairs of channels, so the head dim must be even, "
+                f"got {head_dim}; change attention.head_dim or d_model",
+            )
+        ]
+    if s.positions.type == "sinusoidal" and s.d_model % 2:
+        return [(("d_model",), f"sinusoidal positions need an even d_model, got {s.d_model}")]
+    return []
+
+
+@rule("objective", "architecture")
+def _objective_fits(s: Any) -> RuleProblems:
+    wanted = OBJECTIVE_ARCHITECTURE[s.objective.type]
+    if wanted != s.architecture:
+        fits = [o for o, a in OBJECTIVE_ARCHITECTURE.items() if a == s.architecture]
+        return [
+            (
+                ("objective", "type"),
+                f"{s.objective.type} trains {wanted} models, not {s.architecture}; "
+                f"use {' or '.join(fits)}, or change architecture to {wanted}",
+            )
+        ]
+    return []
+
+
+@rule("objective")
+def _masked_split(s: Any) -> RuleProblems:
+    o = s.objective
+    if o.type == "masked-lm" and o.mask_fraction + o.random_fraction > 1 + 1e-9:
+        return [
+            (
+                ("objective", "random_fraction"),
+                f"mask_fraction ({o.mask_fraction}) + random_fraction ({o.random_fraction}) "
+                "must not exceed 1; the rest keep their token (BERT uses 0.8 and 0.1)",
+            )
+        ]
+    return []
+
+
+@rule("vocabulary", "objective", "architecture", "context_length")
+def _special_tokens_fit(s: Any) -> RuleProblems:
+    v = s.vocabulary
+    present = v.special_tokens.present()
+    out: RuleProblems = []
+    needs = {
+        "masked-lm": ["mask", "pad"],
+        "denoising": ["mask", "pad", "eos"],
+        "span-corruption": ["pad", "eos"],
+    }.get(s.objective.type, [])
+    for name in needs:
+        if name not in present:
+            out.append(
+                (
+                    ("vocabulary", "special_tokens", name),
+                    f"{s.objective.type} needs {'an' if name[0] in 'aeiou' else 'a'} {name} "
+                    f'token; add e.g. {name}: "<{name}>"',
+                )
+            )
+    if s.objective.type == "span-corruption":
+        noise = round(s.context_length * s.objective.noise_density)
+        spans = max(1, round(noise / s.objective.mean_span_length))
+        if v.sentinels < spans:
+            out.append(
+                (
+                    ("vocabulary", "sentinels"),
+                    f"span corruption of {s.context_length} tokens at noise density "
+                    f"{s.objective.noise_density} and mean span {s.objective.mean_span_length} "
+                    f"makes up to {spans} spans, so it needs at least {spans} sentinels "
+                    f"(got {v.sentinels}); T5 uses 100",
+                )
+            )
+    texts = list(present.values())
+    clashes = {t for t in texts if texts.count(t) > 1}
+    allowed_shared = {(present.get("bos"), present.get("eos"))}  # GPT-2 uses one for both
+    for text in sorted(clashes):
+        names = [n for n, t in present.items() if t == text]
+        if sorted(names) == ["bos", "eos"] and (text, text) in allowed_shared:
+            continue
+        out.append(
+            (
+                ("vocabulary", "special_tokens", names[-1]),
+                f"{' and '.join(names)} are both {text!r}; special tokens must differ "
+                "(only bos and eos may share one)",
+            )
+        )
+    if v.tokenizer.type == "byte-level":
+        distinct = len(set(texts))
+        needed = BYTE_LEVEL_BASE + distinct + v.sentinels
+        if v.size < needed:
+            out.append(
+                (
+                    ("vocabulary", "size"),
+                    f"the byte-level tokenizer needs {BYTE_LEVEL_BASE} byte tokens + {distinct} "
+                    f"special tokens + {v.sentinels} sentinels = {needed} ids, but size is "
+                    f"{v.size}; raise size to at least {needed}",
+                )
+            )
+    elif v.size < len(set(texts)) + v.sentinels + 1:
+        out.append((("vocabulary", "size"), "the vocabulary is smaller than its special tokens"))
+    return out
+
+
+@rule("positions", "context_length")
+def _positions_bound_context(s: Any) -> RuleProblems:
+    p = s.positions
+    if p.type == "learned" and p.max_positions < s.context_length:
+        return [
+            (
+                ("positions", "max_positions"),
+                f"learned positions cover {p.max_positions} tokens but context_length is "
+                f"{s.context_length}; raise max_positions or lower context_length",
+            )
+        ]
+    return []
+
+
+@rule("architecture", "generation")
+def _generation_fits(s: Any) -> RuleProblems:
+    out: RuleProblems = []
+    if s.generation is None:
+        return out
+    if s.architecture == "encoder-only":
+        return [
+            (
+                ("generation",),
+                "encoder-only models do not generate text; remove the generation section "
+                "(use fill-mask or embed with them)",
+            )
+        ]
+    for index, message in chain_problems(list(s.generation.chain)):
+        path: tuple[str | int, ...] = ("generation", "chain")
+        out.append(((*path, index) if index is not None else path, message))
+    return out
+
+
+@rule("generation", "context_length")
+def _generation_within_context(s: Any) -> RuleProblems:
+    # runtime.generation.max_new_tokens_limit: more than the context window can never be made
+    if s.generation is not None and s.generation.max_new_tokens > s.context_length:
+        return [
+            (
+                ("generation", "max_new_tokens"),
+                f"max_new_tokens {s.generation.max_new_tokens} is beyond the context window of "
+                f"{s.context_length} tokens, so no request could generate that many; lower it "
+                f"to at most {s.context_length}",
+            )
+        ]
+    return []
+
+
+@rule("generation", "vocabulary", "architecture", "objective")
+def _generation_needs_eos(s: Any) -> RuleProblems:
+    # Encoder-only models are told to drop the section; encoder-decoder objectives already
+    # demand eos in _special_tokens_fit.
+    if (
+        s.generation is not None
+        and s.architecture == "decoder-only"
+        and s.vocabulary.special_tokens.eos is None
+    ):
+        return [
+            (
+                ("vocabulary", "special_tokens", "eos"),
+                'a model that generates needs an eos token to stop; add eos: "<eos>"',
+            )
+        ]
+    return []
+
+
+@rule("architecture", "vocabulary")
+def _decoder_start_fits(s: Any) -> RuleProblems:
+    start = s.vocabulary.decoder_start
+    path = ("vocabulary", "decoder_start")
+    if s.architecture != "encoder-decoder":
+        if start is not None:
+            return [(path, f"decoder_start is for encoder-decoder models, not {s.architecture}")]
+        return []
+    # Without decoder_start the decoder starts from pad, which every encoder-decoder objective
+    # already requires (see _special_tokens_fit).
+    if start is not None and start not in s.vocabulary.special_tokens.present():
+        return [
+            (
+                path,
+                f"the decoder starts from the {start} token, but there is none; add "
+                f"special_tokens.{start} or choose a token you have",
+            )
+        ]
+    return []
+
+
+@rule("architecture", "decoder_layers")
+def _decoder_layers_fit(s: Any) -> RuleProblems:
+    if s.decoder_layers is not None and s.architecture != "encoder-decoder":
+        return [
+            (
+                ("decoder_layers",),
+                f"decoder_layers is for encoder-decoder models; a {s.architecture} model "
+                "has one stack, sized by layers",
+            )
+        ]
+    return []
+
+
+@rule("architecture", "embeddings", "head")
+def _encoder_only_parts(s: Any) -> RuleProblems:
+    out: RuleProblems = []
+    if s.architecture != "encoder-only":
+        if s.embeddings.token_types:
+            out.append(
+                (("embeddings", "token_types"), "token type embeddings are for encoder-only models")
+            )
+        if s.head.pooler:
+            out.append((("head", "pooler"), "the pooler is for encoder-only models"))
+        if s.head.transform:
+            out.append((("head", "transform"), "the MLM transform is for encoder-only models"))
+    return out
+
+
+@rule("head")
+def _rescale_needs_tied(s: Any) -> RuleProblems:
+    if s.head.rescale and not s.head.tied:
+        return [
+            (
+                ("head", "rescale"),
+                "rescale applies to a tied output projection (T5); set tied: true or drop it",
+            )
+        ]
+    return []
+
+
+@rule("precision")
+def _precision_fits(s: Any) -> RuleProblems:
+    p = s.precision
+    out: RuleProblems = []
+    if p.quantize == "int8" and p.dtype != "fp32":
+        out.append(
+            (
+                ("precision", "quantize"),
+                f"int8 dynamic quantization works on fp32 graphs; set dtype: fp32 (got {p.dtype})",
+            )
+        )
+    if p.quantize == "int4" and p.dtype == "bf16":
+        out.append((("precision", "quantize"), "int4 (MatMulNBits) takes fp32 or fp16, not bf16"))
+    if p.block_size not in (16, 32, 64, 128, 256):
+        out.append(
+            (
+                ("precision", "block_size"),
+                f"block_size must be 16, 32, 64, 128 or 256, got {p.block_size}",
+            )
+        )
+    return out
+
+
+MAX_INT = 1 << 63  # as the YAML loader's cap (llmspec.spec.yaml_safe): specs built in Python too
+
+
+def _huge_integers(value: Any, path: tuple[str | int, ...]) -> RuleProblems:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return (
+            []
+            if -MAX_INT <= value < MAX_INT
+            else [(path, "out of range: spec integers fit in 64 bits")]
+        )
+    if isinstance(value, dict):
+        return [p for key, item in value.items() for p in _huge_integers(item, (*path, key))]
+    if isinstance(value, list | tuple):
+        return [p for i, item in enumerate(value) for p in _huge_integers(item, (*path, i))]
+    return []
+
+
+@rule()
+def _integers_fit_64_bits(s: Any) -> RuleProblems:
+    # Counts beyond 64 bits overflow the float arithmetic of estimates and every tensor size;
+    # a spec from YAML cannot hold them, one built in Python can.
+    out: RuleProblems = []
+    for name in ModelSpec.model_fields:
+        value = getattr(s, name, None)
+        if isinstance(value, BaseModel):
+            value = value.model_dump()
+        out += _huge_integers(value, (name,))
+    return out
+
+
+def cross_field_problems(
+    spec: Any, valid: frozenset[str] | None = None
+) -> list[tuple[tuple[str | int, ...], str]]:
+    """Every cross-field rule's problems. ``valid`` names the top-level fields that passed
+    field validation (``None``: all did); rules that read an invalid field are skipped."""
+    out: list[tuple[tuple[str | int, ...], str]] = []
+    for needs, function in RULES:
+        if valid is None or needs <= valid:
+            out.extend(function(spec))
+    return out
