@@ -16,7 +16,8 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 from llmspec.errors import Path, Problem, SpecError
-from llmspec.spec.sections import ModelSpec, cross_field_problems
+from llmspec.spec.rules import cross_field_problems
+from llmspec.spec.sections import ModelSpec
 from llmspec.spec.yaml_safe import MAX_BYTES, Located, load_yaml
 from runtime.reading import UnreadableFile, check_regular, read_bytes
 

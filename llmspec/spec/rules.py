@@ -1,0 +1,360 @@
+"""The spec's cross-field rules: what no single section can check on its own.
+
+Each rule names the top-level fields it reads, so that rules whose inputs are valid still run
+(and are reported) when other sections have field errors: :func:`cross_field_problems` is called
+by :class:`~llmspec.spec.sections.ModelSpec`'s validator and, with the valid fields only, by
+:func:`llmspec.spec.loading.load_spec` next to the field errors. A rule takes the spec (or a
+namespace of its valid sections) and returns ``(path, message)`` pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel
+
+from llmspec.spec.sections import BYTE_LEVEL_BASE, OBJECTIVE_ARCHITECTURE, ModelSpec
+from llmspec.spec.yaml_safe import MAX_INT
+from runtime.decoding import chain_problems
+
+RuleProblems = list[tuple[tuple[str | int, ...], str]]
+Rule = Callable[[Any], RuleProblems]
+RULES: list[tuple[frozenset[str], Rule]] = []
+
+
+def rule(*needs: str) -> Callable[[Rule], Rule]:
+    def register(function: Rule) -> Rule:
+        RULES.append((frozenset(needs), function))
+        return function
+
+    return register
+
+
+def _divisors(n: int) -> str:
+    if n > 4096:
+        return "a divisor"
+    values = [str(d) for d in range(1, n + 1) if n % d == 0]
+    return ", ".join(values[:-1]) + f" or {values[-1]}" if len(values) > 1 else values[0]
+
+
+@rule("attention", "d_model")
+def _heads_fit(s: Any) -> RuleProblems:
+    a = s.attention
+    out: RuleProblems = []
+    if a.head_dim is None and s.d_model % a.heads:
+        out.append(
+            (
+                ("attention", "heads"),
+                f"heads ({a.heads}) must divide d_model ({s.d_model}); try "
+                f"{_divisors(s.d_model)}, "
+                "or set attention.head_dim",
+            )
+        )
+    if a.kv_heads is not None and a.heads % a.kv_heads:
+        out.append(
+            (
+                ("attention", "kv_heads"),
+                f"kv_heads ({a.kv_heads}) must divide heads ({a.heads}); try {_divisors(a.heads)}",
+            )
+        )
+    return out
+
+
+@rule("attention", "d_model", "positions")
+def _rope_even(s: Any) -> RuleProblems:
+    head_dim = s.attention.head_dim or s.d_model // s.attention.heads
+    if s.positions.type == "rope" and head_dim % 2:
+        return [
+            (
+                ("positions", "type"),
+                f"rope rotates pairs of channels, so the head dim must be even, "
+                f"got {head_dim}; change attention.head_dim or d_model",
+            )
+        ]
+    if s.positions.type == "sinusoidal" and s.d_model % 2:
+        return [(("d_model",), f"sinusoidal positions need an even d_model, got {s.d_model}")]
+    return []
+
+
+@rule("objective", "architecture")
+def _objective_fits(s: Any) -> RuleProblems:
+    wanted = OBJECTIVE_ARCHITECTURE[s.objective.type]
+    if wanted != s.architecture:
+        fits = [o for o, a in OBJECTIVE_ARCHITECTURE.items() if a == s.architecture]
+        return [
+            (
+                ("objective", "type"),
+                f"{s.objective.type} trains {wanted} models, not {s.architecture}; "
+                f"use {' or '.join(fits)}, or change architecture to {wanted}",
+            )
+        ]
+    return []
+
+
+@rule("objective")
+def _masked_split(s: Any) -> RuleProblems:
+    o = s.objective
+    if o.type == "masked-lm" and o.mask_fraction + o.random_fraction > 1 + 1e-9:
+        return [
+            (
+                ("objective", "random_fraction"),
+                f"mask_fraction ({o.mask_fraction}) + random_fraction ({o.random_fraction}) "
+                "must not exceed 1; the rest keep their token (BERT uses 0.8 and 0.1)",
+            )
+        ]
+    return []
+
+
+@rule("vocabulary", "objective", "architecture", "context_length")
+def _special_tokens_fit(s: Any) -> RuleProblems:
+    v = s.vocabulary
+    present = v.special_tokens.present()
+    out: RuleProblems = []
+    needs = {
+        "masked-lm": ["mask", "pad"],
+        "denoising": ["mask", "pad", "eos"],
+        "span-corruption": ["pad", "eos"],
+    }.get(s.objective.type, [])
+    for name in needs:
+        if name not in present:
+            out.append(
+                (
+                    ("vocabulary", "special_tokens", name),
+                    f"{s.objective.type} needs {'an' if name[0] in 'aeiou' else 'a'} {name} "
+                    f'token; add e.g. {name}: "<{name}>"',
+                )
+            )
+    if s.objective.type == "span-corruption":
+        noise = round(s.context_length * s.objective.noise_density)
+        spans = max(1, round(noise / s.objective.mean_span_length))
+        if v.sentinels < spans:
+            out.append(
+                (
+                    ("vocabulary", "sentinels"),
+                    f"span corruption of {s.context_length} tokens at noise density "
+                    f"{s.objective.noise_density} and mean span {s.objective.mean_span_length} "
+                    f"makes up to {spans} spans, so it needs at least {spans} sentinels "
+                    f"(got {v.sentinels}); T5 uses 100",
+                )
+            )
+    texts = list(present.values())
+    clashes = {t for t in texts if texts.count(t) > 1}
+    allowed_shared = {(present.get("bos"), present.get("eos"))}  # GPT-2 uses one for both
+    for text in sorted(clashes):
+        names = [n for n, t in present.items() if t == text]
+        if sorted(names) == ["bos", "eos"] and (text, text) in allowed_shared:
+            continue
+        out.append(
+            (
+                ("vocabulary", "special_tokens", names[-1]),
+                f"{' and '.join(names)} are both {text!r}; special tokens must differ "
+                "(only bos and eos may share one)",
+            )
+        )
+    if v.tokenizer.type == "byte-level":
+        distinct = len(set(texts))
+        needed = BYTE_LEVEL_BASE + distinct + v.sentinels
+        if v.size < needed:
+            out.append(
+                (
+                    ("vocabulary", "size"),
+                    f"the byte-level tokenizer needs {BYTE_LEVEL_BASE} byte tokens + {distinct} "
+                    f"special tokens + {v.sentinels} sentinels = {needed} ids, but size is "
+                    f"{v.size}; raise size to at least {needed}",
+                )
+            )
+    elif v.size < len(set(texts)) + v.sentinels + 1:
+        out.append((("vocabulary", "size"), "the vocabulary is smaller than its special tokens"))
+    return out
+
+
+@rule("positions", "context_length")
+def _positions_bound_context(s: Any) -> RuleProblems:
+    p = s.positions
+    if p.type == "learned" and p.max_positions < s.context_length:
+        return [
+            (
+                ("positions", "max_positions"),
+                f"learned positions cover {p.max_positions} tokens but context_length is "
+                f"{s.context_length}; raise max_positions or lower context_length",
+            )
+        ]
+    return []
+
+
+@rule("architecture", "generation")
+def _generation_fits(s: Any) -> RuleProblems:
+    out: RuleProblems = []
+    if s.generation is None:
+        return out
+    if s.architecture == "encoder-only":
+        return [
+            (
+                ("generation",),
+                "encoder-only models do not generate text; remove the generation section "
+                "(use fill-mask or embed with them)",
+            )
+        ]
+    for index, message in chain_problems(list(s.generation.chain)):
+        path: tuple[str | int, ...] = ("generation", "chain")
+        out.append(((*path, index) if index is not None else path, message))
+    return out
+
+
+@rule("generation", "context_length")
+def _generation_within_context(s: Any) -> RuleProblems:
+    # runtime.generation.max_new_tokens_limit: more than the context window can never be made
+    if s.generation is not None and s.generation.max_new_tokens > s.context_length:
+        return [
+            (
+                ("generation", "max_new_tokens"),
+                f"max_new_tokens {s.generation.max_new_tokens} is beyond the context window of "
+                f"{s.context_length} tokens, so no request could generate that many; lower it "
+                f"to at most {s.context_length}",
+            )
+        ]
+    return []
+
+
+@rule("generation", "vocabulary", "architecture", "objective")
+def _generation_needs_eos(s: Any) -> RuleProblems:
+    # Encoder-only models are told to drop the section; encoder-decoder objectives already
+    # demand eos in _special_tokens_fit.
+    if (
+        s.generation is not None
+        and s.architecture == "decoder-only"
+        and s.vocabulary.special_tokens.eos is None
+    ):
+        return [
+            (
+                ("vocabulary", "special_tokens", "eos"),
+                'a model that generates needs an eos token to stop; add eos: "<eos>"',
+            )
+        ]
+    return []
+
+
+@rule("architecture", "vocabulary")
+def _decoder_start_fits(s: Any) -> RuleProblems:
+    start = s.vocabulary.decoder_start
+    path = ("vocabulary", "decoder_start")
+    if s.architecture != "encoder-decoder":
+        if start is not None:
+            return [(path, f"decoder_start is for encoder-decoder models, not {s.architecture}")]
+        return []
+    # Without decoder_start the decoder starts from pad, which every encoder-decoder objective
+    # already requires (see _special_tokens_fit).
+    if start is not None and start not in s.vocabulary.special_tokens.present():
+        return [
+            (
+                path,
+                f"the decoder starts from the {start} token, but there is none; add "
+                f"special_tokens.{start} or choose a token you have",
+            )
+        ]
+    return []
+
+
+@rule("architecture", "decoder_layers")
+def _decoder_layers_fit(s: Any) -> RuleProblems:
+    if s.decoder_layers is not None and s.architecture != "encoder-decoder":
+        return [
+            (
+                ("decoder_layers",),
+                f"decoder_layers is for encoder-decoder models; a {s.architecture} model "
+                "has one stack, sized by layers",
+            )
+        ]
+    return []
+
+
+@rule("architecture", "embeddings", "head")
+def _encoder_only_parts(s: Any) -> RuleProblems:
+    out: RuleProblems = []
+    if s.architecture != "encoder-only":
+        if s.embeddings.token_types:
+            out.append(
+                (("embeddings", "token_types"), "token type embeddings are for encoder-only models")
+            )
+        if s.head.pooler:
+            out.append((("head", "pooler"), "the pooler is for encoder-only models"))
+        if s.head.transform:
+            out.append((("head", "transform"), "the MLM transform is for encoder-only models"))
+    return out
+
+
+@rule("head")
+def _rescale_needs_tied(s: Any) -> RuleProblems:
+    if s.head.rescale and not s.head.tied:
+        return [
+            (
+                ("head", "rescale"),
+                "rescale applies to a tied output projection (T5); set tied: true or drop it",
+            )
+        ]
+    return []
+
+
+@rule("precision")
+def _precision_fits(s: Any) -> RuleProblems:
+    p = s.precision
+    out: RuleProblems = []
+    if p.quantize == "int8" and p.dtype != "fp32":
+        out.append(
+            (
+                ("precision", "quantize"),
+                f"int8 dynamic quantization works on fp32 graphs; set dtype: fp32 (got {p.dtype})",
+            )
+        )
+    if p.quantize == "int4" and p.dtype == "bf16":
+        out.append((("precision", "quantize"), "int4 (MatMulNBits) takes fp32 or fp16, not bf16"))
+    if p.block_size not in (16, 32, 64, 128, 256):
+        out.append(
+            (
+                ("precision", "block_size"),
+                f"block_size must be 16, 32, 64, 128 or 256, got {p.block_size}",
+            )
+        )
+    return out
+
+
+def _huge_integers(value: Any, path: tuple[str | int, ...]) -> RuleProblems:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return (
+            []
+            if -MAX_INT <= value < MAX_INT
+            else [(path, "out of range: spec integers fit in 64 bits")]
+        )
+    if isinstance(value, dict):
+        return [p for key, item in value.items() for p in _huge_integers(item, (*path, key))]
+    if isinstance(value, list | tuple):
+        return [p for i, item in enumerate(value) for p in _huge_integers(item, (*path, i))]
+    return []
+
+
+@rule()
+def _integers_fit_64_bits(s: Any) -> RuleProblems:
+    # Counts beyond 64 bits overflow the float arithmetic of estimates and every tensor size;
+    # a spec from YAML cannot hold them, one built in Python can.
+    out: RuleProblems = []
+    for name in ModelSpec.model_fields:
+        value = getattr(s, name, None)
+        if isinstance(value, BaseModel):
+            value = value.model_dump()
+        out += _huge_integers(value, (name,))
+    return out
+
+
+def cross_field_problems(
+    spec: Any, valid: frozenset[str] | None = None
+) -> list[tuple[tuple[str | int, ...], str]]:
+    """Every cross-field rule's problems. ``valid`` names the top-level fields that passed
+    field validation (``None``: all did); rules that read an invalid field are skipped."""
+    out: list[tuple[tuple[str | int, ...], str]] = []
+    for needs, function in RULES:
+        if valid is None or needs <= valid:
+            out.extend(function(spec))
+    return out
