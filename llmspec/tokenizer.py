@@ -54,7 +54,7 @@ def special_texts(spec: ModelSpec) -> list[str]:
     return texts
 
 
-def _byte_alphabet() -> list[str]:
+def byte_alphabet() -> list[str]:
     """The printable stand-in of each byte 0..255, as the ByteLevel pre-tokenizer writes them
     (GPT-2's bytes-to-unicode table), in byte order."""
     printable = [
@@ -85,7 +85,7 @@ def byte_level(spec: ModelSpec) -> Tokenizer:
     vocab: dict[str, int] = {}
     for text in special_texts(spec):
         vocab[text] = len(vocab)
-    for symbol in _byte_alphabet():
+    for symbol in byte_alphabet():
         vocab[symbol] = len(vocab)
     for index in range(spec.vocabulary.sentinels):
         vocab[sentinel(index)] = size - 1 - index
@@ -117,7 +117,7 @@ def train_bpe(spec: ModelSpec, files: list[Path], max_line: int = CORPUS_MAX_LIN
         vocab_size=spec.vocabulary.size - sentinels,
         min_frequency=min_frequency,
         special_tokens=special_texts(spec),
-        initial_alphabet=_byte_alphabet(),
+        initial_alphabet=byte_alphabet(),
         show_progress=False,
     )
     tokenizer = Tokenizer(models.BPE())

@@ -86,7 +86,7 @@ def bpe_trainer(spec: ModelSpec) -> trainers.BpeTrainer:
         vocab_size=spec.vocabulary.size,
         min_frequency=2,
         special_tokens=special_texts(spec),
-        initial_alphabet=llmspec.tokenizer._byte_alphabet(),
+        initial_alphabet=llmspec.tokenizer.byte_alphabet(),
         show_progress=False,
     )
 

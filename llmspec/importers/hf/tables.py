@@ -18,7 +18,7 @@ BART's ``final_logits_bias`` is one row (:data:`ROW`). Every transform has its i
 Besides its names a table lists, explicitly, the Hugging Face tensors that are not ours:
 
 * ``head``: the output projection. The importing family decides whether it is tied (see
-  :mod:`llmspec.importers.hf.importer`); a separate one is our ``lm_head.weight``, and :func:`to_hf` writes
+  :mod:`llmspec.importers.hf.families`); a separate one is our ``lm_head.weight``, and :func:`to_hf` writes
   a tied one as the embeddings, as the headed model's ``state_dict()`` has it.
 * ``ties``: names holding a copy of another name's tensor (T5's and BART's per-stack
   ``embed_tokens``, BERT's decoder bias). Importing checks that the copy is equal;
@@ -35,7 +35,9 @@ table's ``optional`` is on when the weights have its first name (BERT's pooler, 
 ``attention_bias``). :func:`to_hf` writes whatever parts our tensors have.
 
 Adding a family is adding its table here (and :data:`TABLES`) and its config translation in
-:mod:`llmspec.importers.hf.importer`.
+:mod:`llmspec.importers.hf.families` (with its defaults in :mod:`llmspec.importers.hf.config`).
+The module is long because it is one thing: the tables, one per family, and the two
+directions that read them.
 """
 
 from __future__ import annotations

@@ -1,0 +1,163 @@
+"""config.json as transformers' config classes read it: each family's defaults and architectures.
+
+Saved configs may omit any value their config class has a default for; :class:`Config` gives
+that default, checks types, and refuses values the spec cannot express with a message naming
+the option.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from llmspec.importers.hf.tables import HFImportError
+
+__all__ = ["ARCHITECTURES", "DEFAULTS", "Config", "check_architectures"]
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "bert": {
+        "vocab_size": 30522,
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1,
+        "max_position_embeddings": 512,
+        "type_vocab_size": 2,
+        "layer_norm_eps": 1e-12,
+        "pad_token_id": 0,
+        "position_embedding_type": "absolute",
+        "is_decoder": False,
+        "add_cross_attention": False,
+        "tie_word_embeddings": True,
+    },
+    "gpt2": {
+        "vocab_size": 50257,
+        "n_positions": 1024,
+        "n_embd": 768,
+        "n_layer": 12,
+        "n_head": 12,
+        "n_inner": None,
+        "activation_function": "gelu_new",
+        "resid_pdrop": 0.1,
+        "attn_pdrop": 0.1,
+        "layer_norm_epsilon": 1e-5,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "add_cross_attention": False,
+        "bos_token_id": 50256,
+        "eos_token_id": 50256,
+        "tie_word_embeddings": True,
+    },
+    "t5": {
+        "vocab_size": 32128,
+        "d_model": 512,
+        "d_kv": 64,
+        "d_ff": 2048,
+        "num_layers": 6,
+        "num_decoder_layers": None,
+        "num_heads": 8,
+        "relative_attention_num_buckets": 32,
+        "relative_attention_max_distance": 128,
+        "dropout_rate": 0.1,
+        "layer_norm_epsilon": 1e-6,
+        "feed_forward_proj": "relu",
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "tie_word_embeddings": True,
+    },
+    "bart": {
+        "vocab_size": 50265,
+        "max_position_embeddings": 1024,
+        "encoder_layers": 12,
+        "encoder_ffn_dim": 4096,
+        "encoder_attention_heads": 16,
+        "decoder_layers": 12,
+        "decoder_ffn_dim": 4096,
+        "decoder_attention_heads": 16,
+        "activation_function": "gelu",
+        "d_model": 1024,
+        "dropout": 0.1,
+        "attention_dropout": 0.0,
+        "scale_embedding": False,
+        "pad_token_id": 1,
+        "bos_token_id": 0,
+        "eos_token_id": 2,
+        "tie_word_embeddings": True,
+    },
+    "llama": {
+        "vocab_size": 32000,
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": None,
+        "hidden_act": "silu",
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-6,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "head_dim": None,
+    },
+}
+
+ARCHITECTURES = {
+    "bert": ("BertModel", "BertForMaskedLM"),
+    "gpt2": ("GPT2Model", "GPT2LMHeadModel"),
+    "t5": ("T5Model", "T5ForConditionalGeneration"),
+    "bart": ("BartModel", "BartForConditionalGeneration"),
+    "llama": ("LlamaModel", "LlamaForCausalLM"),
+}
+
+
+class Config:
+    """One family's config.json with transformers' defaults behind it."""
+
+    def __init__(self, raw: dict[str, Any], family: str) -> None:
+        self.raw = raw
+        self.family = family
+        self.defaults = DEFAULTS[family]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.raw.get(key, self.defaults.get(key))
+
+    def integer(self, key: str, *, minimum: int = 1) -> int:
+        value = self[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise HFImportError(
+                f"config.json: {key} must be an integer >= {minimum}, got {value!r}"
+            )
+        return value
+
+    def number(self, key: str) -> float:
+        value = self[key]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise HFImportError(f"config.json: {key} must be a number, got {value!r}")
+        return float(value)
+
+    def refuse(self, key: str, supported: Callable[[Any], bool], why: str) -> None:
+        """Refuse the import when ``key`` holds a value the spec cannot express."""
+        value = self[key]
+        if not supported(value):
+            raise HFImportError(f"config.json: {key} = {json.dumps(value)} is not supported: {why}")
+
+
+def check_architectures(config: Config) -> str:
+    """The config's architecture (else the family's name); one whose head has no place in a
+    spec is refused."""
+    architectures = config.raw.get("architectures") or []
+    supported = ARCHITECTURES[config.family]
+    unknown = [a for a in architectures if a not in supported]
+    if unknown:
+        raise HFImportError(
+            f"config.json: architectures {unknown[0]!r} is not supported: its extra head has no "
+            f"place in a spec; llmspec imports {' and '.join(supported)}"
+        )
+    return architectures[0] if architectures else config.family
