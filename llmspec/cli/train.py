@@ -7,7 +7,9 @@ import math
 
 from llmspec.cli.arguments import add_data_argument, non_negative, positive
 from llmspec.errors import EXIT_OK
-from llmspec.trainer.loop import STRATEGIES, Settings, train
+from llmspec.trainer.cluster import STRATEGIES
+from llmspec.trainer.loop import train
+from llmspec.trainer.settings import Settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

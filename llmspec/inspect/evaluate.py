@@ -19,8 +19,8 @@ Perplexity is not reported for masked-lm (a masked model scores a few positions 
 sides, which is not a likelihood of the text).
 
 How: the data are read, tokenized and chunked exactly as ``llmspec train`` does
-(:func:`llmspec.trainer.loop.corpus_files`, :func:`~llmspec.trainer.loop.token_stream`,
-:class:`~llmspec.trainer.loop.Dataset`), with the artifact's own tokenizer and spec. Every chunk of
+(:func:`llmspec.trainer.data.corpus_files`, :func:`~llmspec.trainer.data.token_stream`,
+:class:`~llmspec.trainer.data.Dataset`), with the artifact's own tokenizer and spec. Every chunk of
 the corpus is evaluated (the corpus is taken to be held out as a whole), in stream order, at most
 ``batches`` batches of ``batch_size``; each chunk is corrupted by the objective's collator with
 a generator seeded by ``(seed, chunk)`` as the trainer's held-out evaluation does, so a run's
@@ -49,7 +49,9 @@ import numpy as np
 
 from llmspec.errors import LlmspecError
 from llmspec.spec.sections import ModelSpec
+from llmspec.trainer.data import Dataset, corpus_files, eval_batches, token_stream
 from llmspec.trainer.objectives import IGNORE, Features, TokenIds, make_collator
+from llmspec.trainer.settings import Settings
 
 DEFAULT_BATCH_SIZE = 8
 
@@ -117,10 +119,8 @@ def make_batches(
 ) -> list[Features]:
     """The evaluation batches of ``data`` for ``spec``'s objective (see the module docstring):
     numpy arrays named after the model's forward arguments, ``labels`` included. Raises
-    :class:`llmspec.trainer.loop.TrainError` for missing or empty data, :class:`EvalError` for
+    :class:`llmspec.trainer.settings.TrainError` for missing or empty data, :class:`EvalError` for
     settings out of range."""
-    from llmspec.trainer.loop import Dataset, Settings, corpus_files, eval_batches, token_stream
-
     seq_len = spec.context_length if seq_len is None else seq_len
     problems = []
     if batch_size < 1:
@@ -220,7 +220,7 @@ def evaluate(
         device, threads: as :func:`runtime.load`.
 
     Raises ``runtime.ArtifactError`` for an artifact that is not valid,
-    :class:`llmspec.trainer.loop.TrainError` for missing or empty data, :class:`EvalError` for
+    :class:`llmspec.trainer.settings.TrainError` for missing or empty data, :class:`EvalError` for
     settings out of range or data with nothing to score, and the objective's and tokenizer's
     ValueErrors."""
     import runtime

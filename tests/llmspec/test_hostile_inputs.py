@@ -41,7 +41,10 @@ from llmspec.tokenizer import (
     special_texts,
     train_bpe,
 )
-from llmspec.trainer.loop import TokenIds, TrainError, corpus_files, token_stream, train
+from llmspec.trainer.data import corpus_files, token_stream
+from llmspec.trainer.loop import train
+from llmspec.trainer.objectives import TokenIds
+from llmspec.trainer.settings import TrainError
 from runtime.reading import iter_lines
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
@@ -346,8 +349,8 @@ def test_a_corpus_that_is_one_giant_line_trains_in_bounded_pieces(tmp_path: Path
 def test_token_streams_of_large_files_equal_encoding_them_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(llmspec.trainer.loop, "ENCODE_CHUNK", 64)
-    monkeypatch.setattr(llmspec.trainer.loop, "ENCODE_CHUNK_MAX", 256)
+    monkeypatch.setattr(llmspec.trainer.data, "ENCODE_CHUNK", 64)
+    monkeypatch.setattr(llmspec.trainer.data, "ENCODE_CHUNK_MAX", 256)
     text = "".join(f"{TEXT}  indented {i}\n\n\tmore text here\r\n" for i in range(200))
     (tmp_path / "doc.txt").write_text(text, encoding="utf-8", newline="")
     (tmp_path / "binary.bin").write_bytes(b"ok" * 200 + b"\xff")  # not UTF-8: skipped as before

@@ -16,14 +16,11 @@ import llmspec
 from llmspec.cli import main
 from llmspec.spec.loading import load_spec
 from llmspec.tokenizer import load_for_spec
-from llmspec.trainer.loop import (
-    CHECKPOINTS,
-    TrainError,
-    checkpoint_dirs,
-    lr_factor,
-    read_metrics,
-    train,
-)
+from llmspec.trainer.checkpoints import CHECKPOINTS, checkpoint_dirs
+from llmspec.trainer.loop import train
+from llmspec.trainer.optimization import lr_factor
+from llmspec.trainer.progress import read_metrics
+from llmspec.trainer.settings import TrainError
 
 ROOT = Path(__file__).resolve().parents[3]
 SPECS = ROOT / "specs"

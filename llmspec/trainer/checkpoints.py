@@ -1,0 +1,146 @@
+"""The run directory: its file names, what a run starts from (a spec, a run or a model
+directory), and its checkpoints, written atomically and read back to resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmspec.files import publishing
+from llmspec.spec.loading import load_spec
+from llmspec.spec.sections import FileTokenizer, ModelSpec
+from llmspec.trainer.optimization import Precision
+from llmspec.trainer.settings import TrainError
+
+SPEC_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "spec.yaml", "weights.safetensors", "tokenizer.json"
+RUN_FILE, METRICS_FILE, PLOT_FILE = "run.json", "metrics.jsonl", "loss.png"
+CHECKPOINTS, OPTIMIZER_FILE, STATE_FILE = "checkpoints", "optimizer.pt", "state.json"
+KEEP_CHECKPOINTS = 2
+
+
+@dataclass
+class Source:
+    """What a run starts from: a spec, its tokenizer, and (from a run or model directory) the
+    weights to continue from."""
+
+    spec: ModelSpec
+    tokenizer: Any
+    weights: Path | None = None
+
+
+def stored_spec(spec: ModelSpec) -> ModelSpec:
+    """The spec as a run directory stores it: a trained or given tokenizer becomes the
+    directory's tokenizer.json."""
+    if spec.vocabulary.tokenizer.type == "byte-level":
+        return spec
+    vocabulary = spec.vocabulary.model_copy(
+        update={"tokenizer": FileTokenizer(type="file", path=TOKENIZER_FILE)}
+    )
+    return spec.model_copy(update={"vocabulary": vocabulary})
+
+
+def load_source(spec_or_dir: ModelSpec | str | os.PathLike[str]) -> Source:
+    """The spec, tokenizer and initial weights of a spec file, a spec object, or a directory
+    holding spec.yaml (a run, or ``llmspec import-hf`` output; weights.safetensors optional)."""
+    from llmspec.tokenizer import load_for_spec
+
+    if isinstance(spec_or_dir, ModelSpec):
+        return Source(spec_or_dir, load_for_spec(spec_or_dir, Path.cwd()))
+    path = Path(spec_or_dir)
+    if path.is_dir():
+        spec_path = path / SPEC_FILE
+        if not spec_path.is_file():
+            raise TrainError(f"{path}: a directory to train from must hold {SPEC_FILE}")
+        spec = load_spec(spec_path)
+        weights = path / WEIGHTS_FILE
+        return Source(spec, load_for_spec(spec, path), weights if weights.is_file() else None)
+    if not path.is_file():
+        raise TrainError(f"{path}: no such spec file or run directory")
+    spec = load_spec(path)
+    return Source(spec, load_for_spec(spec, path.parent))
+
+
+def checkpoint_dirs(run: Path) -> list[Path]:
+    """The run's complete checkpoints, oldest first (staging directories are hidden)."""
+    root = run / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")]
+    return sorted(found, key=lambda p: int(p.name.removeprefix("step-")))
+
+
+def state_dicts(model: Any, optimizer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The full model and optimizer state dicts, on the CPU of rank 0 (empty elsewhere).
+    Every process must call this: FSDP gathers the shards."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return (
+        get_model_state_dict(model, options=options),
+        get_optimizer_state_dict(model, optimizer, options=options),
+    )
+
+
+def weights_bytes(weights: dict[str, Any]) -> bytes:
+    """``weights`` as a safetensors file's bytes."""
+    from safetensors.torch import save
+
+    return save({name: t.detach().contiguous() for name, t in weights.items()})
+
+
+def save_checkpoint(
+    run: Path,
+    step: int,
+    weights: dict[str, Any],
+    optimizer_state: dict[str, Any],
+    scheduler: Any,
+    precision: Precision,
+    state: dict[str, Any],
+) -> None:
+    """Write checkpoint ``step`` atomically (process 0, with the state dicts every process
+    gathered), keeping the newest KEEP_CHECKPOINTS."""
+    import torch
+
+    target = run / CHECKPOINTS / f"step-{step:08d}"
+    with publishing(target, replace=True) as staged:
+        (staged / WEIGHTS_FILE).write_bytes(weights_bytes(weights))
+        extra = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict()}
+        if precision.scaler is not None:
+            extra["scaler"] = precision.scaler.state_dict()
+        # Through a handle: torch.save to a path reports a full disk as a RuntimeError
+        # without the cause; a handle's write raises the OSError.
+        with (staged / OPTIMIZER_FILE).open("wb") as handle:
+            torch.save(extra, handle)
+        (staged / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2))
+    for old in checkpoint_dirs(run)[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(
+    checkpoint: Path, model: Any, optimizer: Any, scheduler: Any, precision: Precision
+) -> tuple[int, dict[str, Any]]:
+    """Load ``checkpoint``'s optimizer, scheduler and gradient scaler states (every process
+    reads the full states); (the checkpoint's step, its state.json without the step)."""
+    import torch
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_optimizer_state_dict,
+    )
+
+    saved = torch.load(checkpoint / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+    set_optimizer_state_dict(
+        model, optimizer, saved["optimizer"], options=StateDictOptions(full_state_dict=True)
+    )
+    scheduler.load_state_dict(saved["scheduler"])
+    if precision.scaler is not None and "scaler" in saved:
+        precision.scaler.load_state_dict(saved["scaler"])
+    state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+    return int(state.pop("step")), state

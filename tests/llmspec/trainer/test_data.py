@@ -1,0 +1,37 @@
+"""The data a run reads: numpy only, so that evaluation (which runs ONNX artifacts) can cut its
+data as training does without torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_the_data_and_evaluation_import_and_batch_without_torch(tmp_path: Path):
+    (tmp_path / "corpus.txt").write_text("The cat sat on the mat.\n" * 40)
+    code = (
+        "import sys\n"
+        "import llmspec.trainer.data, llmspec.inspect.evaluate\n"
+        "assert 'torch' not in sys.modules, 'import'\n"
+        "from llmspec.inspect.evaluate import make_batches\n"
+        "from llmspec.spec.loading import load_spec\n"
+        "from llmspec.tokenizer import load_for_spec\n"
+        "spec = load_spec('specs/tiny-t5.yaml')\n"
+        f"batches = make_batches(spec, load_for_spec(spec, {str(ROOT)!r}),"
+        f" [{str(tmp_path / 'corpus.txt')!r}], batch_size=2, seq_len=32)\n"
+        "assert batches and 'torch' not in sys.modules, 'batches'\n"
+        "print(' '.join(sorted(batches[0])))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == [
+        "attention_mask",
+        "decoder_attention_mask",
+        "decoder_input_ids",
+        "input_ids",
+        "labels",
+    ]
