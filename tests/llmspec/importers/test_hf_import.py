@@ -6,6 +6,7 @@ These tests need nothing from the code generator; test_hf_parity.py runs the imp
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import hf_tiny
@@ -301,8 +302,6 @@ def test_options_that_change_the_model_are_refused(
 
 
 def _escape(text: str) -> str:
-    import re
-
     return re.escape(text)
 
 
