@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import llmspec
 from llmspec import load_spec
 from llmspec.spec.sections import Denoising, MaskedLM, SpanCorruption
 from llmspec.tokenizer import load_for_spec, sentinel
@@ -369,8 +370,6 @@ def test_an_example_does_not_depend_on_the_rest_of_its_batch():
 @pytest.mark.parametrize("name", ["tiny-decoder", "tiny-encoder", "tiny-t5", "tiny-bart"])
 def test_tiny_spec_batches_run_through_their_model(name: str):
     import torch
-
-    import llmspec
 
     spec = load_spec(SPECS / f"{name}.yaml")
     tokenizer = load_for_spec(spec)

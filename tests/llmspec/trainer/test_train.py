@@ -3,6 +3,7 @@ DDP and FSDP match one process, and the memory estimate matches what a step take
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 import llmspec
 from llmspec.cli import main
+from llmspec.inspect.estimate import estimate
 from llmspec.spec.loading import load_spec
 from llmspec.tokenizer import load_for_spec
 from llmspec.trainer.checkpoints import CHECKPOINTS, checkpoint_dirs
@@ -283,8 +285,6 @@ def single_run(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def drop_last_checkpoint(run: Path, into: Path) -> Path:
     """A copy of ``run`` as a kill after its second-to-last checkpoint would leave it."""
-    import shutil
-
     shutil.copytree(run, into)
     shutil.rmtree(checkpoint_dirs(into)[-1])
     (into / "weights.safetensors").unlink()
@@ -350,8 +350,6 @@ def peak_tensor_bytes(spec_name: str, batch_size: int, seq_len: int) -> tuple[in
     memory for the same step, DDP / one device)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
-
-    from llmspec.inspect.estimate import estimate
 
     spec = load_spec(SPECS / f"{spec_name}.yaml")
     ids = torch.randint(0, 250, (batch_size, seq_len))
