@@ -10,17 +10,13 @@ the artifact's family (see :mod:`runtime.model`)::
     print(result.texts, result.finish_reasons, result.timing.per_token_ms)
 """
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from runtime.artifact import ArtifactError
 from runtime.decoding import DecodingChain, DecodingError
-from runtime.generation import (
-    GenerationResult,
-    GenerationStream,
-    RuntimeInputError,
-    StreamEvent,
-    Timing,
-)
+from runtime.errors import RuntimeInputError
+from runtime.results import GenerationResult, GenerationStream, StreamEvent, Timing
 
 if TYPE_CHECKING:
     from runtime.model import DecoderModel, EncoderModel, MaskCandidate, Seq2SeqModel, load
@@ -42,8 +38,6 @@ _LAZY = {
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'runtime' has no attribute {name!r}")
 

@@ -46,6 +46,12 @@ the file or field it refuses and never trusts the manifest further than it has c
 
 Checksums catch accidents (a truncated copy, a flipped bit, a file from another export); only a
 signature catches tampering, because whoever can change a file can change the manifest too.
+
+This module is longer than most (about 700 lines) because it is one thing: the format, defined
+once. The names (files, graph inputs and outputs), the manifest's schema and every check of an
+artifact against them (the fields, their consistency with the declared graph signatures, the
+directory, the opened graphs) change together whenever the format does; split, a format change
+would again have to be made in several places, which is what defining it once prevents.
 """
 
 from __future__ import annotations

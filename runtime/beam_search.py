@@ -111,7 +111,7 @@ class BeamSearcher:
 
         Args:
             logprobs: ``[batch * beams, vocab]`` log-probabilities of the next token for each
-                model row (``runtime.sampling.log_softmax`` of the last position's logits).
+                model row (``runtime.logits.log_softmax`` of the last position's logits).
 
         Returns:
             ``(rows, tokens)``, both ``[batch * beams]`` int64: before the next model step,

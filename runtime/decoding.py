@@ -23,13 +23,14 @@ falling beyond a few dozen), its ``length_penalty`` is within +-:data:`MAX_LENGT
 :data:`MAX_STEPS` steps (every step runs once per token). ``top_k`` and ``no_repeat_ngram``
 may exceed the vocabulary or the context: they then keep every token / never match, and cost
 nothing more. The request-level sizes (prompt + ``max_new_tokens`` against the context
-window, batch x beams x positions of KV cache against the machine's memory) are checked by
-the model (:mod:`runtime.model`), which knows them.
+window, batch x beams x positions of KV cache against the machine's memory) are checked with the
+model, which knows them (:func:`runtime.generation.checked_request`).
 
 Each step documents its no-op value and rejects bad parameters with an actionable message.
-This module holds configuration only; it imports nothing heavy. The behaviour (numpy logits
-processors, selectors, the runnable :class:`runtime.sampling.SamplerChain`) lives in
-``runtime.sampling``; beam search bookkeeping in ``runtime.beam_search``.
+This module holds configuration only; it imports nothing heavy. The behaviour lives in
+``runtime.processors`` (numpy logits processors), ``runtime.selectors`` and ``runtime.sampling``
+(the runnable :class:`runtime.sampling.SamplerChain`); beam search bookkeeping in
+``runtime.beam_search``.
 
 Plugins
 -------
@@ -83,6 +84,12 @@ fails to import or breaks the contract is reported when its name is used, and na
 of known steps.
 The spec's ``generation`` section accepts built-in steps only (it is validated by pydantic
 against their types); plugins are for Python callers, ``generation.json`` and the CLI.
+
+This module is a little over 600 lines because it is one thing: what a decoding chain may be.
+The step types, the plugins and the chain's forms (compact, JSON, Python) share one name space
+(a plugin's name must not shadow a built-in step; parsing looks up built-ins, then plugins) and
+one set of bounds, so they are checked in one place; the behaviour is elsewhere
+(:mod:`runtime.sampling`).
 """
 
 from __future__ import annotations

@@ -1,45 +1,50 @@
-"""What generation returns, and the per-row text bookkeeping of the generation loop.
+"""The generation loop: a request's checks, its run over a model's stepper, each row's text.
 
-* :class:`GenerationResult`: per row the generated text, token ids and finish reason
-  (``"eos"``, ``"stop"`` or ``"length"``), and the request's :class:`Timing`.
-* :class:`StreamEvent`: one per row and step while streaming: the token, the text it adds and,
-  on the row's last event, its finish reason. A :class:`GenerationStream` yields them and,
-  once exhausted, holds the :class:`GenerationResult`.
+The generative models of :mod:`runtime.model` hand ``generate``'s arguments to
+:func:`checked_request`, which checks all of them before a graph runs, and run the
+:class:`Request` it returns with a :class:`Run`: step by step with a
+:class:`runtime.sampling.SamplerChain`, or as a beam search (:mod:`runtime.beam_search`), over
+a :class:`Stepper`, the model's side that runs its graphs and keeps the KV cache
+(:mod:`runtime.steppers`). What a run returns is defined in :mod:`runtime.results`. The
+artifact's defaults for it, generation.json (``max_new_tokens`` and the chain), are read here
+too (:func:`read_generation`).
 
 Text is decoded incrementally (the prefix-offset method of Hugging Face's text-generation-
-inference): a step's text is released only once its bytes form whole characters, and, when stop
-strings are given, only once it cannot be the beginning of a stop string. So the concatenated
-stream of a row equals its final text exactly, and a stop string never leaks into a stream.
-
-Decisions: the generated token ids include the eos token and the tokens that formed a stop
-string; the texts include neither (the stop string and what follows it are trimmed). The texts
-leave out pad, bos and eos tokens but keep other special tokens (a T5 model's sentinels, a
-mask token), because those carry meaning in what such models generate.
+inference, :class:`RowText`): a step's text is released only once its bytes form whole
+characters, and, when stop strings are given, only once it cannot be the beginning of a stop
+string. So the concatenated stream of a row equals its final text exactly, and a stop string
+never leaks into a stream.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from runtime.decoding import DecodingChain, DecodingError
-from runtime.errors import LlmspecError
+import numpy as np
+
+from runtime.beam_search import BeamSearcher
+from runtime.decoding import BeamSearch, DecodingChain, DecodingError
+from runtime.errors import LlmspecError, RuntimeInputError
+from runtime.logits import log_softmax
+from runtime.memory import machine_memory
 from runtime.reading import MiB, UnreadableFile, read_json
+from runtime.results import FinishReason, GenerationResult, StreamEvent, Timing
+from runtime.sampling import SamplerChain
 
-FinishReason = Literal["eos", "stop", "length"]
+if TYPE_CHECKING:
+    from runtime.model import GenerativeModel
+
+Prompt = str | Sequence[int] | np.ndarray
+Prompts = Prompt | Sequence[Prompt]
+Chain = DecodingChain | str | Sequence[Any]
 
 # generation.json holds a number and a short chain: a few hundred bytes, three levels deep.
 MAX_GENERATION_BYTES = 1 * MiB
 MAX_GENERATION_DEPTH = 16
-
-# Decoding bytes that do not yet form a whole character gives U+FFFD.
-_INCOMPLETE = "\ufffd"
-
-
-class RuntimeInputError(ValueError, LlmspecError):
-    """A request the runtime refuses before running anything; the message says what to fix."""
 
 
 class GenerationConfigError(ValueError, LlmspecError):
@@ -96,102 +101,310 @@ def read_generation(path: str | os.PathLike[str], context_length: int) -> tuple[
     return max_new, chain
 
 
-@dataclass(frozen=True)
-class Timing:
-    """How long a request took (wall clock, the loop's own time; a streaming consumer's time
-    between events is not counted).
-
-    ``prefill_ms`` is the time to the first token: tokenizing, the prefill (and, for an
-    encoder-decoder model, the encoder) and the first selection. ``per_token_ms`` is the mean
-    time of each later step, in which every unfinished row gets one token (0 when there was
-    only one step). ``steps`` counts the steps, i.e. the longest row's new tokens.
-    """
-
-    prefill_ms: float
-    per_token_ms: float
-    total_ms: float
-    steps: int
-
-    @property
-    def tokens_per_second(self) -> float:
-        """Steps per second after the first token (per row; multiply by the batch)."""
-        return 1000.0 / self.per_token_ms if self.per_token_ms > 0 else 0.0
+# ----------------------------------------------------------------------------------------
+# The request
 
 
-@dataclass(frozen=True)
-class GenerationResult:
-    """One request's output, one entry per prompt (batch row) in the order given."""
+@dataclass
+class Request:
+    """One checked generate call."""
 
-    texts: list[str]
-    tokens: list[list[int]]
-    finish_reasons: list[FinishReason]
-    prompt_tokens: list[list[int]]
-    timing: Timing
-
-    @property
-    def text(self) -> str:
-        """The text of a one-prompt request."""
-        if len(self.texts) != 1:
-            raise ValueError(f"the request had {len(self.texts)} prompts; use .texts")
-        return self.texts[0]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "results": [
-                {"text": text, "tokens": tokens, "finish_reason": reason, "prompt_tokens": prompt}
-                for text, tokens, reason, prompt in zip(
-                    self.texts, self.tokens, self.finish_reasons, self.prompt_tokens, strict=True
-                )
-            ],
-            "timing": {**asdict(self.timing), "tokens_per_second": self.timing.tokens_per_second},
-        }
+    prompts: list[list[int]]  # the token ids the model is fed (framed for encoder inputs)
+    max_new_tokens: int
+    sampler: SamplerChain | None  # None with beam search
+    beam: BeamSearch | None
+    seed: int | None
+    stop: tuple[str, ...]
+    stream: bool
 
 
-@dataclass(frozen=True)
-class StreamEvent:
-    """One generated token of one row: ``text`` is what it adds to the row's text (possibly
-    ``""`` while the characters are incomplete or could begin a stop string, and possibly more
-    than this token's text when held-back text is released); ``finish_reason`` is set on the
-    row's last event."""
+def _prompt_list(model: GenerativeModel, prompts: Prompts) -> list[list[int]]:
+    """The prompts of a request as checked token ids, one list per row."""
+    if isinstance(prompts, bytes | bytearray):
+        raise RuntimeInputError("prompts must be a string or token ids, not bytes; decode them")
+    if isinstance(prompts, str):
+        items: list[Any] = [prompts]
+    elif isinstance(prompts, np.ndarray):
+        items = [prompts] if prompts.ndim == 1 else list(prompts)
+    elif isinstance(prompts, Sequence):
+        if len(prompts) == 0:
+            raise RuntimeInputError("no prompts given; pass a string or a list of them")
+        single = all(isinstance(p, int | np.integer) and not isinstance(p, bool) for p in prompts)
+        items = [prompts] if single else list(prompts)
+    else:
+        raise RuntimeInputError(
+            f"prompts must be a string, a list of token ids, or a list of those; "
+            f"got {type(prompts).__name__}"
+        )
+    result = []
+    for row, item in enumerate(items):
+        what = f"prompt {row}"
+        if isinstance(item, str):
+            if not item:
+                raise RuntimeInputError(f"{what} is empty; give some text to continue")
+            result.append(model._checked_ids(model._prompt_tokens(item, what), what))
+        elif isinstance(item, bytes):
+            raise RuntimeInputError(f"{what} is bytes; decode it to a str first")
+        else:
+            result.append(model._checked_ids(item, what))
+    return result
 
-    row: int
-    token: int
-    text: str
-    finish_reason: FinishReason | None = None
 
-
-class GenerationStream(Iterator[StreamEvent]):
-    """The events of a streaming request, as they are produced; ``result`` once exhausted.
-
-    The request's inputs were checked when it was made; running it happens as the stream is
-    consumed. Closing (or dropping) the stream early stops the generation."""
-
-    def __init__(self, events: Iterator[StreamEvent], finish: Callable[[], GenerationResult]):
-        self._events = events
-        self._finish = finish
-        self._result: GenerationResult | None = None
-
-    def __iter__(self) -> GenerationStream:
-        return self
-
-    def __next__(self) -> StreamEvent:
-        try:
-            return next(self._events)
-        except StopIteration:
-            if self._result is None:
-                self._result = self._finish()
+def checked_request(
+    model: GenerativeModel,
+    prompts: Prompts,
+    max_new_tokens: int | None,
+    chain: Chain | None,
+    seed: int | None,
+    stop: str | Sequence[str] | None,
+    stream: bool,
+) -> Request:
+    """``generate``'s arguments (see :meth:`runtime.model.GenerativeModel.generate`) checked
+    against ``model`` and the machine's memory, as a :class:`Request`. Raises
+    :class:`RuntimeInputError` or :class:`DecodingError`, before any graph runs."""
+    ids = _prompt_list(model, prompts)
+    default = max_new_tokens is None
+    if max_new_tokens is None:
+        max_new_tokens = model.max_new_tokens
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int | np.integer):
+        raise RuntimeInputError(
+            f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}"
+        )
+    if max_new_tokens < 0:
+        raise RuntimeInputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    try:
+        model._check_lengths(ids, int(max_new_tokens))
+    except RuntimeInputError as err:
+        if not default:
             raise
+        raise RuntimeInputError(
+            f"{err} (max_new_tokens {max_new_tokens} is the artifact's default, from "
+            "generation.json; pass max_new_tokens to choose another)"
+        ) from None
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0
+    ):
+        raise RuntimeInputError(f"seed must be a whole number >= 0 or None, got {seed!r}")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and not isinstance(stop, list | tuple):
+        raise RuntimeInputError(
+            f"stop must be a string or a list of strings, got {type(stop).__name__}"
+        )
+    stops = tuple(stop or ())
+    for text in stops:
+        if not isinstance(text, str) or not text:
+            raise RuntimeInputError(f"stop strings must be non-empty strings, got {text!r}")
+    parsed = model._chain(chain)
+    beam = model._beam(parsed)
+    if beam is not None and stream:
+        raise RuntimeInputError(
+            "beam_search cannot stream: its best hypothesis is known only at the end; "
+            "use stream=False or a sampling chain"
+        )
+    _check_memory(model, ids, int(max_new_tokens), beam.beams if beam is not None else 1)
+    sampler = None
+    if beam is None:
+        sampler = model._default_sampler if parsed is model.chain else SamplerChain(parsed)
+    return Request(ids, int(max_new_tokens), sampler, beam, seed, stops, stream)
 
-    def close(self) -> None:
-        close = getattr(self._events, "close", None)
-        if close is not None:
-            close()
 
-    @property
+def _check_memory(
+    model: GenerativeModel, prompts: list[list[int]], max_new_tokens: int, beams: int
+) -> None:
+    """Refuse a request whose KV cache alone cannot fit the machine's memory."""
+    memory = machine_memory()
+    need = model.request_bytes(prompts, max_new_tokens, beams)
+    if memory is None or need <= memory.total:
+        return
+    available = memory.total
+    gib = 1 << 30
+    raise RuntimeInputError(
+        f"this request needs at least {need / gib:.1f} GiB for its KV cache and logits "
+        f"({len(prompts)} prompts x {beams} beams, up to "
+        f"{model._cache_positions(max(len(p) for p in prompts), max_new_tokens)} positions), "
+        f"more than the {available / gib:.1f} GiB of memory of this machine; send fewer "
+        "prompts at once, or lower beams or max_new_tokens"
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# The run
+
+
+class _Clock:
+    """The loop's own time: paused while a streaming consumer holds the control."""
+
+    def __init__(self) -> None:
+        self.busy = 0.0
+        self._mark = time.perf_counter()
+
+    def pause(self) -> None:
+        self.busy += time.perf_counter() - self._mark
+
+    def resume(self) -> None:
+        self._mark = time.perf_counter()
+
+    def now(self) -> float:
+        return self.busy + time.perf_counter() - self._mark
+
+
+class Stepper:
+    """The model side of one request: runs the graphs and keeps the cache and the masks."""
+
+    rows: int
+
+    def first(self, beams: int) -> np.ndarray:
+        """Run the prompt; ``[rows * beams, vocab]`` logits of the first new token, each
+        prompt's row repeated ``beams`` times (beam ``j`` of prompt ``i`` is row
+        ``i * beams + j``)."""
+        raise NotImplementedError
+
+    def next(self, tokens: np.ndarray, alive: np.ndarray) -> np.ndarray:
+        """Feed one token per row (``alive`` False: the row is done, its token is masked)."""
+        raise NotImplementedError
+
+    def reorder(self, rows: np.ndarray) -> None:
+        """Make row ``i`` of the cache the old row ``rows[i]`` (beam search)."""
+        raise NotImplementedError
+
+
+class Run:
+    """The per-call state of one generate call."""
+
+    def __init__(self, model: GenerativeModel, request: Request) -> None:
+        self.model = model
+        self.request = request
+        rows = len(request.prompts)
+        self.tokens: list[list[int]] = [[] for _ in range(rows)]
+        self.reasons: list[FinishReason] = ["length"] * rows
+        self.texts: list[RowText] | None = None
+        self.clock = _Clock()
+        self.first_token = 0.0
+        self.steps = 0
+        self.eos = model.special_tokens.get("eos")
+
+    def _row_text(self) -> RowText:
+        return RowText(self.model._decode_raw, self.request.stop, self.model._hidden_ids())
+
+    def events(self) -> Iterator[StreamEvent]:
+        request, model = self.request, self.model
+        if request.stream or request.stop:
+            self.texts = [self._row_text() for _ in request.prompts]
+        if request.max_new_tokens == 0:
+            return
+        assert request.sampler is not None
+        state = request.sampler.start(
+            model._prefixes(request.prompts),
+            model.vocab_size,
+            seed=request.seed,
+            pad_id=model.pad_id,
+        )
+        stepper = model._stepper(request.prompts)
+        logits = stepper.first(1)
+        for step in range(request.max_new_tokens):
+            tokens = request.sampler.select(logits, state)
+            state.append(tokens)
+            if step == 0:
+                self.first_token = self.clock.now()
+            self.steps = step + 1
+            last = step == request.max_new_tokens - 1
+            finished: list[int] = []
+            events: list[StreamEvent] = []
+            for row in np.flatnonzero(~state.finished).tolist():
+                token = int(tokens[row])
+                self.tokens[row].append(token)
+                reason: FinishReason | None = None
+                if token == self.eos:
+                    reason = "eos"
+                elif self.texts is not None:
+                    self.texts[row].push(token)
+                    if self.texts[row].stopped:
+                        reason = "stop"
+                if reason is None and last:
+                    reason = "length"
+                if reason is not None:
+                    finished.append(row)
+                    self.reasons[row] = reason
+                if self.texts is not None and request.stream:
+                    text = self.texts[row]
+                    if reason is not None:
+                        text.flush()
+                    events.append(StreamEvent(row, token, text.release(reason is not None), reason))
+            if finished:
+                state.finish(np.asarray(finished, dtype=np.int64))
+            if events:
+                self.clock.pause()
+                yield from events
+                self.clock.resume()
+            if state.finished.all() or last:
+                break
+            logits = stepper.next(tokens, ~state.finished)
+
+    def beam_events(self) -> Iterator[StreamEvent]:
+        request, model = self.request, self.model
+        if request.max_new_tokens == 0:
+            return
+        assert request.beam is not None
+        rows = len(request.prompts)
+        searcher = BeamSearcher.from_config(
+            request.beam, eos_id=self.eos, pad_id=model.pad_id, batch=rows
+        )
+        beams = searcher.beams
+        stepper = model._stepper(request.prompts)
+        logits = stepper.first(beams)
+        identity = np.arange(rows * beams)
+        for step in range(request.max_new_tokens):
+            order, tokens = searcher.step(log_softmax(logits))
+            if step == 0:
+                self.first_token = self.clock.now()
+            self.steps = step + 1
+            if searcher.done or step == request.max_new_tokens - 1:
+                break
+            if not np.array_equal(order, identity):
+                stepper.reorder(order)
+            alive = np.repeat(~searcher.rows_done, beams)
+            logits = stepper.next(tokens, alive)
+        for row, best in enumerate(searcher.best()):
+            self.tokens[row] = best
+            self.reasons[row] = "eos" if best and best[-1] == self.eos else "length"
+        yield from ()
+
     def result(self) -> GenerationResult:
-        if self._result is None:
-            raise RuntimeError("the stream is not exhausted yet; iterate over it first")
-        return self._result
+        total = self.clock.now()
+        texts = []
+        for row, tokens in enumerate(self.tokens):
+            if self.texts is not None:
+                self.texts[row].flush()
+                texts.append(self.texts[row].text)
+                continue
+            text = self.model.decode(tokens)
+            if self.request.stop:  # beam search: cut the best hypothesis' text
+                cut = [i for i in (text.find(s) for s in self.request.stop) if i >= 0]
+                if cut:
+                    text, self.reasons[row] = text[: min(cut)], "stop"
+            texts.append(text)
+        later = self.steps - 1
+        timing = Timing(
+            prefill_ms=1000 * self.first_token,
+            per_token_ms=1000 * (total - self.first_token) / later if later > 0 else 0.0,
+            total_ms=1000 * total,
+            steps=self.steps,
+        )
+        return GenerationResult(
+            texts=texts,
+            tokens=self.tokens,
+            finish_reasons=self.reasons,
+            prompt_tokens=self.request.prompts,
+            timing=timing,
+        )
+
+
+# ----------------------------------------------------------------------------------------
+# Each row's text
+
+# Decoding bytes that do not yet form a whole character gives U+FFFD.
+_INCOMPLETE = "\ufffd"
 
 
 class RowText:

@@ -3,7 +3,7 @@
 :mod:`runtime.artifact` defines the contract (the graphs of each family and the names of their
 inputs and outputs); this module turns token ids and attention masks into those inputs and the
 outputs back into logits, hidden states and caches. The runtime's generation loop
-(:mod:`runtime.model`), ``llmspec verify``, ``llmspec eval`` and the export parity gate all
+(:mod:`runtime.steppers`), ``llmspec verify``, ``llmspec eval`` and the export parity gate all
 feed the graphs through these classes, so a graph is verified and gated exactly as the runtime
 runs it.
 

@@ -23,12 +23,14 @@ Every request is checked before a graph runs (:class:`RuntimeInputError`, a Valu
 decoding chains raise :class:`runtime.decoding.DecodingError`, also a ValueError). A loaded
 model is safe to share between threads: ONNX Runtime sessions run concurrently and each call
 keeps its own state.
+
+``generate`` checks and runs a request with the loop of :mod:`runtime.generation`, which drives
+each family's graphs through :mod:`runtime.steppers`; what it returns is :mod:`runtime.results`.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -43,36 +45,24 @@ from runtime.artifact import (
     read_manifest,
     verify_files,
 )
-from runtime.beam_search import BeamSearcher
 from runtime.decoding import BeamSearch, DecodingChain, DecodingError
+from runtime.errors import RuntimeInputError
 from runtime.generation import (
-    FinishReason,
+    Chain,
     GenerationConfigError,
-    GenerationResult,
-    GenerationStream,
-    RowText,
-    RuntimeInputError,
-    StreamEvent,
-    Timing,
+    Prompts,
+    Run,
+    Stepper,
+    checked_request,
     read_generation,
 )
-from runtime.graphs import (
-    Cache,
-    DecoderGraph,
-    Encoded,
-    EncoderGraph,
-    Seq2SeqGraphs,
-    left_padded,
-    right_padded,
-)
-from runtime.memory import machine_memory
-from runtime.sampling import SamplerChain, log_softmax, softmax
+from runtime.graphs import DecoderGraph, EncoderGraph, Seq2SeqGraphs, right_padded
+from runtime.logits import softmax
+from runtime.results import GenerationResult, GenerationStream
+from runtime.sampling import SamplerChain
 from runtime.session import Graph, resolve_device, session_options
+from runtime.steppers import DecoderStepper, Seq2SeqStepper
 from runtime.tokenizer import ArtifactTokenizer
-
-Prompt = str | Sequence[int] | np.ndarray
-Prompts = Prompt | Sequence[Prompt]
-Chain = DecodingChain | str | Sequence[Any]
 
 POOLINGS = ("mean", "cls")
 
@@ -218,60 +208,10 @@ class _Model:
 
 
 # ----------------------------------------------------------------------------------------
-# Generation
+# Decoder-only and encoder-decoder
 
 
-@dataclass
-class _Request:
-    """One checked generate call."""
-
-    prompts: list[list[int]]  # the token ids the model is fed (framed for encoder inputs)
-    max_new_tokens: int
-    sampler: SamplerChain | None  # None with beam search
-    beam: BeamSearch | None
-    seed: int | None
-    stop: tuple[str, ...]
-    stream: bool
-
-
-class _Clock:
-    """The loop's own time: paused while a streaming consumer holds the control."""
-
-    def __init__(self) -> None:
-        self.busy = 0.0
-        self._mark = time.perf_counter()
-
-    def pause(self) -> None:
-        self.busy += time.perf_counter() - self._mark
-
-    def resume(self) -> None:
-        self._mark = time.perf_counter()
-
-    def now(self) -> float:
-        return self.busy + time.perf_counter() - self._mark
-
-
-class _Stepper:
-    """The model side of one request: runs the graphs and keeps the cache and the masks."""
-
-    rows: int
-
-    def first(self, beams: int) -> np.ndarray:
-        """Run the prompt; ``[rows * beams, vocab]`` logits of the first new token, each
-        prompt's row repeated ``beams`` times (beam ``j`` of prompt ``i`` is row
-        ``i * beams + j``)."""
-        raise NotImplementedError
-
-    def next(self, tokens: np.ndarray, alive: np.ndarray) -> np.ndarray:
-        """Feed one token per row (``alive`` False: the row is done, its token is masked)."""
-        raise NotImplementedError
-
-    def reorder(self, rows: np.ndarray) -> None:
-        """Make row ``i`` of the cache the old row ``rows[i]`` (beam search)."""
-        raise NotImplementedError
-
-
-class _GenerativeModel(_Model):
+class GenerativeModel(_Model):
     """generate() for decoder-only and encoder-decoder models."""
 
     def __init__(self, root: Path, manifest: Manifest, device: str, threads: int | None):
@@ -301,97 +241,10 @@ class _GenerativeModel(_Model):
         """What the decoding state sees as each row's sequence so far."""
         raise NotImplementedError
 
-    def _stepper(self, prompts: list[list[int]]) -> _Stepper:
+    def _stepper(self, prompts: list[list[int]]) -> Stepper:
         raise NotImplementedError
 
     # -- the request
-
-    def _prompt_list(self, prompts: Prompts) -> list[list[int]]:
-        if isinstance(prompts, bytes | bytearray):
-            raise RuntimeInputError("prompts must be a string or token ids, not bytes; decode them")
-        if isinstance(prompts, str):
-            items: list[Any] = [prompts]
-        elif isinstance(prompts, np.ndarray):
-            items = [prompts] if prompts.ndim == 1 else list(prompts)
-        elif isinstance(prompts, Sequence):
-            if len(prompts) == 0:
-                raise RuntimeInputError("no prompts given; pass a string or a list of them")
-            single = all(
-                isinstance(p, int | np.integer) and not isinstance(p, bool) for p in prompts
-            )
-            items = [prompts] if single else list(prompts)
-        else:
-            raise RuntimeInputError(
-                f"prompts must be a string, a list of token ids, or a list of those; "
-                f"got {type(prompts).__name__}"
-            )
-        result = []
-        for row, item in enumerate(items):
-            what = f"prompt {row}"
-            if isinstance(item, str):
-                if not item:
-                    raise RuntimeInputError(f"{what} is empty; give some text to continue")
-                result.append(self._checked_ids(self._prompt_tokens(item, what), what))
-            elif isinstance(item, bytes):
-                raise RuntimeInputError(f"{what} is bytes; decode it to a str first")
-            else:
-                result.append(self._checked_ids(item, what))
-        return result
-
-    def _request(
-        self,
-        prompts: Prompts,
-        max_new_tokens: int | None,
-        chain: Chain | None,
-        seed: int | None,
-        stop: str | Sequence[str] | None,
-        stream: bool,
-    ) -> _Request:
-        ids = self._prompt_list(prompts)
-        default = max_new_tokens is None
-        if max_new_tokens is None:
-            max_new_tokens = self.max_new_tokens
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int | np.integer):
-            raise RuntimeInputError(
-                f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}"
-            )
-        if max_new_tokens < 0:
-            raise RuntimeInputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        try:
-            self._check_lengths(ids, int(max_new_tokens))
-        except RuntimeInputError as err:
-            if not default:
-                raise
-            raise RuntimeInputError(
-                f"{err} (max_new_tokens {max_new_tokens} is the artifact's default, from "
-                "generation.json; pass max_new_tokens to choose another)"
-            ) from None
-        if seed is not None and (
-            isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0
-        ):
-            raise RuntimeInputError(f"seed must be a whole number >= 0 or None, got {seed!r}")
-        if isinstance(stop, str):
-            stop = [stop]
-        if stop is not None and not isinstance(stop, list | tuple):
-            raise RuntimeInputError(
-                f"stop must be a string or a list of strings, got {type(stop).__name__}"
-            )
-        stops = tuple(stop or ())
-        for text in stops:
-            if not isinstance(text, str) or not text:
-                raise RuntimeInputError(f"stop strings must be non-empty strings, got {text!r}")
-        parsed = self._chain(chain)
-        beam = self._beam(parsed)
-        if beam is not None and stream:
-            raise RuntimeInputError(
-                "beam_search cannot stream: its best hypothesis is known only at the end; "
-                "use stream=False or a sampling chain"
-            )
-        self._check_memory(ids, int(max_new_tokens), beam.beams if beam is not None else 1)
-        sampler = None
-        if beam is None:
-            sampler = self._default_sampler if parsed is self.chain else SamplerChain(parsed)
-        return _Request(ids, int(max_new_tokens), sampler, beam, seed, stops, stream)
 
     def request_bytes(self, prompts: list[list[int]], max_new_tokens: int, beams: int) -> int:
         """A lower estimate of the memory a request takes: its KV cache at full length
@@ -403,22 +256,6 @@ class _GenerativeModel(_Model):
         rows = len(prompts) * beams
         positions = self._cache_positions(max(len(p) for p in prompts), max_new_tokens)
         return rows * (2 * positions * per_position + 3 * self.vocab_size * 4)
-
-    def _check_memory(self, prompts: list[list[int]], max_new_tokens: int, beams: int) -> None:
-        """Refuse a request whose KV cache alone cannot fit the machine's memory."""
-        memory = machine_memory()
-        need = self.request_bytes(prompts, max_new_tokens, beams)
-        if memory is None or need <= memory.total:
-            return
-        available = memory.total
-        gib = 1 << 30
-        raise RuntimeInputError(
-            f"this request needs at least {need / gib:.1f} GiB for its KV cache and logits "
-            f"({len(prompts)} prompts x {beams} beams, up to "
-            f"{self._cache_positions(max(len(p) for p in prompts), max_new_tokens)} positions), "
-            f"more than the {available / gib:.1f} GiB of memory of this machine; send fewer "
-            "prompts at once, or lower beams or max_new_tokens"
-        )
 
     def _cache_positions(self, prompt_width: int, max_new_tokens: int) -> int:
         """The cached positions of one row at the end of a request."""
@@ -490,8 +327,8 @@ class _GenerativeModel(_Model):
         prompt sampled alone gets other tokens than in a batch. Greedy decoding and beam
         search give every row the tokens it gets alone.
         """
-        request = self._request(prompts, max_new_tokens, chain, seed, stop, stream)
-        run = _Run(self, request)
+        request = checked_request(self, prompts, max_new_tokens, chain, seed, stop, stream)
+        run = Run(self, request)
         events = run.beam_events() if request.beam is not None else run.events()
         if stream:
             return GenerationStream(events, run.result)
@@ -500,176 +337,7 @@ class _GenerativeModel(_Model):
         return run.result()
 
 
-class _Run:
-    """The per-call state of one generate call."""
-
-    def __init__(self, model: _GenerativeModel, request: _Request) -> None:
-        self.model = model
-        self.request = request
-        rows = len(request.prompts)
-        self.tokens: list[list[int]] = [[] for _ in range(rows)]
-        self.reasons: list[FinishReason] = ["length"] * rows
-        self.texts: list[RowText] | None = None
-        self.clock = _Clock()
-        self.first_token = 0.0
-        self.steps = 0
-        self.eos = model.special_tokens.get("eos")
-
-    def _row_text(self) -> RowText:
-        return RowText(self.model._decode_raw, self.request.stop, self.model._hidden_ids())
-
-    def events(self) -> Iterator[StreamEvent]:
-        request, model = self.request, self.model
-        if request.stream or request.stop:
-            self.texts = [self._row_text() for _ in request.prompts]
-        if request.max_new_tokens == 0:
-            return
-        assert request.sampler is not None
-        state = request.sampler.start(
-            model._prefixes(request.prompts),
-            model.vocab_size,
-            seed=request.seed,
-            pad_id=model.pad_id,
-        )
-        stepper = model._stepper(request.prompts)
-        logits = stepper.first(1)
-        for step in range(request.max_new_tokens):
-            tokens = request.sampler.select(logits, state)
-            state.append(tokens)
-            if step == 0:
-                self.first_token = self.clock.now()
-            self.steps = step + 1
-            last = step == request.max_new_tokens - 1
-            finished: list[int] = []
-            events: list[StreamEvent] = []
-            for row in np.flatnonzero(~state.finished).tolist():
-                token = int(tokens[row])
-                self.tokens[row].append(token)
-                reason: FinishReason | None = None
-                if token == self.eos:
-                    reason = "eos"
-                elif self.texts is not None:
-                    self.texts[row].push(token)
-                    if self.texts[row].stopped:
-                        reason = "stop"
-                if reason is None and last:
-                    reason = "length"
-                if reason is not None:
-                    finished.append(row)
-                    self.reasons[row] = reason
-                if self.texts is not None and request.stream:
-                    text = self.texts[row]
-                    if reason is not None:
-                        text.flush()
-                    events.append(StreamEvent(row, token, text.release(reason is not None), reason))
-            if finished:
-                state.finish(np.asarray(finished, dtype=np.int64))
-            if events:
-                self.clock.pause()
-                yield from events
-                self.clock.resume()
-            if state.finished.all() or last:
-                break
-            logits = stepper.next(tokens, ~state.finished)
-
-    def beam_events(self) -> Iterator[StreamEvent]:
-        request, model = self.request, self.model
-        if request.max_new_tokens == 0:
-            return
-        assert request.beam is not None
-        rows = len(request.prompts)
-        searcher = BeamSearcher.from_config(
-            request.beam, eos_id=self.eos, pad_id=model.pad_id, batch=rows
-        )
-        beams = searcher.beams
-        stepper = model._stepper(request.prompts)
-        logits = stepper.first(beams)
-        identity = np.arange(rows * beams)
-        for step in range(request.max_new_tokens):
-            order, tokens = searcher.step(log_softmax(logits))
-            if step == 0:
-                self.first_token = self.clock.now()
-            self.steps = step + 1
-            if searcher.done or step == request.max_new_tokens - 1:
-                break
-            if not np.array_equal(order, identity):
-                stepper.reorder(order)
-            alive = np.repeat(~searcher.rows_done, beams)
-            logits = stepper.next(tokens, alive)
-        for row, best in enumerate(searcher.best()):
-            self.tokens[row] = best
-            self.reasons[row] = "eos" if best and best[-1] == self.eos else "length"
-        yield from ()
-
-    def result(self) -> GenerationResult:
-        total = self.clock.now()
-        texts = []
-        for row, tokens in enumerate(self.tokens):
-            if self.texts is not None:
-                self.texts[row].flush()
-                texts.append(self.texts[row].text)
-                continue
-            text = self.model.decode(tokens)
-            if self.request.stop:  # beam search: cut the best hypothesis' text
-                cut = [i for i in (text.find(s) for s in self.request.stop) if i >= 0]
-                if cut:
-                    text, self.reasons[row] = text[: min(cut)], "stop"
-            texts.append(text)
-        later = self.steps - 1
-        timing = Timing(
-            prefill_ms=1000 * self.first_token,
-            per_token_ms=1000 * (total - self.first_token) / later if later > 0 else 0.0,
-            total_ms=1000 * total,
-            steps=self.steps,
-        )
-        return GenerationResult(
-            texts=texts,
-            tokens=self.tokens,
-            finish_reasons=self.reasons,
-            prompt_tokens=self.request.prompts,
-            timing=timing,
-        )
-
-
-# A decoder-only prompt is run in chunks of at most this many tokens (over the batch), each
-# chunk using the cache of the ones before it. The result is the same as one run, but the logits
-# ([batch, chunk, vocabulary]) and attention scores of a long batched prompt never exist at once
-# (at batch 8 x 1024 tokens x 32000 the logits alone would be 1 GiB of float32), and the smaller
-# working set is faster too. Measured on the 124.7M Llama-style benchmark model (bench/peers.py,
-# 2 CPU threads), time to first token / peak RSS: batch 1 x 1024 tokens 1063 ms / 756 MiB in one
-# run, 827 ms / 659 MiB in chunks of 256; batch 8 x 1024 8.8 s / 2467 MiB in one run, 6.8 s /
-# 1076 MiB in chunks of 256 (32 tokens per row: the weights are read once per chunk, which is
-# what smaller chunks would pay for: 16 per row took 8.3 s).
-PREFILL_CHUNK_TOKENS = 256
-
-
-class _DecoderStepper(_Stepper):
-    def __init__(self, model: DecoderModel, prompts: list[list[int]]) -> None:
-        self.graph = model.feeder
-        self.rows = len(prompts)
-        self.ids, self.mask = left_padded(prompts, model.pad_id)
-        self.cache: Cache = {}
-
-    def first(self, beams: int) -> np.ndarray:
-        """Prefill: the prompts in chunks of at most :data:`PREFILL_CHUNK_TOKENS` tokens over
-        the batch, each chunk attending to the cache of the ones before it."""
-        logits, self.cache = self.graph.prefill(self.ids, self.mask, PREFILL_CHUNK_TOKENS)
-        if beams > 1:
-            rows = np.repeat(np.arange(self.rows), beams)
-            self.reorder(rows)
-            logits = logits[rows]
-        return logits
-
-    def next(self, tokens: np.ndarray, alive: np.ndarray) -> np.ndarray:
-        logits, self.mask, self.cache = self.graph.step(tokens, self.mask, self.cache, alive)
-        return logits
-
-    def reorder(self, rows: np.ndarray) -> None:
-        self.cache = self.graph.reorder(self.cache, rows)
-        self.mask = self.mask[rows]
-
-
-class DecoderModel(_GenerativeModel):
+class DecoderModel(GenerativeModel):
     """A decoder-only model (GPT, Llama style): ``generate``."""
 
     graphs = (fmt.DECODER_GRAPH,)
@@ -699,46 +367,11 @@ class DecoderModel(_GenerativeModel):
     def _cache_positions(self, prompt_width: int, max_new_tokens: int) -> int:
         return prompt_width + max_new_tokens
 
-    def _stepper(self, prompts: list[list[int]]) -> _Stepper:
-        return _DecoderStepper(self, prompts)
+    def _stepper(self, prompts: list[list[int]]) -> Stepper:
+        return DecoderStepper(self, prompts)
 
 
-class _Seq2SeqStepper(_Stepper):
-    def __init__(self, model: Seq2SeqModel, prompts: list[list[int]]) -> None:
-        self.graphs = model.feeder
-        self.start = model.special_tokens["decoder_start"]
-        self.rows = len(prompts)
-        # Right padding: the encoder has no position ids, so real tokens start at position 0.
-        self.source, self.source_mask = right_padded(prompts, model.pad_id)
-        self.mask = np.ones((self.rows, 0), dtype=np.int64)
-        self.cache: Cache = {}
-        self.encoded: Encoded | None = None
-
-    def first(self, beams: int) -> np.ndarray:
-        encoded = self.graphs.encode(self.source, self.source_mask)
-        rows = self.rows
-        if beams > 1:
-            encoded = self.graphs.reorder_encoded(encoded, np.repeat(np.arange(rows), beams))
-            rows *= beams
-        self.encoded = encoded
-        self.mask = np.ones((rows, 1), dtype=np.int64)
-        start = np.full((rows, 1), self.start, dtype=np.int64)
-        logits, self.cache = self.graphs.decode(start, encoded, self.mask)
-        return logits[:, -1, :]
-
-    def next(self, tokens: np.ndarray, alive: np.ndarray) -> np.ndarray:
-        assert self.encoded is not None  # first() ran
-        logits, self.mask, self.cache = self.graphs.step(
-            tokens, self.encoded, self.mask, self.cache, alive
-        )
-        return logits
-
-    def reorder(self, rows: np.ndarray) -> None:
-        self.cache = self.graphs.reorder(self.cache, rows)
-        self.mask = self.mask[rows]
-
-
-class Seq2SeqModel(_GenerativeModel):
+class Seq2SeqModel(GenerativeModel):
     """An encoder-decoder model (T5, BART style): ``generate``; the prompt is the encoder's
     input, framed ``[bos] tokens [eos]``, and the output is what the decoder writes."""
 
@@ -776,8 +409,8 @@ class Seq2SeqModel(_GenerativeModel):
         # keys/values of the source, which every beam row holds a copy of
         return 1 + max_new_tokens + prompt_width
 
-    def _stepper(self, prompts: list[list[int]]) -> _Stepper:
-        return _Seq2SeqStepper(self, prompts)
+    def _stepper(self, prompts: list[list[int]]) -> Stepper:
+        return Seq2SeqStepper(self, prompts)
 
 
 # ----------------------------------------------------------------------------------------

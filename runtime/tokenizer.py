@@ -14,7 +14,7 @@ worker never dies of a tokenizer and a user never sees a traceback:
   :class:`~runtime.artifact.ArtifactError` naming the file;
 * text to encode must be a ``str`` of valid Unicode: a lone surrogate (``"\\ud800"`` from
   Python, or a command-line argument that was not UTF-8, which Python keeps as surrogate
-  escapes) is a :class:`~runtime.generation.RuntimeInputError` naming the position and saying
+  escapes) is a :class:`~runtime.errors.RuntimeInputError` naming the position and saying
   to pass UTF-8 text; bytes are refused (the caller knows their encoding, we would guess);
 * any failure of the library on valid arguments (encode, decode, token lookups), panics
   included, is the artifact's tokenizer failing, not the request: an ``ArtifactError`` naming
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from runtime.artifact import ArtifactError
-from runtime.generation import RuntimeInputError
+from runtime.errors import RuntimeInputError
 from runtime.reading import MiB, UnreadableFile, read_text
 
 __all__ = ["MAX_TOKENIZER_BYTES", "ArtifactTokenizer", "check_text", "is_panic"]

@@ -10,6 +10,8 @@ import os
 
 import pytest
 
+import llmspec
+
 SPECS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "specs")
 NOISE = 0.3
 
@@ -25,7 +27,6 @@ def varied_artifact(tmp_path_factory):
             import torch
             from safetensors.torch import save_file
 
-            import llmspec
             from llmspec.exporter.pipeline import export
 
             spec = os.path.join(SPECS, f"{name}.yaml")

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from runtime.beam_search import BeamSearcher
 from runtime.decoding import BeamSearch, DecodingError
-from runtime.sampling import log_softmax
+from runtime.logits import log_softmax
 
 EOS = 0
 

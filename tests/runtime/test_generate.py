@@ -11,6 +11,7 @@ import torch
 import llmspec
 import runtime
 from runtime import artifact as fmt
+from runtime import steppers
 from runtime.sampling import SamplerChain
 from runtime.session import Graph
 
@@ -338,11 +339,9 @@ def test_the_iobinding_path_gives_the_plain_path_tokens(family, request, monkeyp
 
 @pytest.mark.parametrize("chunk_tokens", [1, 4, 7])
 def test_a_prompt_prefilled_in_chunks_gives_the_one_run_result(gpt, chunk_tokens, monkeypatch):
-    """Chunked prefill (runtime.model.PREFILL_CHUNK_TOKENS over the batch) feeds each chunk the
+    """Chunked prefill (runtime.steppers.PREFILL_CHUNK_TOKENS over the batch) feeds each chunk the
     cache of the ones before it, with left padding spread over several chunks: the first
     logits and every token equal a single prefill's."""
-    import runtime.model as engine
-
     prompts = [*PROMPTS, "a much longer prompt than the others, to pad them over chunks"]
     chains = ("greedy", "beam_search=2", "top_k=20,sample")
     expected = {c: gpt.generate(prompts, max_new_tokens=10, chain=c, seed=3) for c in chains}
@@ -353,12 +352,12 @@ def test_a_prompt_prefilled_in_chunks_gives_the_one_run_result(gpt, chunk_tokens
         first.setdefault("logits", logits.copy())
         return real_select(self, logits, state)
 
-    monkeypatch.setattr(engine, "PREFILL_CHUNK_TOKENS", chunk_tokens * len(prompts))
+    monkeypatch.setattr(steppers, "PREFILL_CHUNK_TOKENS", chunk_tokens * len(prompts))
     monkeypatch.setattr(SamplerChain, "select", record)
     chunked = {c: gpt.generate(prompts, max_new_tokens=10, chain=c, seed=3) for c in chains}
     for chain in chains:
         assert chunked[chain].tokens == expected[chain].tokens
-    monkeypatch.setattr(engine, "PREFILL_CHUNK_TOKENS", 10**9)
+    monkeypatch.setattr(steppers, "PREFILL_CHUNK_TOKENS", 10**9)
     first_chunked = first.pop("logits")
     gpt.generate(prompts, max_new_tokens=1, chain="greedy")
     np.testing.assert_allclose(first_chunked, first["logits"], rtol=1e-5, atol=1e-5)

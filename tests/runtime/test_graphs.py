@@ -2,6 +2,9 @@
 generation loop, verify, eval, the export gate) relies on, on artifacts with varied weights so a
 wrong cache, mask or position changes the numbers."""
 
+import ast
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -297,9 +300,6 @@ def test_only_runtime_graphs_feeds_our_graphs() -> None:
     """The graph contract has one feeder: outside runtime/graphs.py, only the format's own
     definitions (runtime/artifact.py) and the exporter that names the graphs' inputs
     (onnx_graphs.py) spell the contract's feed names."""
-    import ast
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[2]
     spelled = {"POSITION_IDS", "ENCODER_ATTENTION_MASK", "TOKEN_TYPE_IDS", "past_name"}
     allowed = {"runtime/graphs.py", "runtime/artifact.py"}

@@ -28,7 +28,9 @@ from hypothesis import strategies as st
 
 import runtime
 from llmspec.cli import main
-from llmspec.inspect.verify import verify
+from llmspec.errors import SpecError
+from llmspec.inspect.verify import _check_tokenizer, verify
+from llmspec.spec.loading import load_spec
 from runtime import artifact as fmt
 from runtime.beam_search import BeamSearcher
 from runtime.decoding import (
@@ -399,9 +401,6 @@ def test_verify_fails_special_tokens_that_the_tokenizer_does_not_map(gpt_path, t
 
 
 def test_the_good_artifact_passes_the_tokenizer_check(gpt_path):
-    from llmspec.inspect.verify import _check_tokenizer
-    from llmspec.spec.loading import load_spec
-
     check = _check_tokenizer(
         gpt_path, fmt.read_manifest(gpt_path), load_spec(gpt_path / "spec.yaml")
     )
@@ -555,9 +554,6 @@ def test_the_cli_top_k_of_one_and_a_half_says_whole_number(gpt_path, capsys):
 
 
 def test_a_spec_asking_for_more_new_tokens_than_its_context_is_refused():
-    from llmspec.errors import SpecError
-    from llmspec.spec.loading import load_spec
-
     text = (ROOT / "specs" / "tiny-gpt.yaml").read_text(encoding="utf-8")
     text = text.replace("max_new_tokens: 32", "max_new_tokens: 1000000000000")
     with pytest.raises(SpecError, match="max_new_tokens 1000000000000 is beyond the context"):

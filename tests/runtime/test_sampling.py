@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from runtime.decoding import BeamSearch, DecodingChain, DecodingError, Greedy, TopK
-from runtime.sampling import DecodingState, SamplerChain, softmax
+from runtime.logits import softmax
+from runtime.sampling import DecodingState, SamplerChain
 
 
 def state_for(values, prompts=None, **kwargs):
@@ -232,7 +233,7 @@ def test_one_sampler_chain_serves_concurrent_requests_like_serial_ones():
 
 def test_the_decoding_modules_import_nothing_heavy():
     code = (
-        "import sys, runtime.sampling, runtime.beam_search, runtime.decoding\n"
+        "import sys, runtime.sampling, runtime.generation, runtime.beam_search, runtime.decoding\n"
         "print(' '.join(m for m in ('torch', 'onnx', 'jinja2', 'transformers')"
         " if m in sys.modules))"
     )

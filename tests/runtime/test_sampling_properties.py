@@ -22,7 +22,8 @@ from runtime.decoding import (
     TopP,
     Typical,
 )
-from runtime.sampling import DecodingState, SamplerChain, implementation, softmax
+from runtime.logits import softmax
+from runtime.sampling import DecodingState, SamplerChain, implementation
 
 # Logits on a 0.01 grid: ties are common (as in fp16 models) and no difference underflows.
 GRID = st.integers(-3000, 3000).map(lambda i: i / 100)
