@@ -1,7 +1,8 @@
 """The spec's generation section from a Hugging Face generation_config.json.
 
-Greedy, sampling with temperature/top-k/top-p, beam search; repetition penalty and
-no-repeat-ngram before the selector; greedy without a generation_config.json. Settings the
+Generation defaults come from ``generation_config.json`` where there is one (greedy,
+sampling with temperature/top-k/top-p, beam search; repetition penalty and no-repeat-ngram
+before the selector), else greedy. Settings the
 spec's chain cannot express (``forced_eos_token_id``, a penalty together with beam search, ...)
 are left out and listed in the spec's header comment: they are decoding defaults, not the
 model. Models without an eos token get no generation section.
