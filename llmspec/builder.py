@@ -29,18 +29,13 @@ from torch import nn
 from codegen.loader import load_source
 from codegen.render import render
 from llmspec.errors import LlmspecError
-from llmspec.inspect.estimate import (
-    MachineMemory,
-    build_bytes,
-    count_parameters,
-    human_bytes,
-    human_count,
-    machine_memory,
-    shortfall,
-)
+from llmspec.inspect.counts import count_parameters
+from llmspec.inspect.memory import build_bytes, shortfall
+from llmspec.inspect.units import human_bytes, human_count
 from llmspec.lower import lower
 from llmspec.spec.loading import load_spec, spec_sha256
 from llmspec.spec.sections import ModelSpec
+from runtime.memory import MachineMemory, machine_memory
 
 DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -69,7 +64,7 @@ class ModelTooLarge(WeightsError):
 def device_memory(device: torch.device | str | None = None) -> MachineMemory | None:
     """Free and total memory of ``device`` (default: torch's default device): a CUDA device's
     as torch reports it, otherwise this machine's (see
-    :func:`llmspec.inspect.estimate.machine_memory`);
+    :func:`runtime.memory.machine_memory`);
     None where unknown."""
     where = torch.device(device) if device is not None else torch.get_default_device()
     if where.type == "cuda":
@@ -89,7 +84,7 @@ def check_memory(
     what: str,
     device: torch.device | str | None = None,
 ) -> None:
-    """Raise :class:`ModelTooLarge` when ``need`` bytes (from :mod:`llmspec.inspect.estimate`)
+    """Raise :class:`ModelTooLarge` when ``need`` bytes (from :mod:`llmspec.inspect.memory`)
     exceed
     what ``device`` has available; ``what`` says what they are for ("building it in fp32")."""
     why = shortfall(need, device_memory(device))
@@ -212,7 +207,7 @@ def build(
     ``...ForConditionalGeneration``), in training mode as any new module. Under
     ``with torch.device("meta"):`` it is built without memory, for counting parameters.
 
-    Before initializing, the memory it takes (:func:`llmspec.inspect.estimate.build_bytes`) is
+    Before initializing, the memory it takes (:func:`llmspec.inspect.memory.build_bytes`) is
     checked against what the default device has available: a model that cannot fit raises
     :class:`ModelTooLarge` instead of allocating until the machine gives up.
     """

@@ -289,7 +289,8 @@ def _generation(spec: ModelSpec) -> dict[str, Any]:
 def _model_card(spec: ModelSpec, manifest: fmt.Manifest, generation: dict[str, Any]) -> str:
     import jinja2
 
-    from llmspec.inspect.estimate import estimate, human_bytes, human_count
+    from llmspec.inspect.estimate import estimate
+    from llmspec.inspect.units import human_bytes, human_count
 
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("llmspec.exporter", "templates"),

@@ -18,19 +18,15 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 import llmspec.builder
-import llmspec.inspect.estimate
+import llmspec.inspect.memory
 import llmspec.tokenizer
 from llmspec.builder import ModelTooLarge, build
 from llmspec.cli import main
 from llmspec.errors import SpecError
 from llmspec.importers.hf.importer import HFImportError, import_hf
-from llmspec.inspect.estimate import (
-    MachineMemory,
-    build_bytes,
-    count_parameters,
-    human_bytes,
-    human_count,
-)
+from llmspec.inspect.counts import count_parameters
+from llmspec.inspect.memory import build_bytes
+from llmspec.inspect.units import human_bytes, human_count
 from llmspec.prompts import PromptError, read_examples, read_template
 from llmspec.spec.loading import load_spec
 from llmspec.spec.sections import ModelSpec
@@ -45,6 +41,7 @@ from llmspec.trainer.data import corpus_files, token_stream
 from llmspec.trainer.loop import train
 from llmspec.trainer.objectives import TokenIds
 from llmspec.trainer.settings import TrainError
+from runtime.memory import MachineMemory
 from runtime.reading import iter_lines
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
@@ -378,7 +375,7 @@ def absurd(field: str, value: int) -> str:
 def small_machine(monkeypatch: pytest.MonkeyPatch, available: int) -> None:
     memory = MachineMemory(available, 2 * available, "this machine")
     monkeypatch.setattr(llmspec.builder, "machine_memory", lambda: memory)
-    monkeypatch.setattr(llmspec.inspect.estimate, "machine_memory", lambda: memory)
+    monkeypatch.setattr(llmspec.inspect.memory, "machine_memory", lambda: memory)
 
 
 class Unbuildable(torch.nn.Module):
@@ -500,7 +497,7 @@ def test_on_a_gpu_the_check_uses_the_free_memory_torch_reports(
     assert memory == MachineMemory(3 << 30, 80 << 30, "cuda:0") and asked == [
         torch.device("cuda:0")
     ]
-    need = llmspec.inspect.estimate.train_bytes(spec)
+    need = llmspec.inspect.memory.train_bytes(spec)
     with pytest.raises(ModelTooLarge, match=r"cuda:0 has 3.0 GiB available \(80.0 GiB in all\)"):
         llmspec.builder.check_memory(spec, need, "training it", "cuda:0")
     llmspec.builder.check_memory(load_spec(TINY), need // 1000, "training it", "cuda:0")
