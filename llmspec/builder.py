@@ -46,6 +46,9 @@ DTYPES: dict[str, torch.dtype] = {
 SpecLike = ModelSpec | str | os.PathLike[str]
 DTypeLike = torch.dtype | str
 Weights = str | os.PathLike[str] | Mapping[str, torch.Tensor]
+# The seed of a model's initial weights when no weights are given: an export of a bare spec
+# and the attention maps of one draw the same model.
+INIT_SEED = 0
 
 _SOURCES: dict[str, str] = {}
 _SOURCES_LOCK = threading.Lock()

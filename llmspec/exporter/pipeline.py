@@ -39,13 +39,13 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from llmspec import __version__
+from llmspec.builder import DTYPES, INIT_SEED, build
 from llmspec.exporter.graphs import (
     ExportError,
     export_graph,
@@ -61,47 +61,22 @@ from llmspec.exporter.parity import (
     check_encoder_decoder,
     check_encoder_only,
 )
+from llmspec.exporter.quantize import quantize_int4, quantize_int8
+from llmspec.exporter.rewrites.attention import FUSE_ATTENTION, SEQUENCE_MAJOR
+from llmspec.exporter.rewrites.matmul_packing import PACK_MATMULS
+from llmspec.exporter.rewrites.ort_optimizer import optimize_graph, rewrite_graph_file
+from llmspec.exporter.rewrites.rotary import FUSE_ROTARY
 from llmspec.files import publishing, write_atomic
-from llmspec.spec.loading import dump_spec, load_spec, spec_sha256
+from llmspec.inspect.estimate import estimate
+from llmspec.inspect.units import human_bytes, human_count
+from llmspec.sources import ModelSource, NoSpecInDirectory, resolve_source
+from llmspec.spec.loading import dump_spec, spec_sha256
 from llmspec.spec.sections import ModelSpec
+from llmspec.tokenizer import TokenizerMismatch
 from runtime import artifact as fmt
 from runtime.decoding import DecodingChain, Greedy
 
 Progress = Callable[[str], None]
-INIT_SEED = 0
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where an export's spec, weights and tokenizer come from."""
-
-    spec: ModelSpec
-    directory: Path  # relative paths in the spec are resolved against it
-    weights: Path | None
-    tokenizer: Path | None
-
-
-def resolve_source(source: str | Path, weights: str | Path | None = None) -> Source:
-    """Read a spec file or a model directory (``spec.yaml`` + ``weights.safetensors``)."""
-    path = Path(source)
-    if path.is_dir():
-        spec_path = path / fmt.SPEC
-        if not spec_path.is_file():
-            raise ExportError(
-                f"{path}: a model directory needs {fmt.SPEC} (and {fmt.WEIGHTS}); "
-                "pass a spec file or a directory from llmspec import-hf / llmspec train"
-            )
-        spec = load_spec(spec_path)
-        found = path / fmt.WEIGHTS
-        tokenizer = path / fmt.TOKENIZER
-        return Source(
-            spec,
-            path,
-            Path(weights) if weights else (found if found.is_file() else None),
-            tokenizer if tokenizer.is_file() else None,
-        )
-    spec = load_spec(path)
-    return Source(spec, path.parent, Path(weights) if weights else None, None)
 
 
 def _with_precision(spec: ModelSpec, dtype: str | None, quantize: str | None) -> ModelSpec:
@@ -125,15 +100,9 @@ def _with_precision(spec: ModelSpec, dtype: str | None, quantize: str | None) ->
         ) from None
 
 
-def _tokenizer(src: Source, spec: ModelSpec) -> Any:
-    from llmspec.tokenizer import TokenizerMismatch, check_fits, load_for_spec, read_tokenizer
-
+def _tokenizer(src: ModelSource, spec: ModelSpec) -> Any:
     try:
-        if src.tokenizer is not None:
-            tokenizer = read_tokenizer(src.tokenizer)
-            check_fits(tokenizer, spec)
-            return tokenizer
-        return load_for_spec(spec, src.directory)
+        return src.tokenizer(spec)
     except TokenizerMismatch as err:
         raise ExportError(str(err)) from None
 
@@ -195,11 +164,6 @@ def _export_graphs(
     the graphs.
 
     Returns the graph paths and each graph's fused-operator counts."""
-    from llmspec.exporter.rewrites.attention import fuse_attention, use_sequence_major_layout
-    from llmspec.exporter.rewrites.matmul_packing import pack_matmuls
-    from llmspec.exporter.rewrites.ort_optimizer import optimize_graph, rewrite_graph_file
-    from llmspec.exporter.rewrites.rotary import fuse_rotary
-
     precision, quantize = spec.precision.dtype, spec.precision.quantize
     fusions: dict[str, dict[str, int]] = {}
     if quantize == "none":
@@ -210,13 +174,10 @@ def _export_graphs(
             say(f"exporting {plan.file} ({precision})")
             path = export_graph(plan, staged)
             with quiet(), _stage(plan.file, "optimizing"):
-                rewrites = (pack_matmuls, fuse_rotary, fuse_attention, use_sequence_major_layout)
-                counts, (packed, rotary, attention, _) = optimize_graph(path, spec, *rewrites)
-                fusions[plan.file] = _fused(counts, packed, rotary, attention)
+                rewrites = (PACK_MATMULS, FUSE_ROTARY, FUSE_ATTENTION, SEQUENCE_MAJOR)
+                fusions[plan.file] = optimize_graph(path, spec, *rewrites).fused
             paths.append(path)
         return paths, fusions
-    from llmspec.exporter.quantize import quantize_int4, quantize_int8
-
     scratch = staged / ".fp32"
     scratch.mkdir()
     paths = []
@@ -226,13 +187,15 @@ def _export_graphs(
         target = staged / plan.file
         say(f"quantizing {plan.file} to {quantize}")
         with quiet(), _stage(plan.file, "optimizing and quantizing"):
-            counts, (packed, rotary) = optimize_graph(fp32, spec, pack_matmuls, fuse_rotary)
+            done = optimize_graph(fp32, spec, PACK_MATMULS, FUSE_ROTARY)
             if quantize == "int8":
                 quantize_int8(fp32, target)
             else:
                 quantize_int4(fp32, target, spec.precision.block_size)
-            attention, _ = rewrite_graph_file(target, fuse_attention, use_sequence_major_layout)
-            fusions[plan.file] = _fused(counts, packed, rotary, attention)
+            after = rewrite_graph_file(target, FUSE_ATTENTION, SEQUENCE_MAJOR)
+            for operator, count in after.fused.items():
+                done.add(operator, count)
+            fusions[plan.file] = done.fused
         paths.append(target)
     shutil.rmtree(scratch)
     return paths, fusions
@@ -261,17 +224,8 @@ def _opset(path: Path) -> int:
     return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def _fused(counts: dict[str, int], packed: int, rotary: int, attention: int) -> dict[str, int]:
-    """The optimizer's fusion counts with our own rewrites' (packed MatMuls, RotaryEmbedding,
-    Attention), the non-zero ones, in name order."""
-    ours = {"PackedMatMul": packed, "RotaryEmbedding": rotary, "Attention": attention}
-    return dict(sorted({**counts, **{k: n for k, n in ours.items() if n}}.items()))
-
-
 def _cast(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     import copy
-
-    from llmspec.builder import DTYPES
 
     return copy.deepcopy(model).to(DTYPES[precision]).eval()
 
@@ -288,9 +242,6 @@ def _generation(spec: ModelSpec) -> dict[str, Any]:
 
 def _model_card(spec: ModelSpec, manifest: fmt.Manifest, generation: dict[str, Any]) -> str:
     import jinja2
-
-    from llmspec.inspect.estimate import estimate
-    from llmspec.inspect.units import human_bytes, human_count
 
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("llmspec.exporter", "templates"),
@@ -359,7 +310,10 @@ def export(
         raise ExportError(f"{target} exists; pass --force (force=True) to replace it")
     if target.exists() and not (target / fmt.MANIFEST).is_file():
         raise ExportError(f"{target} exists and is not an artifact; refusing to replace it")
-    src = resolve_source(source, weights)
+    try:
+        src = resolve_source(source, weights)
+    except NoSpecInDirectory as err:
+        raise ExportError(str(err)) from None
     spec = _with_precision(src.spec, precision, quantize)
     if spec.precision.dtype == "bf16":
         from runtime.session import cuda_status
@@ -367,8 +321,6 @@ def export(
         usable, why = cuda_status()
         if not usable:
             raise ExportError(f"{BF16_NEEDS_CUDA} ({why})")
-    from llmspec.builder import build
-
     say(f"building {spec.name} ({spec.architecture})")
     torch.manual_seed(INIT_SEED)
     reference = build(spec, dtype="fp32", weights=src.weights).eval()

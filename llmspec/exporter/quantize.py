@@ -19,6 +19,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from llmspec.exporter.rewrites.ir import save_graph
+
 
 def untie_output(path: Path) -> int:
     """Give every ``MatMul(x, Transpose(W))`` with a stored ``W`` its own transposed weight.
@@ -59,19 +61,6 @@ def untie_output(path: Path) -> int:
         graph.node.extend(kept)
         save_graph(model, path)
     return untied
-
-
-def save_graph(model: onnx.ModelProto, path: Path) -> None:
-    data = path.with_name(path.name + ".data")
-    data.unlink(missing_ok=True)
-    onnx.save_model(
-        model,
-        str(path),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=data.name,
-        size_threshold=1024,
-    )
 
 
 def quantize_int8(source: Path, target: Path) -> None:

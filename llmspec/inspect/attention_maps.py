@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from llmspec.errors import LlmspecError
+from llmspec.sources import resolve_source
 
 Key = tuple[str, int, str]  # (stack, layer, kind): ("decoder", 0, "self")
 
@@ -278,19 +279,12 @@ def _load(source: str) -> tuple[Any, Any, Any, Any]:
     tokenizer.json). A spec file gets the export's seeded initial weights."""
     import torch
 
-    from llmspec.builder import build, load_module
-    from llmspec.exporter.pipeline import INIT_SEED, resolve_source
-    from llmspec.tokenizer import check_fits, load_for_spec, read_tokenizer
+    from llmspec.builder import INIT_SEED, build, load_module
 
     src = resolve_source(source)
     torch.manual_seed(INIT_SEED)
     model = build(src.spec, dtype="fp32", weights=src.weights).eval()
-    if src.tokenizer is not None:
-        tokenizer = read_tokenizer(src.tokenizer)
-        check_fits(tokenizer, src.spec)
-    else:
-        tokenizer = load_for_spec(src.spec, src.directory)
-    return src.spec, load_module(src.spec), model, tokenizer
+    return src.spec, load_module(src.spec), model, src.tokenizer()
 
 
 def _select(spec: Any, stack: str | None, kind: str | None) -> tuple[str, str]:

@@ -479,7 +479,7 @@ def test_train_into_a_file_says_it_is_not_a_directory(corpus: Path, tmp_path: Pa
 def test_import_hf_onto_a_full_disk_keeps_the_old_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ):
-    import hf_tiny  # tests/llmspec/hf_tiny.py, beside this file
+    import hf_tiny  # tests/hf_tiny.py
     from safetensors import SafetensorError
 
     hf_tiny.gpt2(tmp_path / "hf")
@@ -501,7 +501,7 @@ def test_import_hf_onto_a_full_disk_keeps_the_old_directory(
 def test_import_hf_force_onto_a_symlink_replaces_its_directory_and_keeps_the_link(
     tmp_path: Path,
 ):
-    import hf_tiny  # tests/llmspec/hf_tiny.py, beside this file
+    import hf_tiny  # tests/hf_tiny.py
 
     from llmspec.importers.hf.importer import HFImportError, import_hf
 

@@ -35,7 +35,7 @@ import onnx_ir as ir
 from onnx_ir.convenience import get_const_tensor
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-ATTENTION_OPSET = 23
+from llmspec.exporter.rewrites.ir import Rewrite, producer, require_opset, take_over
 
 
 @dataclass
@@ -54,16 +54,6 @@ class _Match:
     output: ir.Value  # probs @ v, (B, heads, S, hs)
     anchor: ir.Node  # the last node of the sub-graph: the fused node goes before it
     sequence_major_keys: bool = False  # key is (B, S, kv, hs): transposed for the fused node
-
-
-def producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
-    """The default-domain node of type ``op_type`` that makes ``value``, or None."""
-    if value is None:
-        return None
-    node = value.producer()
-    if node is None or node.op_type != op_type or node.domain not in ("", "ai.onnx"):
-        return None
-    return node
 
 
 def _constant(value: ir.Value | None) -> np.ndarray | None:
@@ -235,12 +225,6 @@ def fuse_attention(model: ir.Model) -> int:
     return len(matches)
 
 
-def require_opset(model: ir.Model) -> None:
-    """Raise the model's default-domain opset to :data:`ATTENTION_OPSET` if it is below."""
-    version = max(model.graph.opset_imports.get("", 0), ATTENTION_OPSET)
-    model.graph.opset_imports[""] = model.opset_imports[""] = version
-
-
 def _additive_mask(graph: ir.Graph, mask: ir.Value, dtype: ir.DataType) -> ir.Value:
     """``Where(mask, 0, lowest)`` in ``dtype``, inserted right after the mask is produced."""
     zero = _initializer(graph, f"{mask.name}_zero", np.zeros((), dtype.numpy()))
@@ -291,19 +275,6 @@ def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     value.shape, value.dtype = ir.Shape(array.shape), ir.DataType.from_numpy(array.dtype)
     graph.register_initializer(value)
     return value
-
-
-def take_over(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
-    """Make ``new`` stand for ``old`` everywhere, graph outputs (and their names) included."""
-    name, shape, dtype = old.name, old.shape, old.dtype
-    for index, output in enumerate(graph.outputs):
-        if output is old:
-            graph.outputs[index] = new
-    old.replace_all_uses_with(new)
-    old.name = None
-    new.name, new.shape = name, shape
-    if dtype is not None:
-        new.dtype = dtype
 
 
 def _heads_split(value: ir.Value | None) -> tuple[ir.Value, int] | None:
@@ -400,3 +371,7 @@ def _rotate_flat(
     )
     graph.insert_before(before, node)
     return node.outputs[0]
+
+
+FUSE_ATTENTION = Rewrite(fuse_attention, fuses="Attention")
+SEQUENCE_MAJOR = Rewrite(use_sequence_major_layout, fuses=None)

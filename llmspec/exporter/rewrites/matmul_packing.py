@@ -20,7 +20,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from llmspec.exporter.rewrites.attention import take_over
+from llmspec.exporter.rewrites.ir import Rewrite, take_over
 
 
 def _weight(node: ir.Node) -> np.ndarray | None:
@@ -86,3 +86,6 @@ def _pack(graph: ir.Graph, members: list[tuple[ir.Node, np.ndarray]]) -> None:
     graph.insert_before(first, split)
     for (node, _), piece in zip(members, split.outputs, strict=True):
         take_over(graph, node.outputs[0], piece)
+
+
+PACK_MATMULS = Rewrite(pack_matmuls, fuses="PackedMatMul")

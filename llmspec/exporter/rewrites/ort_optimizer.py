@@ -16,26 +16,23 @@ attention into ONNX's own ``Attention`` operator afterwards (:func:`rewrite_grap
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+import onnx
+import onnx_ir as ir
+
+from llmspec.exporter.rewrites.ir import Rewrite, Rewritten, save_graph
 from llmspec.spec.sections import ModelSpec
 
 # The optimizer's model types whose fusion passes fit each family.
 MODEL_TYPES = {"decoder-only": "gpt2", "encoder-only": "bert", "encoder-decoder": "bart"}
 
 
-def optimize_graph(
-    path: Path, spec: ModelSpec, *rewrites: Callable[[Any], int]
-) -> tuple[dict[str, int], list[int]]:
+def optimize_graph(path: Path, spec: ModelSpec, *rewrites: Rewrite) -> Rewritten:
     """Fuse ``path``'s graph in place with the optimizer, then run our own ``rewrites`` (see
-    :func:`rewrite_graph_file`) on the optimized model in memory, saving once. Returns the count
-    of each operator the optimizer fused (non-zero only) and what each rewrite counted."""
-    import onnx_ir as ir
+    :func:`rewrite_graph_file`) on the optimized model in memory, saving once. Returns every
+    operator fused, by the optimizer and by our rewrites."""
     from onnxruntime.transformers.optimizer import optimize_model
-
-    from llmspec.exporter.quantize import save_graph
 
     model = optimize_model(
         str(path),
@@ -45,36 +42,32 @@ def optimize_graph(
         opt_level=0,
         use_gpu=False,
     )
-    counts = {op: n for op, n in model.get_fused_operator_statistics().items() if n}
+    done = Rewritten()
+    for operator, count in model.get_fused_operator_statistics().items():
+        done.add(operator, count)
     rewritten = ir.from_proto(model.model)
     for node in rewritten.graph:  # the optimizer adds the contrib domain's import only on save
         if node.domain not in ("", "ai.onnx") and node.domain not in rewritten.opset_imports:
             rewritten.opset_imports[node.domain] = rewritten.graph.opset_imports[node.domain] = 1
-    ours = [rewrite(rewritten) for rewrite in rewrites]
+    done.apply(rewritten, rewrites)
     save_graph(ir.to_proto(rewritten), path)
-    return dict(sorted(counts.items())), ours
+    return done
 
 
-def rewrite_graph_file(path: Path, *rewrites: Callable[[Any], int]) -> list[int]:
-    """Run our own graph rewrites on ``path`` in place, in order, loading and saving it once;
-    return what each one counted (the MatMuls packed, the rotations or attentions fused).
+def rewrite_graph_file(path: Path, *rewrites: Rewrite) -> Rewritten:
+    """Run our own graph rewrites on ``path`` in place, in order, loading and saving it once
+    (not at all when nothing changed); return the operators they fused.
 
-    The exporter runs :func:`llmspec.exporter.rewrites.matmul_packing.pack_matmuls` and
-    :func:`llmspec.exporter.rewrites.rotary.fuse_rotary` with :func:`optimize_graph`, before
-    quantization
-    (so that a packed weight and its input are quantized once), and
-    :func:`llmspec.exporter.rewrites.attention.fuse_attention` then
-    :func:`llmspec.exporter.rewrites.attention.use_sequence_major_layout` on the final graph (ONNX
+    The exporter runs :data:`~llmspec.exporter.rewrites.matmul_packing.PACK_MATMULS` and
+    :data:`~llmspec.exporter.rewrites.rotary.FUSE_ROTARY` with :func:`optimize_graph`, before
+    quantization (so that a packed weight and its input are quantized once), and
+    :data:`~llmspec.exporter.rewrites.attention.FUSE_ATTENTION` then
+    :data:`~llmspec.exporter.rewrites.attention.SEQUENCE_MAJOR` on the final graph (ONNX
     Runtime's quantizers know a contrib ``Attention`` by the same name and would misread ours):
     with :func:`optimize_graph` when nothing is quantized, with this function after
     quantization."""
-    import onnx
-    import onnx_ir as ir
-
-    from llmspec.exporter.quantize import save_graph
-
     model = ir.from_proto(onnx.load(str(path), load_external_data=True))
-    counts = [rewrite(model) for rewrite in rewrites]
-    if any(counts):
+    done = Rewritten()
+    if done.apply(model, rewrites):
         save_graph(ir.to_proto(model), path)
-    return counts
+    return done

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from llmspec.exporter.rewrites.attention import producer, require_opset, take_over
+from llmspec.exporter.rewrites.ir import Rewrite, producer, require_opset, take_over
 
 
 @dataclass
@@ -146,3 +146,6 @@ def _half_table(graph: ir.Graph, table: _Table) -> ir.Value:
     output = nodes[-1].outputs[0]
     output.name = f"{table.angles.name}_{table.function.lower()}_half"
     return output
+
+
+FUSE_ROTARY = Rewrite(fuse_rotary, fuses="RotaryEmbedding")

@@ -16,6 +16,7 @@ from safetensors.numpy import load_file
 from llmspec.cli import main
 from llmspec.exporter.pipeline import ExportError, export
 from llmspec.exporter.quantize import count_ops
+from llmspec.exporter.rewrites.ir import Rewrite
 from llmspec.spec.loading import load_spec, spec_sha256
 from runtime import artifact as fmt
 
@@ -365,12 +366,12 @@ def test_a_failed_gate_whose_top1_agrees_points_at_the_tolerance():
 
 
 def test_a_failing_graph_rewrite_names_the_graph_and_stage(tmp_path, monkeypatch):
-    import llmspec.exporter.rewrites.matmul_packing
+    import llmspec.exporter.pipeline as pipeline
 
     def broken(model):
         raise RuntimeError("pattern went wrong")
 
-    monkeypatch.setattr(llmspec.exporter.rewrites.matmul_packing, "pack_matmuls", broken)
+    monkeypatch.setattr(pipeline, "PACK_MATMULS", Rewrite(broken, fuses="PackedMatMul"))
     with pytest.raises(ExportError, match=r"optimizing decoder.onnx failed: RuntimeError: pattern"):
         export(SPECS / "tiny-decoder.yaml", tmp_path / "a", progress=_quiet)
     assert not (tmp_path / "a").exists()

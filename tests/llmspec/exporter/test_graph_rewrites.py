@@ -18,12 +18,12 @@ import torch
 
 from llmspec.builder import build
 from llmspec.exporter.graphs import OPSET, export_graph, plan_graphs
-from llmspec.exporter.quantize import count_ops, save_graph
+from llmspec.exporter.quantize import count_ops
 from llmspec.exporter.rewrites.attention import (
-    ATTENTION_OPSET,
     fuse_attention,
     use_sequence_major_layout,
 )
+from llmspec.exporter.rewrites.ir import FUSED_OPSET, save_graph
 from llmspec.exporter.rewrites.matmul_packing import pack_matmuls
 from llmspec.exporter.rewrites.rotary import fuse_rotary
 from llmspec.spec.loading import load_spec
@@ -93,7 +93,7 @@ def test_every_layer_is_fused_into_one_attention_node(exported):
     assert count_ops(plain)["Softmax"] == spec.layers
     model = onnx.load(str(fused), load_external_data=False)
     default = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
-    assert default == [ATTENTION_OPSET] and OPSET < ATTENTION_OPSET
+    assert default == [FUSED_OPSET] and OPSET < FUSED_OPSET
     # the cache outputs are now the fused nodes' own, under the contract's names
     producers = {out: node.op_type for node in model.graph.node for out in node.output}
     assert all(producers[o.name] == "Attention" for o in model.graph.output[1:])
