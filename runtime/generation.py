@@ -42,6 +42,10 @@ Prompt = str | Sequence[int] | np.ndarray
 Prompts = Prompt | Sequence[Prompt]
 Chain = DecodingChain | str | Sequence[Any]
 
+
+# ----------------------------------------------------------------------------------------
+# generation.json: the artifact's defaults
+
 # generation.json holds a number and a short chain: a few hundred bytes, three levels deep.
 MAX_GENERATION_BYTES = 1 * MiB
 MAX_GENERATION_DEPTH = 16
