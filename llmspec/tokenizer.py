@@ -24,6 +24,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from llmspec.errors import LlmspecError
 from llmspec.spec.sections import BYTE_LEVEL_BASE, ModelSpec
+from runtime import artifact as fmt
 from runtime.reading import UnreadableFile, check_regular, is_inside, iter_lines, read_text
 from runtime.tokenizer import MAX_TOKENIZER_BYTES, is_panic
 
@@ -161,7 +162,7 @@ def read_tokenizer(path: Path) -> Tokenizer:
     """The ``tokenizer.json`` at ``path``: a regular file of at most
     :data:`MAX_TOKENIZER_BYTES`, parsed; anything else is a :class:`TokenizerMismatch`."""
     try:
-        text = read_text(path, MAX_TOKENIZER_BYTES, "tokenizer.json")
+        text = read_text(path, MAX_TOKENIZER_BYTES, fmt.TOKENIZER)
     except UnreadableFile as err:
         raise TokenizerMismatch(str(err)) from None
     return read_tokenizer_text(text, path)

@@ -70,10 +70,9 @@ from llmspec.importers.hf.vocabulary import (
 )
 from llmspec.spec.loading import dump_spec, load_spec
 from llmspec.spec.sections import ModelSpec
+from runtime import artifact as fmt
 
 __all__ = ["HFImportError", "expected_shapes", "import_hf", "weights_from_hf"]
-
-SPEC_FILE, WEIGHTS_FILE = "spec.yaml", "weights.safetensors"
 
 
 def _spec_name(directory: Path, family: str) -> str:
@@ -342,8 +341,8 @@ def import_hf(
     # The folder's name only: an import never records the importing machine's paths.
     metadata = {"format": "pt", "source": source.path.resolve().name}
     files: dict[str, Callable[[Path], object]] = {
-        SPEC_FILE: lambda p: p.write_text(text, encoding="utf-8"),
-        WEIGHTS_FILE: lambda p: save_file(_unshared(tensors), str(p), metadata=metadata),
+        fmt.SPEC: lambda p: p.write_text(text, encoding="utf-8"),
+        fmt.WEIGHTS: lambda p: save_file(_unshared(tensors), str(p), metadata=metadata),
     }
     if tokenizer_json is not None:
         files[TOKENIZER_FILE] = lambda p: p.write_text(tokenizer_json, encoding="utf-8")

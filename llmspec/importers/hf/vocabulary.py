@@ -47,6 +47,7 @@ from llmspec.tokenizer import (
     check_fits,
     read_tokenizer_text,
 )
+from runtime import artifact as fmt
 from runtime.reading import UnreadableFile, read_text
 
 __all__ = [
@@ -102,7 +103,7 @@ def vocabulary_from_tokenizer(source: Source, imported: Imported, size: int) -> 
     """The vocabulary of the source's tokenizer.json, copied (see the module docstring)."""
     assert source.tokenizer_json is not None
     try:
-        json_text = read_text(source.tokenizer_json, MAX_TOKENIZER_BYTES, "tokenizer.json")
+        json_text = read_text(source.tokenizer_json, MAX_TOKENIZER_BYTES, fmt.TOKENIZER)
     except UnreadableFile as err:
         raise HFImportError(str(err)) from None
     try:
