@@ -1,2 +1,3 @@
-"""Stage 5, training: the corpora and their collators (numpy only, which evaluation also uses),
-the objectives, the loop, checkpoints and the torchrun cluster."""
+"""Stage 5, training: the data and the objectives' collators (numpy only, which evaluation also
+uses), the settings, the loop, its optimizer and precision, checkpoints, progress reporting and
+the torchrun cluster."""
