@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 import llmspec
-from llmspec.inspect.estimate import estimate
+from llmspec.estimates.report import estimate
 
 torch.set_num_threads(1)
 name, batch, seq = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

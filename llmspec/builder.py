@@ -29,9 +29,9 @@ from torch import nn
 from codegen.loader import load_source
 from codegen.render import render
 from llmspec.errors import LlmspecError
-from llmspec.inspect.counts import count_parameters
-from llmspec.inspect.memory import build_bytes, shortfall
-from llmspec.inspect.units import human_bytes, human_count
+from llmspec.estimates.counts import count_parameters
+from llmspec.estimates.memory import build_bytes, shortfall
+from llmspec.estimates.units import human_bytes, human_count
 from llmspec.lower import lower
 from llmspec.spec.loading import load_spec, spec_sha256
 from llmspec.spec.sections import ModelSpec
@@ -87,7 +87,7 @@ def check_memory(
     what: str,
     device: torch.device | str | None = None,
 ) -> None:
-    """Raise :class:`ModelTooLarge` when ``need`` bytes (from :mod:`llmspec.inspect.memory`)
+    """Raise :class:`ModelTooLarge` when ``need`` bytes (from :mod:`llmspec.estimates.memory`)
     exceed
     what ``device`` has available; ``what`` says what they are for ("building it in fp32")."""
     why = shortfall(need, device_memory(device))
@@ -210,7 +210,7 @@ def build(
     ``...ForConditionalGeneration``), in training mode as any new module. Under
     ``with torch.device("meta"):`` it is built without memory, for counting parameters.
 
-    Before initializing, the memory it takes (:func:`llmspec.inspect.memory.build_bytes`) is
+    Before initializing, the memory it takes (:func:`llmspec.estimates.memory.build_bytes`) is
     checked against what the default device has available: a model that cannot fit raises
     :class:`ModelTooLarge` instead of allocating until the machine gives up.
     """

@@ -1,7 +1,7 @@
 """How much memory this machine has, for refusing work that cannot fit before allocating it.
 
 Used by the runtime (a request whose KV cache cannot fit) and by the compiler (a model whose
-weights cannot be built or trained here, see ``llmspec.inspect.memory``)."""
+weights cannot be built or trained here, see ``llmspec.estimates.memory``)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from llmspec.cli.arguments import positive, positive_fraction
 from llmspec.errors import EXIT_BAD_INPUT, EXIT_OK
-from llmspec.inspect.compute import DEFAULT_MFU, DEVICES
+from llmspec.estimates.compute import DEFAULT_MFU, DEVICES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,9 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from llmspec.estimates.memory import fit_warnings
+    from llmspec.estimates.report import estimate, plot_memory
     from llmspec.files import write_atomic
-    from llmspec.inspect.estimate import estimate, plot_memory
-    from llmspec.inspect.memory import fit_warnings
     from llmspec.spec.loading import load_spec
 
     spec = load_spec(Path(args.spec))

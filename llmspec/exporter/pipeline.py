@@ -46,6 +46,8 @@ import torch
 
 from llmspec import __version__
 from llmspec.builder import DTYPES, INIT_SEED, build
+from llmspec.estimates.report import estimate
+from llmspec.estimates.units import human_bytes, human_count
 from llmspec.exporter.graphs import (
     ExportError,
     export_graph,
@@ -67,8 +69,6 @@ from llmspec.exporter.rewrites.matmul_packing import PACK_MATMULS
 from llmspec.exporter.rewrites.ort_optimizer import optimize_graph, rewrite_graph_file
 from llmspec.exporter.rewrites.rotary import FUSE_ROTARY
 from llmspec.files import publishing, write_atomic
-from llmspec.inspect.estimate import estimate
-from llmspec.inspect.units import human_bytes, human_count
 from llmspec.sources import ModelSource, NoSpecInDirectory, resolve_source
 from llmspec.spec.loading import dump_spec, spec_sha256
 from llmspec.spec.sections import ModelSpec

@@ -78,8 +78,8 @@ from typing import Any
 
 import numpy as np
 
+from llmspec.estimates.memory import build_bytes, train_bytes
 from llmspec.files import remove_stale, write_atomic, writing
-from llmspec.inspect.memory import build_bytes, train_bytes
 from llmspec.spec.loading import dump_spec, load_spec, spec_sha256
 from llmspec.spec.sections import ModelSpec
 from llmspec.trainer.checkpoints import (

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from llmspec.builder import WeightsError, build, generate_source
 from llmspec.cli import main
 from llmspec.cli.codegen import codegen as codegen_command
-from llmspec.inspect.counts import count_parameters
+from llmspec.estimates.counts import count_parameters
 from llmspec.spec.loading import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,15 +18,15 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 import llmspec.builder
-import llmspec.inspect.memory
+import llmspec.estimates.memory
 import llmspec.tokenizer
 from llmspec.builder import ModelTooLarge, build
 from llmspec.cli import main
 from llmspec.errors import SpecError
+from llmspec.estimates.counts import count_parameters
+from llmspec.estimates.memory import build_bytes
+from llmspec.estimates.units import human_bytes, human_count
 from llmspec.importers.hf.importer import HFImportError, import_hf
-from llmspec.inspect.counts import count_parameters
-from llmspec.inspect.memory import build_bytes
-from llmspec.inspect.units import human_bytes, human_count
 from llmspec.prompts import PromptError, read_examples, read_template
 from llmspec.spec.loading import load_spec
 from llmspec.spec.sections import ModelSpec
@@ -375,7 +375,7 @@ def absurd(field: str, value: int) -> str:
 def small_machine(monkeypatch: pytest.MonkeyPatch, available: int) -> None:
     memory = MachineMemory(available, 2 * available, "this machine")
     monkeypatch.setattr(llmspec.builder, "machine_memory", lambda: memory)
-    monkeypatch.setattr(llmspec.inspect.memory, "machine_memory", lambda: memory)
+    monkeypatch.setattr(llmspec.estimates.memory, "machine_memory", lambda: memory)
 
 
 class Unbuildable(torch.nn.Module):
@@ -497,7 +497,7 @@ def test_on_a_gpu_the_check_uses_the_free_memory_torch_reports(
     assert memory == MachineMemory(3 << 30, 80 << 30, "cuda:0") and asked == [
         torch.device("cuda:0")
     ]
-    need = llmspec.inspect.memory.train_bytes(spec)
+    need = llmspec.estimates.memory.train_bytes(spec)
     with pytest.raises(ModelTooLarge, match=r"cuda:0 has 3.0 GiB available \(80.0 GiB in all\)"):
         llmspec.builder.check_memory(spec, need, "training it", "cuda:0")
     llmspec.builder.check_memory(load_spec(TINY), need // 1000, "training it", "cuda:0")

@@ -15,7 +15,7 @@ import pytest
 
 import llmspec
 from llmspec.cli import main
-from llmspec.inspect.estimate import estimate
+from llmspec.estimates.report import estimate
 from llmspec.spec.loading import load_spec
 from llmspec.tokenizer import load_for_spec
 from llmspec.trainer.checkpoints import CHECKPOINTS, checkpoint_dirs

@@ -1,10 +1,10 @@
-"""Numbers in human units (llmspec.inspect.units)."""
+"""Numbers in human units (llmspec.estimates.units)."""
 
 from __future__ import annotations
 
 import pytest
 
-from llmspec.inspect.units import human_bytes, human_count, human_duration, human_flops
+from llmspec.estimates.units import human_bytes, human_count, human_duration, human_flops
 
 
 @pytest.mark.parametrize(

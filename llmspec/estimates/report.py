@@ -5,15 +5,15 @@ anyone installs the compile extra. :func:`estimate` gathers, for one spec and on
 
 * the **exact parameter count**, per component and in total, with tied weights counted once,
   and **weight memory** for every precision (fp32, fp16, bf16, int8, int4)
-  (:mod:`llmspec.inspect.counts`);
+  (:mod:`llmspec.estimates.counts`);
 * **inference memory**: weights at the artifact's precision plus the KV cache, and **training
-  memory per device** for DDP, ZeRO-1/2/3 and FSDP (:mod:`llmspec.inspect.memory`, after
+  memory per device** for DDP, ZeRO-1/2/3 and FSDP (:mod:`llmspec.estimates.memory`, after
   Rajbhandari et al. 2020 and Korthikanti et al. 2022);
 * **FLOPs per token**: 2 (forward) and 6 (training) per matrix-multiply parameter, and the
-  **training compute view** (:class:`~llmspec.inspect.compute.TrainingCompute`): FLOPs for a
+  **training compute view** (:class:`~llmspec.estimates.compute.TrainingCompute`): FLOPs for a
   token count, the compute-optimal token count (20 per parameter) and, on a device from
-  :data:`~llmspec.inspect.compute.DEVICES` at an assumed model FLOPs utilization (MFU), the
-  training time (:mod:`llmspec.inspect.compute`).
+  :data:`~llmspec.estimates.compute.DEVICES` at an assumed model FLOPs utilization (MFU), the
+  training time (:mod:`llmspec.estimates.compute`).
 
 This module also has **memory per device against device count** for each strategy
 (:func:`memory_by_gpus`), drawn by :func:`plot_memory` (matplotlib, imported only there).
@@ -28,8 +28,8 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
-from llmspec.inspect.compute import DEFAULT_MFU, DEVICES, TOKENS_PER_PARAMETER, TrainingCompute
-from llmspec.inspect.counts import (
+from llmspec.estimates.compute import DEFAULT_MFU, DEVICES, TOKENS_PER_PARAMETER, TrainingCompute
+from llmspec.estimates.counts import (
     FLOAT_BYTES,
     PRECISIONS,
     ParameterCount,
@@ -37,7 +37,7 @@ from llmspec.inspect.counts import (
     count_parameters,
     weight_bytes,
 )
-from llmspec.inspect.memory import (
+from llmspec.estimates.memory import (
     STRATEGIES,
     InferenceMemory,
     StrategyName,
@@ -47,7 +47,7 @@ from llmspec.inspect.memory import (
     model_states_bytes,
     training_activation_bytes,
 )
-from llmspec.inspect.units import human_bytes, human_count, human_duration, human_flops
+from llmspec.estimates.units import human_bytes, human_count, human_duration, human_flops
 from llmspec.spec.sections import ModelSpec
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from llmspec.cli import main
-from llmspec.inspect.compute import DEVICES
-from llmspec.inspect.counts import PRECISIONS
-from llmspec.inspect.estimate import PLOT_GPUS, estimate, memory_by_gpus
-from llmspec.inspect.memory import STRATEGIES
-from tests.llmspec.inspect.published_specs import (
+from llmspec.estimates.compute import DEVICES
+from llmspec.estimates.counts import PRECISIONS
+from llmspec.estimates.memory import STRATEGIES
+from llmspec.estimates.report import PLOT_GPUS, estimate, memory_by_gpus
+from tests.llmspec.estimates.published_specs import (
     ALL_SPECS,
     GPT2_SMALL,
     TINYLLAMA,
@@ -93,7 +93,7 @@ def test_render_shows_human_units_in_aligned_columns() -> None:
 
 
 def test_estimating_does_not_import_torch() -> None:
-    code = "import sys, llmspec.inspect.estimate; sys.exit('torch' in sys.modules)"
+    code = "import sys, llmspec.estimates.report; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 

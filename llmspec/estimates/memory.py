@@ -15,8 +15,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from llmspec.inspect.counts import FLOAT_BYTES, PrecisionName, count_parameters, stacks
-from llmspec.inspect.units import human_bytes
+from llmspec.estimates.counts import FLOAT_BYTES, PrecisionName, count_parameters, stacks
+from llmspec.estimates.units import human_bytes
 from llmspec.spec.sections import ModelSpec
 from runtime.memory import MachineMemory, machine_memory
 

@@ -1,5 +1,5 @@
 """Parameter counts pinned to published models, weight bytes per precision and the matrix-multiply
-parameters that size the FLOPs (llmspec.inspect.counts)."""
+parameters that size the FLOPs (llmspec.estimates.counts)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmspec.inspect.counts import PRECISIONS, count_parameters
-from llmspec.inspect.estimate import estimate
-from tests.llmspec.inspect.published_specs import (
+from llmspec.estimates.counts import PRECISIONS, count_parameters
+from llmspec.estimates.report import estimate
+from tests.llmspec.estimates.published_specs import (
     ALL_SPECS,
     BART_BASE,
     BERT_BASE,

@@ -1,5 +1,5 @@
 """The training compute view: FLOPs for a token count, compute-optimal tokens and the time on
-a device (llmspec.inspect.compute)."""
+a device (llmspec.estimates.compute)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from llmspec.inspect.compute import DEVICES, training_seconds
-from llmspec.inspect.estimate import estimate
-from llmspec.inspect.units import human_duration
-from tests.llmspec.inspect.published_specs import (
+from llmspec.estimates.compute import DEVICES, training_seconds
+from llmspec.estimates.report import estimate
+from llmspec.estimates.units import human_duration
+from tests.llmspec.estimates.published_specs import (
     GPT2_SMALL,
     spec_of,
 )

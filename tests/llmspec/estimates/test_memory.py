@@ -1,5 +1,5 @@
 """Memory formulas pinned to their papers: the KV cache, model states under ZeRO and FSDP
-(Rajbhandari et al.) and activations (Korthikanti et al.) (llmspec.inspect.memory)."""
+(Rajbhandari et al.) and activations (Korthikanti et al.) (llmspec.estimates.memory)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmspec.inspect.estimate import estimate
-from llmspec.inspect.memory import STRATEGIES, layer_activation_bytes, model_states_bytes
-from tests.llmspec.inspect.published_specs import (
+from llmspec.estimates.memory import STRATEGIES, layer_activation_bytes, model_states_bytes
+from llmspec.estimates.report import estimate
+from tests.llmspec.estimates.published_specs import (
     BERT_BASE,
     GPT2_SMALL,
     T5_SMALL,
