@@ -15,8 +15,10 @@ from llmspec.spec.loading import load_spec
 from llmspec.spec.sections import FileTokenizer, ModelSpec
 from llmspec.trainer.optimization import Precision
 from llmspec.trainer.settings import TrainError
+from runtime import artifact as fmt
 
-SPEC_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "spec.yaml", "weights.safetensors", "tokenizer.json"
+# The files a run directory shares with an artifact and import-hf output, named in runtime.artifact.
+SPEC_FILE, WEIGHTS_FILE, TOKENIZER_FILE = fmt.SPEC, fmt.WEIGHTS, fmt.TOKENIZER
 RUN_FILE, METRICS_FILE, PLOT_FILE = "run.json", "metrics.jsonl", "loss.png"
 CHECKPOINTS, OPTIMIZER_FILE, STATE_FILE = "checkpoints", "optimizer.pt", "state.json"
 KEEP_CHECKPOINTS = 2
