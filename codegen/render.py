@@ -15,6 +15,7 @@ import sys
 import textwrap
 from functools import cache
 from pathlib import Path
+from shutil import which
 
 import jinja2
 
@@ -122,7 +123,6 @@ def ruff_command() -> list[str]:
         pass
     else:
         return [sys.executable, "-m", "ruff"]
-    from shutil import which
 
     found = which("ruff")
     if found is None:

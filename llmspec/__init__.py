@@ -1,5 +1,6 @@
 """llmspec: a declarative, spec-driven model compiler for transformer language models."""
 
+import importlib
 from typing import Any
 
 from llmspec.errors import Problem, SpecError
@@ -34,7 +35,5 @@ _LAZY = {
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'llmspec' has no attribute {name!r}")

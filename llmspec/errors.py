@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from codegen.errors import RenderError
+from codegen.plan import PlanError
 from runtime.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_USAGE, LlmspecError
 
 Path = tuple[str | int, ...]
@@ -51,8 +53,6 @@ class SpecError(ValueError, LlmspecError):
 def bad_input_errors() -> tuple[type[Exception], ...]:
     """What ``llmspec``'s ``main`` catches as bad input: :class:`LlmspecError`, and the errors
     of the package that cannot import it (``codegen`` imports nothing of ours). The one list."""
-    from codegen.errors import RenderError
-    from codegen.plan import PlanError
 
     return (LlmspecError, PlanError, RenderError)
 

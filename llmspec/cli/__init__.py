@@ -16,7 +16,9 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
+from llmspec import __version__
 from llmspec.errors import EXIT_BAD_INPUT, EXIT_OK, SpecError, bad_input_errors
+from llmspec.files import OutputError
 
 # verb -> (its module in llmspec.cli, its help), in the order ``llmspec --help`` lists them
 VERBS: dict[str, tuple[str, str]] = {
@@ -51,7 +53,6 @@ def verb_module(verb: str) -> ModuleType:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from llmspec import __version__
 
     parser = argparse.ArgumentParser(
         prog="llmspec",
@@ -103,7 +104,6 @@ def _report(verb: str, err: Exception) -> None:
 def _os_error(err: OSError) -> str:
     """One line for an ``OSError``: an :class:`~llmspec.files.OutputError` says what failed,
     where and what to do; any other names its file and cause."""
-    from llmspec.files import OutputError
 
     if isinstance(err, OutputError) or not err.strerror:
         return str(err)

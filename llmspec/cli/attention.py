@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from llmspec.errors import EXIT_BAD_INPUT, EXIT_OK
+from llmspec.files import write_atomic
 from llmspec.inspect.attention_maps import KINDS, STACKS, render_command
 
 
@@ -34,7 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llmspec.files import write_atomic
 
     try:
         png, summary = render_command(args)

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from llmspec.errors import EXIT_OK
+from llmspec.files import write_atomic
+from llmspec.spec.loading import load_spec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,8 +26,6 @@ def codegen(spec_path: str | os.PathLike[str], output: str | None) -> int:
     atomically. Returns the exit status; a bad spec raises :class:`SpecError` (the CLI
     reports it and exits 1)."""
     from llmspec.builder import generate_source
-    from llmspec.files import write_atomic
-    from llmspec.spec.loading import load_spec
 
     spec = load_spec(Path(spec_path))
     source = generate_source(spec)  # a RenderError: main reports it

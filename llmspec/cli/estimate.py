@@ -10,6 +10,10 @@ from pathlib import Path
 from llmspec.cli.arguments import positive, positive_fraction
 from llmspec.errors import EXIT_BAD_INPUT, EXIT_OK
 from llmspec.estimates.compute import DEFAULT_MFU, DEVICES
+from llmspec.estimates.memory import fit_warnings
+from llmspec.estimates.report import estimate, plot_memory
+from llmspec.files import write_atomic
+from llmspec.spec.loading import load_spec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,10 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llmspec.estimates.memory import fit_warnings
-    from llmspec.estimates.report import estimate, plot_memory
-    from llmspec.files import write_atomic
-    from llmspec.spec.loading import load_spec
 
     spec = load_spec(Path(args.spec))
     try:

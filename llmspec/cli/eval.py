@@ -7,6 +7,7 @@ import json
 import sys
 import warnings
 
+import runtime
 from llmspec.cli.arguments import add_data_argument, add_device_arguments, non_negative, positive
 from llmspec.errors import EXIT_BAD_INPUT, EXIT_OK
 from llmspec.inspect.evaluate import DEFAULT_BATCH_SIZE, evaluate
@@ -41,7 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``llmspec eval``: the exit status (1, with one line on stderr, for bad input)."""
-    import runtime
 
     try:
         with warnings.catch_warnings(record=True) as caught:

@@ -10,6 +10,7 @@ from typing import Any
 from llmspec.cli.arguments import add_device_arguments, non_negative
 from llmspec.cli.inference import load, usage
 from llmspec.errors import EXIT_OK
+from llmspec.prompts import few_shot_prompts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,8 +71,6 @@ def run(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     prompts = list(args.prompt)
     if args.examples is not None:
-        from llmspec.prompts import few_shot_prompts
-
         prompts = few_shot_prompts(prompts, args.examples, args.shots, args.template)
     model = load("generate", args, ("decoder-only", "encoder-decoder"))
     options = {

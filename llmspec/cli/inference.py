@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Any
 
+import runtime
 from llmspec.errors import EXIT_USAGE
 
 
@@ -24,9 +26,6 @@ def usage(verb: str, message: str) -> int:
 
 def load(verb: str, args: argparse.Namespace, family: tuple[str, ...]) -> Any:
     """The loaded model; raises a bad-input error for a model of another family."""
-    import warnings
-
-    import runtime
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", runtime.DeviceFallbackWarning)

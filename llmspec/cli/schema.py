@@ -6,6 +6,8 @@ import argparse
 import sys
 
 from llmspec.errors import EXIT_OK
+from llmspec.files import write_atomic
+from llmspec.spec.schema import json_schema_text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,8 +15,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llmspec.files import write_atomic
-    from llmspec.spec.schema import json_schema_text
 
     text = json_schema_text()
     if args.output:

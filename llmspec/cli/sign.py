@@ -9,6 +9,7 @@ from typing import Any
 from llmspec.errors import EXIT_BAD_INPUT, EXIT_OK
 from llmspec.exporter.signing import sign_artifact
 from runtime import artifact as fmt
+from runtime.signing import fingerprint, private_key
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: Any) -> int:
     """``llmspec sign``: 0 when signed, 1 for a bad artifact or key."""
-    from runtime.signing import fingerprint, private_key
 
     try:
         key = private_key(args.key)

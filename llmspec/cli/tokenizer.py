@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 from llmspec.errors import EXIT_OK
+from llmspec.files import write_atomic
+from llmspec.spec.loading import load_spec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,8 +16,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llmspec.files import write_atomic
-    from llmspec.spec.loading import load_spec
     from llmspec.tokenizer import load_for_spec
 
     path = Path(args.spec)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from llmspec.errors import EXIT_BAD_INPUT, EXIT_OK, SpecError
+from llmspec.spec.loading import load_spec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,7 +17,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llmspec.spec.loading import load_spec
 
     results = []
     status = EXIT_OK

@@ -33,6 +33,7 @@ gated) where the CUDA provider works.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import os
@@ -225,7 +226,6 @@ def _opset(path: Path) -> int:
 
 
 def _cast(model: torch.nn.Module, precision: str) -> torch.nn.Module:
-    import copy
 
     return copy.deepcopy(model).to(DTYPES[precision]).eval()
 

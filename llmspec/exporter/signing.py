@@ -11,7 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from llmspec.files import write_atomic
 from runtime import artifact as fmt
+from runtime.signing import check_signature, new_key_pair, private_key, sign_manifest
 
 PRIVATE_KEY = "private.pem"
 PUBLIC_KEY = "public.pem"
@@ -25,8 +27,6 @@ def sign_artifact(path: str | os.PathLike[str], key: Any) -> Path:
     broken or tampered artifact is never signed. Returns the signature's path. Raises
     :class:`ArtifactError` or :class:`runtime.signing.SigningError`.
     """
-    from llmspec.files import write_atomic
-    from runtime.signing import check_signature, private_key, sign_manifest
 
     root = Path(path)
     secret = private_key(key)
@@ -40,8 +40,6 @@ def sign_artifact(path: str | os.PathLike[str], key: Any) -> Path:
 def write_key_pair(directory: str | os.PathLike[str]) -> tuple[Path, Path]:
     """A new Ed25519 key pair in ``directory`` (created if needed): :data:`PRIVATE_KEY`
     (mode 0600) and :data:`PUBLIC_KEY`. Refuses to replace existing key files."""
-    from llmspec.files import write_atomic
-    from runtime.signing import new_key_pair
 
     root = Path(directory)
     private, public = root / PRIVATE_KEY, root / PUBLIC_KEY

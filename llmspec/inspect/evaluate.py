@@ -47,11 +47,14 @@ from typing import Any
 
 import numpy as np
 
+import runtime
 from llmspec.errors import LlmspecError
+from llmspec.spec.loading import load_spec
 from llmspec.spec.sections import ModelSpec
 from llmspec.trainer.data import Dataset, corpus_files, eval_batches, token_stream
 from llmspec.trainer.objectives import IGNORE, Features, TokenIds, make_collator
 from llmspec.trainer.settings import Settings
+from runtime import artifact as fmt
 
 DEFAULT_BATCH_SIZE = 8
 
@@ -159,7 +162,6 @@ def batch_logits(model: Any, batch: Features) -> np.ndarray:
     graphs (a model from ``runtime.load``, fed through its :mod:`runtime.graphs` feeder): the
     decoder-only graph over the whole sequence, the encoder-only graph, or the encoder then the
     decoder (teacher forced)."""
-    from runtime import artifact as fmt
 
     architecture = model.manifest.architecture
     input_ids = np.ascontiguousarray(batch["input_ids"], dtype=np.int64)
@@ -223,9 +225,6 @@ def evaluate(
     :class:`llmspec.trainer.settings.TrainError` for missing or empty data, :class:`EvalError` for
     settings out of range or data with nothing to score, and the objective's and tokenizer's
     ValueErrors."""
-    import runtime
-    from llmspec.spec.loading import load_spec
-    from runtime import artifact as fmt
 
     started = time.perf_counter()
     model = runtime.load(Path(artifact), device=device, threads=threads)
