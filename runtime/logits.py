@@ -40,6 +40,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def active_rows(state: DecodingState) -> list[int]:
+    """The rows of the request that are not finished yet."""
     return np.flatnonzero(~state.finished).tolist()
 
 
