@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from llmspec.files import publishing
-from llmspec.spec.loading import load_spec
+from llmspec.sources import NoSpecInDirectory, resolve_source
 from llmspec.spec.sections import FileTokenizer, ModelSpec
 from llmspec.trainer.optimization import Precision
 from llmspec.trainer.settings import TrainError
@@ -50,20 +50,18 @@ def load_source(spec_or_dir: ModelSpec | str | os.PathLike[str]) -> Source:
     holding spec.yaml (a run, or ``llmspec import-hf`` output; weights.safetensors optional)."""
     from llmspec.tokenizer import load_for_spec
 
-    if isinstance(spec_or_dir, ModelSpec):
-        return Source(spec_or_dir, load_for_spec(spec_or_dir, Path.cwd()))
-    path = Path(spec_or_dir)
-    if path.is_dir():
-        spec_path = path / SPEC_FILE
-        if not spec_path.is_file():
-            raise TrainError(f"{path}: a directory to train from must hold {SPEC_FILE}")
-        spec = load_spec(spec_path)
-        weights = path / WEIGHTS_FILE
-        return Source(spec, load_for_spec(spec, path), weights if weights.is_file() else None)
-    if not path.is_file():
-        raise TrainError(f"{path}: no such spec file or run directory")
-    spec = load_spec(path)
-    return Source(spec, load_for_spec(spec, path.parent))
+    if not isinstance(spec_or_dir, ModelSpec):
+        path = Path(spec_or_dir)
+        if not path.is_dir() and not path.is_file():
+            raise TrainError(f"{path}: no such spec file or run directory")
+    try:
+        source = resolve_source(spec_or_dir)
+    except NoSpecInDirectory as err:
+        raise TrainError(
+            f"{err.directory}: a directory to train from must hold {SPEC_FILE}"
+        ) from None
+    # the spec's own tokenizer (a run directory's spec names its tokenizer.json)
+    return Source(source.spec, load_for_spec(source.spec, source.directory), source.weights)
 
 
 def checkpoint_dirs(run: Path) -> list[Path]:
