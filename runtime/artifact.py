@@ -274,8 +274,8 @@ def read_manifest(directory: str | os.PathLike[str], signed_by: Any = None) -> M
     root = Path(directory)
     data = read_manifest_bytes(root)
     if signed_by is not None:
-        # Imported here: runtime.signing needs the optional `cryptography` package, which
-        # `import runtime` and unsigned loads must not require.
+        # Imported here: runtime.signing reads this module's file names (an import cycle at
+        # the top); it imports the optional `cryptography` only inside its own functions.
         from runtime.signing import check_signature
 
         check_signature(root, data, signed_by)
