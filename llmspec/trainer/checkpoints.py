@@ -45,7 +45,7 @@ def stored_spec(spec: ModelSpec) -> ModelSpec:
     return spec.model_copy(update={"vocabulary": vocabulary})
 
 
-def load_source(spec_or_dir: ModelSpec | str | os.PathLike[str]) -> Source:
+def run_source(spec_or_dir: ModelSpec | str | os.PathLike[str]) -> Source:
     """The spec, tokenizer and initial weights of a spec file, a spec object, or a directory
     holding spec.yaml (a run, or ``llmspec import-hf`` output; weights.safetensors optional)."""
     from llmspec.tokenizer import load_for_spec

@@ -93,7 +93,7 @@ from llmspec.trainer.checkpoints import (
     Source,
     checkpoint_dirs,
     load_checkpoint,
-    load_source,
+    run_source,
     save_checkpoint,
     state_dicts,
     stored_spec,
@@ -247,7 +247,7 @@ class _Run:
         run."""
         from llmspec.builder import check_memory
 
-        source = load_source(spec_or_dir)
+        source = run_source(spec_or_dir)
         # Refuse a model that cannot fit before reading the data: it is built in fp32 on the
         # CPU, then trained (weights, gradients, Adam) on the run's device.
         shards = self.cluster.world if self.cluster.strategy == "fsdp" else 1

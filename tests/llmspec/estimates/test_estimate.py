@@ -155,6 +155,7 @@ def test_bad_compute_flags_are_usage_errors(
 def test_estimate_verb_writes_the_memory_plot_atomically(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import llmspec.cli.estimate as verb
     from llmspec import files
 
     written: list[tuple[Path, bytes]] = []
@@ -165,7 +166,7 @@ def test_estimate_verb_writes_the_memory_plot_atomically(
         written.append((Path(path), data))
         return real(path, data)
 
-    monkeypatch.setattr(files, "write_atomic", spy)
+    monkeypatch.setattr(verb, "write_atomic", spy)  # the verb writes through it
     target = tmp_path / "memory.png"
     argv = ["estimate", str(TINY_SPEC), "--plot", str(target), "--device", "l4", "--json"]
     assert main(argv) == 0
