@@ -44,6 +44,8 @@ from pydantic import (
     ConfigDict,
     Field,
     PositiveInt,
+    SerializerFunctionWrapHandler,
+    model_serializer,
     model_validator,
 )
 
@@ -52,10 +54,35 @@ from runtime.decoding import Greedy, Step
 BYTE_LEVEL_BASE = 256  # the built-in tokenizer has one token per byte before its specials
 
 
+class AddedLater:
+    """Marks a field added after the first spec format: ``Annotated[bool, ADDED] = ...``.
+
+    Such a field is left out of a section's dump (``model_dump``, so of :func:`dump_spec
+    <llmspec.spec.loading.dump_spec>` and :func:`spec_sha256
+    <llmspec.spec.loading.spec_sha256>`) while it holds its default, so a spec that does not
+    use it keeps its normalized form, its sha256 and its generated source byte for byte."""
+
+
+ADDED = AddedLater()
+
+
 class Section(BaseModel):
     """Base of every spec section: unknown keys are errors, values are not coerced."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+    @model_serializer(mode="wrap")
+    def _without_added_defaults(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            for name, info in type(self).model_fields.items():
+                if (
+                    name in data
+                    and ADDED in info.metadata
+                    and getattr(self, name) == info.get_default(call_default_factory=True)
+                ):
+                    del data[name]
+        return data
 
 
 # ----------------------------------------------------------------------------------------
@@ -180,6 +207,21 @@ class Norm(Section):
         default="pre", description="pre: x + f(norm(x)) (GPT-2); post: norm(x + f(x)) (BERT)"
     )
     eps: float = Field(default=1e-5, gt=0, lt=1)
+    sandwich: Annotated[bool, ADDED] = Field(
+        default=False,
+        description="pre-norm only: also a norm on each sublayer's output before the residual "
+        "add, x + norm(f(norm(x))) (Gemma 2/3's post_attention_layernorm and "
+        "post_feedforward_layernorm)",
+    )
+    bias: Annotated[bool | None, ADDED] = Field(
+        default=None,
+        description="LayerNorm shifts; null: follow the spec's bias (Falcon has LayerNorm "
+        "shifts but no linear biases). RMSNorm never has one",
+    )
+    unit_offset: Annotated[bool, ADDED] = Field(
+        default=False,
+        description="rmsnorm only: scale by (1 + weight), the weight starting at 0 (Gemma)",
+    )
 
 
 class LearnedPositions(Section):
@@ -219,6 +261,18 @@ class Embeddings(Section):
     token_types: int = Field(default=0, ge=0, description="segment embeddings (BERT has 2)")
     norm: bool = Field(default=False, description="a norm after the embeddings (BERT, BART)")
     scale: bool = Field(default=False, description="multiply embeddings by sqrt(d_model)")
+
+
+class Block(Section):
+    """How the sublayers of a layer meet the residual stream."""
+
+    parallel: Annotated[Literal["shared-norm", "separate-norms"] | None, ADDED] = Field(
+        default=None,
+        description="pre-norm only: attention and feed-forward read the same input and are "
+        "added together, x + attn(norm1(x)) + mlp(norm2(x)); separate-norms: two norms "
+        "(GPT-NeoX's use_parallel_residual, Falcon-40B), shared-norm: one (GPT-J, Phi-2, "
+        "Falcon-7B). null: one after the other (GPT-2, Llama)",
+    )
 
 
 class Head(Section):
@@ -326,6 +380,12 @@ class Generation(Section):
     chain: Annotated[list[DecodingStep], BeforeValidator(_strict_step_values)] = Field(
         default_factory=lambda: _greedy_chain()
     )
+    softcap: Annotated[float | None, ADDED] = Field(
+        default=None,
+        gt=0,
+        description="final logit soft-capping: logits = softcap * tanh(logits / softcap), "
+        "after any logits bias (Gemma 2's final_logit_softcapping, 30.0)",
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -351,6 +411,7 @@ class ModelSpec(Section):
     attention: Attention
     feed_forward: FeedForward
     norm: Norm = Field(default_factory=Norm)
+    block: Annotated[Block, ADDED] = Field(default_factory=Block)
     positions: Positions
     bias: bool = Field(default=True, description="biases in projections and LayerNorms")
     embeddings: Embeddings = Field(default_factory=Embeddings)
