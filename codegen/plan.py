@@ -109,17 +109,75 @@ POSITION_NAMES: dict[str, str] = {
 }
 
 
+LayerKind = Literal["local", "global"]
+
+
 @dataclass(frozen=True)
 class AttentionPlan:
     grouped: bool  # fewer key/value heads than query heads (GQA, MQA)
     multi_query: bool  # one key/value head (MQA); implies grouped
     scaled: bool  # scores * head_dim ** -0.5; T5 folds the scale into its init instead
-    bias: bool
+    bias: bool  # of o_proj (and of q/k/v_proj unless qkv_bias says otherwise)
     dropout: bool
+    qkv_bias: bool | None = None  # of q_proj, k_proj, v_proj; None: as ``bias``
+    explicit_scale: bool = False  # scores * config.attention_scale instead of head_dim ** -0.5
+    softcap: bool = False  # scores = softcap * tanh(scores / softcap), config.attention_softcap
+    qk_norm: bool = False  # RMSNorm over head_dim on queries and keys (q_norm, k_norm)
+    # The sliding window's layers, repeated over the decoder's layers from the first; empty:
+    # no window. Its size is config.sliding_window.
+    layer_pattern: tuple[LayerKind, ...] = ()
 
     def __post_init__(self) -> None:
         if self.multi_query and not self.grouped:
             raise PlanError("multi-query attention is grouped attention with one group")
+        if self.explicit_scale and not self.scaled:
+            raise PlanError("an explicit scale is the scale of scaled attention")
+        if self.layer_pattern and "local" not in self.layer_pattern:
+            raise PlanError("a sliding window needs a local layer; drop the pattern instead")
+
+    @property
+    def projection_bias(self) -> bool:
+        """Whether q_proj, k_proj and v_proj have biases."""
+        return self.bias if self.qkv_bias is None else self.qkv_bias
+
+    @property
+    def any_bias(self) -> bool:
+        """Whether some attention projection has a bias (for the init of biases)."""
+        return self.bias or self.projection_bias
+
+    @property
+    def windowed(self) -> bool:
+        return bool(self.layer_pattern)
+
+    @property
+    def all_local(self) -> bool:
+        return self.layer_pattern == ("local",)
+
+    def is_local(self, index: str) -> str:
+        """A Python condition on the layer index variable ``index``: whether that layer is
+        local (e.g. ``i % 2 == 0`` for [local, global])."""
+        period = len(self.layer_pattern)
+        local = [i for i, kind in enumerate(self.layer_pattern) if kind == "local"]
+        others = [i for i, kind in enumerate(self.layer_pattern) if kind == "global"]
+        if not others:
+            return "True"
+        if len(local) == 1:
+            return f"{index} % {period} == {local[0]}"
+        if len(others) == 1:
+            return f"{index} % {period} != {others[0]}"
+        return f"{index} % {period} in {tuple(local)}"
+
+    @property
+    def pattern_doc(self) -> str:
+        """The layer pattern in words, for comments and docstrings."""
+        if self.all_local:
+            return "every layer attends within the sliding window"
+        local = sum(kind == "local" for kind in self.layer_pattern)
+        order = ", ".join(self.layer_pattern)
+        return (
+            f"{local} of every {len(self.layer_pattern)} layers attend within the sliding "
+            f"window ({order}, repeated)"
+        )
 
 
 @dataclass(frozen=True)

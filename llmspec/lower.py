@@ -17,6 +17,7 @@ from codegen.plan import (
     FeedForwardPlan,
     HeadPlan,
     InitPlan,
+    LayerKind,
     LossKind,
     ModelPlan,
     NormPlan,
@@ -132,6 +133,7 @@ def _config_fields(spec: ModelSpec) -> tuple[ConfigField, ...]:
     if spec.head_dim * heads != spec.d_model:
         head_dim_comment = f"set by the spec: n_heads * head_dim = {spec.head_dim * heads}"
     fields.append(ConfigField("head_dim", "int", spec.head_dim, head_dim_comment))
+    fields += _attention_fields(spec)
     fields.append(ConfigField("d_ff", "int", spec.feed_forward.d_ff))
     fields.append(ConfigField("norm_eps", "float", spec.norm.eps))
     p = spec.positions
@@ -184,6 +186,76 @@ def _config_fields(spec: ModelSpec) -> tuple[ConfigField, ...]:
     return tuple(fields)
 
 
+def _attention_fields(spec: ModelSpec) -> list[ConfigField]:
+    """The config fields of the attention knobs (none when they are off)."""
+    a = spec.attention
+    fields = []
+    if a.scale is not None:
+        fields.append(
+            ConfigField("attention_scale", "float", a.scale, "scores * this, not head_dim ** -0.5")
+        )
+    if a.softcap is not None:
+        fields.append(
+            ConfigField(
+                "attention_softcap", "float", a.softcap, "scores = cap * tanh(scores / cap)"
+            )
+        )
+    if _layer_pattern(spec):
+        fields.append(
+            ConfigField(
+                "sliding_window",
+                "int",
+                a.sliding_window,
+                "keys a local layer's query sees, itself included",
+            )
+        )
+    return fields
+
+
+def _layer_pattern(spec: ModelSpec) -> tuple[LayerKind, ...]:
+    """The local/global pattern of the decoder's layers, at its shortest period; empty when no
+    layer is windowed."""
+    a = spec.attention
+    if a.sliding_window is None:
+        return ()
+    pattern: tuple[LayerKind, ...] = tuple(a.layer_pattern or ("local",))
+    if "local" not in pattern:
+        return ()
+    for period in range(1, len(pattern) + 1):
+        if len(pattern) % period == 0 and pattern == pattern[:period] * (len(pattern) // period):
+            return pattern[:period]
+    return pattern
+
+
+def _attention_phrase(spec: ModelSpec) -> str | None:
+    """A docstring line on the attention knobs, or None when they are all off."""
+    a = spec.attention
+    parts = []
+    pattern = _layer_pattern(spec)
+    if pattern:
+        layers = (
+            "every layer"
+            if pattern == ("local",)
+            else f"the local layers of the pattern {', '.join(pattern)} (repeated)"
+        )
+        parts.append(f"a sliding window of {a.sliding_window} keys in {layers}")
+    if a.qk_norm == "rmsnorm":
+        parts.append("RMSNorm on each head's queries and keys")
+    if a.scale is not None:
+        parts.append(f"scores scaled by {a.scale:g}")
+    if a.softcap is not None:
+        parts.append(f"scores soft-capped at {a.softcap:g}")
+    if a.qkv_bias is not None and a.qkv_bias != spec.bias:
+        parts.append(
+            "biases on the query, key and value projections (not the output projection)"
+            if a.qkv_bias
+            else "no biases on the query, key and value projections"
+        )
+    if not parts:
+        return None
+    return "Attention: " + ", ".join(parts) + "."
+
+
 def _positions_phrase(spec: ModelSpec) -> str:
     p = spec.positions
     if p.type == "learned":
@@ -220,6 +292,9 @@ def _description(spec: ModelSpec) -> tuple[str, ...]:
         f"{ACTIVATION_NAMES[spec.feed_forward.activation]} feed-forward, "
         f"{_positions_phrase(spec)}.",
     ]
+    attention = _attention_phrase(spec)
+    if attention is not None:
+        lines.append(attention)
     if not a.scaled:
         lines.append(
             "Unscaled attention scores, with T5's initialization (which folds the 1/sqrt(head "
@@ -362,6 +437,11 @@ def lower(spec: ModelSpec) -> ModelPlan:
             scaled=spec.attention.scaled,
             bias=spec.bias,
             dropout=spec.dropout.attention > 0,
+            qkv_bias=spec.attention.qkv_bias,
+            explicit_scale=spec.attention.scale is not None,
+            softcap=spec.attention.softcap is not None,
+            qk_norm=spec.attention.qk_norm == "rmsnorm",
+            layer_pattern=_layer_pattern(spec),
         ),
         feed_forward=FeedForwardPlan(
             activation=BASE_ACTIVATION[activation],

@@ -61,6 +61,55 @@ def _heads_fit(s: Any) -> RuleProblems:
     return out
 
 
+@rule("attention", "architecture", "layers", "norm")
+def _attention_knobs_fit(s: Any) -> RuleProblems:
+    a = s.attention
+    out: RuleProblems = []
+    if a.scale is not None and not a.scaled:
+        out.append(
+            (
+                ("attention", "scale"),
+                f"scale ({a.scale:g}) is the score scale of scaled attention, but scaled is "
+                "false; drop scale, or set scaled: true",
+            )
+        )
+    if a.sliding_window is not None and s.architecture != "decoder-only":
+        out.append(
+            (
+                ("attention", "sliding_window"),
+                f"a sliding window is supported for decoder-only models, not {s.architecture} "
+                "ones (their windows are two-sided, as ModernBERT's); remove sliding_window",
+            )
+        )
+    if a.layer_pattern is not None:
+        path = ("attention", "layer_pattern")
+        if a.sliding_window is None and "local" in a.layer_pattern:
+            out.append(
+                (
+                    path,
+                    "local layers attend within a sliding window, but there is none; set "
+                    "attention.sliding_window, or make every layer global",
+                )
+            )
+        if len(a.layer_pattern) > s.layers:
+            out.append(
+                (
+                    path,
+                    f"the pattern has {len(a.layer_pattern)} entries but the model has "
+                    f"{s.layers} layers; give at most {s.layers} (it repeats over the layers)",
+                )
+            )
+    if a.qk_norm == "rmsnorm" and s.norm.type != "rmsnorm":
+        out.append(
+            (
+                ("attention", "qk_norm"),
+                f"qk_norm rmsnorm uses the model's RMSNorm, but norm.type is {s.norm.type}; "
+                "set norm.type: rmsnorm (as Qwen3 and Gemma 3), or qk_norm: none",
+            )
+        )
+    return out
+
+
 @rule("attention", "d_model", "positions")
 def _rope_even(s: Any) -> RuleProblems:
     head_dim = s.attention.head_dim or s.d_model // s.attention.heads

@@ -187,6 +187,48 @@ class Attention(Section):
         default=True,
         description="scale scores by 1/sqrt(head_dim); T5 folds the scale into its init",
     )
+    scale: Annotated[float | None, ADDED] = Field(
+        default=None,
+        gt=0,
+        description="an explicit score scale instead of 1/sqrt(head_dim), e.g. Gemma's "
+        "query_pre_attn_scalar ** -0.5; needs scaled: true",
+    )
+    softcap: Annotated[float | None, ADDED] = Field(
+        default=None,
+        gt=0,
+        description="attention logit soft-capping: scores = softcap * tanh(scores / softcap), "
+        "after the scale and before the mask (Gemma 2 uses 50.0)",
+    )
+    sliding_window: Annotated[PositiveInt | None, ADDED] = Field(
+        default=None,
+        description="decoder-only: a local layer's query sees at most this many keys, itself "
+        "included (Mistral, Gemma 2); the key/value cache still holds every position",
+    )
+    layer_pattern: Annotated[list[Literal["local", "global"]] | None, ADDED] = Field(
+        default=None,
+        min_length=1,
+        description="which layers are local (windowed) and which global, repeated over the "
+        "layers from the first: [local, global] for Gemma 2, five local and one global for "
+        "Gemma 3; default with sliding_window: every layer local (Mistral)",
+    )
+    qk_norm: Annotated[Literal["none", "rmsnorm"], ADDED] = Field(
+        default="none",
+        description="rmsnorm: an RMSNorm over head_dim on each head's queries and keys, "
+        "before rotary (Qwen3, Gemma 3): weights self_attn.q_norm and self_attn.k_norm",
+    )
+    qkv_bias: Annotated[bool | None, ADDED] = Field(
+        default=None,
+        description="biases on q_proj, k_proj and v_proj (not o_proj) when they differ from "
+        "the top-level bias: Qwen2 has them, without any other bias; default: follow bias",
+    )
+
+    def layer_is_local(self, layer: int) -> bool:
+        """Whether self-attention layer ``layer`` (from 0) attends within the sliding window."""
+        if self.sliding_window is None:
+            return False
+        if self.layer_pattern is None:
+            return True
+        return self.layer_pattern[layer % len(self.layer_pattern)] == "local"
 
 
 Activation = Literal["relu", "gelu", "gelu-tanh", "silu", "swiglu", "geglu", "geglu-tanh"]
