@@ -1,4 +1,4 @@
-"""Tiny random Hugging Face models of the five imported families, saved with save_pretrained.
+"""Tiny random Hugging Face models of the imported families, saved with save_pretrained.
 
 Built from configs (no download), seeded, in eval mode with eager attention. Each factory takes
 config overrides, so tests can vary one option at a time.
@@ -139,4 +139,110 @@ def bart(directory: Path, **overrides: Any) -> Any:
     _randomize(model)
     with torch.no_grad():
         model.final_logits_bias.normal_()
+    return _save(model, directory)
+
+
+def roberta(directory: Path, *, masked_lm: bool = True, xlm: bool = False, **overrides: Any) -> Any:
+    """RoBERTa (or XLM-RoBERTa): positions from pad_token_id + 1 = 2, one token type."""
+    torch.manual_seed(0)
+    options: dict[str, Any] = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=66,
+        type_vocab_size=1,
+        attn_implementation="eager",
+    )
+    options.update(overrides)
+    prefix = "XLMRoberta" if xlm else "Roberta"
+    config = getattr(transformers, f"{prefix}Config")(**options)
+    head = "ForMaskedLM" if masked_lm else "Model"
+    model = getattr(transformers, f"{prefix}{head}")(config)
+    _randomize(model)
+    return _save(model, directory)
+
+
+def distilbert(directory: Path, *, masked_lm: bool = True, **overrides: Any) -> Any:
+    torch.manual_seed(0)
+    options: dict[str, Any] = dict(
+        vocab_size=VOCAB,
+        dim=32,
+        n_layers=2,
+        n_heads=4,
+        hidden_dim=64,
+        max_position_embeddings=64,
+        attn_implementation="eager",
+    )
+    options.update(overrides)
+    config = transformers.DistilBertConfig(**options)
+    model_class = transformers.DistilBertForMaskedLM if masked_lm else transformers.DistilBertModel
+    model = model_class(config)
+    _randomize(model)
+    return _save(model, directory)
+
+
+def opt(directory: Path, **overrides: Any) -> Any:
+    torch.manual_seed(0)
+    options: dict[str, Any] = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        ffn_dim=64,
+        max_position_embeddings=64,
+        pad_token_id=1,
+        bos_token_id=VOCAB - 1,
+        eos_token_id=VOCAB - 1,
+        attn_implementation="eager",
+    )
+    options.update(overrides)
+    model = transformers.OPTForCausalLM(transformers.OPTConfig(**options))
+    _randomize(model)
+    return _save(model, directory)
+
+
+def mistral(directory: Path, **overrides: Any) -> Any:
+    """Mistral without a binding window (sliding_window None by default here)."""
+    torch.manual_seed(0)
+    options: dict[str, Any] = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=128,
+        sliding_window=None,
+        rope_theta=20000.0,
+        attn_implementation="eager",
+    )
+    options.update(overrides)
+    model = transformers.MistralForCausalLM(transformers.MistralConfig(**options))
+    _randomize(model)
+    return _save(model, directory)
+
+
+def mt5(directory: Path, **overrides: Any) -> Any:
+    """mT5 (T5 v1.1: gated-gelu, a separate lm_head, no rescale)."""
+    torch.manual_seed(0)
+    options: dict[str, Any] = dict(
+        vocab_size=T5_VOCAB,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=20,
+        decoder_start_token_id=0,
+        attn_implementation="eager",
+    )
+    options.update(overrides)
+    model = transformers.MT5ForConditionalGeneration(transformers.MT5Config(**options))
+    # transformers 5 ties mT5's lm_head to shared; untie it as real checkpoints are
+    model.lm_head.weight = torch.nn.Parameter(torch.empty(T5_VOCAB, options["d_model"]))
+    _randomize(model)
     return _save(model, directory)

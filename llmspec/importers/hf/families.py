@@ -38,8 +38,11 @@ from llmspec.importers.hf.config import Config
 from llmspec.importers.hf.tables import (
     BART,
     BERT,
+    DISTILBERT,
     GPT2,
     LLAMA,
+    OPT,
+    ROBERTA,
     T5,
     T5_GATED,
     HFImportError,
@@ -445,11 +448,218 @@ def import_llama(config: Config, weights: Weights) -> Imported:
     return Imported(spec, out, token_ids, needs=(), notes=notes)
 
 
+def import_roberta(config: Config, weights: Weights) -> Imported:
+    """RoBERTa and XLM-RoBERTa: BERT's layers; positions count from ``pad_token_id + 1``
+    (the spec's position offset) and the MLM head (``lm_head``) applies gelu itself."""
+    config.refuse("is_decoder", lambda v: not v, "a causal RoBERTa is not an encoder-only model")
+    config.refuse(
+        "add_cross_attention", lambda v: not v, "encoder-only specs have no cross-attention"
+    )
+    config.refuse(
+        "position_embedding_type",
+        lambda v: v in (None, "absolute"),
+        "only absolute (learned) positions are expressible",
+    )
+    layers = config.integer("num_hidden_layers")
+    token_types = config.integer("type_vocab_size", minimum=0)
+    offset = config.integer("pad_token_id", minimum=0) + 1  # RoBERTa's first position id
+    table_rows = config.integer("max_position_embeddings")
+    if table_rows <= offset:
+        raise HFImportError(
+            f"config.json: max_position_embeddings = {table_rows} leaves no position after "
+            f"pad_token_id + 1 = {offset}, where {config.family}'s positions start"
+        )
+    out = from_hf(weights, ROBERTA, {"encoder": layers}, ["token_types"] if token_types else [])
+    tied = _output_head(weights, out, ROBERTA.head, config)
+    activation = _activation(config, "hidden_act", gated=False)
+    transform = "head_transform.dense.weight" in out
+    if transform and activation != "gelu":
+        raise HFImportError(
+            f"config.json: hidden_act = {json.dumps(config['hidden_act'])} is not supported "
+            f"with the MLM head: {config.family}'s lm_head applies gelu whatever hidden_act "
+            "says, the spec's head transform the feed-forward's activation"
+        )
+    token_ids, notes = _special_ids(config, ("pad", "bos", "eos", "unk", "mask"))
+    spec = {
+        "architecture": "encoder-only",
+        "context_length": table_rows - offset,
+        "d_model": config.integer("hidden_size"),
+        "layers": layers,
+        "attention": {"heads": config.integer("num_attention_heads")},
+        "feed_forward": {"d_ff": config.integer("intermediate_size"), "activation": activation},
+        "norm": {"type": "layernorm", "position": "post", "eps": config.number("layer_norm_eps")},
+        "positions": {"type": "learned", "max_positions": table_rows - offset, "offset": offset},
+        "bias": True,
+        "embeddings": {"token_types": token_types, "norm": True},
+        "head": {
+            "tied": tied,
+            "transform": transform,
+            "pooler": "pooler.dense.weight" in out,
+            "logits_bias": "learned" if "logits_bias" in out else "none",
+        },
+        "dropout": {
+            "hidden": _dropout(config.number("hidden_dropout_prob")),
+            "attention": _dropout(config.number("attention_probs_dropout_prob")),
+        },
+        "objective": {"type": "masked-lm"},
+    }
+    return Imported(spec, out, token_ids, needs=("mask", "pad"), notes=notes)
+
+
+DISTILBERT_EPS = 1e-12  # DistilBERT's LayerNorms; its config has no field for it
+
+
+def import_distilbert(config: Config, weights: Weights) -> Imported:
+    """DistilBERT: BERT without token types and pooler; its MLM head is ``vocab_transform``
+    (with the config's activation), ``vocab_layer_norm`` and ``vocab_projector``."""
+    config.refuse(
+        "sinusoidal_pos_embds",
+        lambda v: not v,
+        "the spec's sinusoidal positions are not DistilBERT's (a fixed table from its "
+        "position_embeddings); only learned positions are expressible",
+    )
+    layers = config.integer("n_layers")
+    max_positions = config.integer("max_position_embeddings")
+    out = from_hf(weights, DISTILBERT, {"encoder": layers})
+    tied = _output_head(weights, out, DISTILBERT.head, config)
+    token_ids, notes = _special_ids(config, ("pad", "bos", "eos", "unk", "mask"))
+    spec = {
+        "architecture": "encoder-only",
+        "context_length": max_positions,
+        "d_model": config.integer("dim"),
+        "layers": layers,
+        "attention": {"heads": config.integer("n_heads")},
+        "feed_forward": {
+            "d_ff": config.integer("hidden_dim"),
+            "activation": _activation(config, "activation", gated=False),
+        },
+        "norm": {"type": "layernorm", "position": "post", "eps": DISTILBERT_EPS},
+        "positions": {"type": "learned", "max_positions": max_positions},
+        "bias": True,
+        "embeddings": {"norm": True},
+        "head": {
+            "tied": tied,
+            "transform": "head_transform.dense.weight" in out,
+            "logits_bias": "learned" if "logits_bias" in out else "none",
+        },
+        "dropout": {
+            "hidden": _dropout(config.number("dropout")),
+            "attention": _dropout(config.number("attention_dropout")),
+        },
+        "objective": {"type": "masked-lm"},
+    }
+    return Imported(spec, out, token_ids, needs=("mask", "pad"), notes=notes)
+
+
+OPT_POSITION_OFFSET = 2  # OPT's position table has two rows before position 0, as BART's
+
+
+def import_opt(config: Config, weights: Weights) -> Imported:
+    """OPT: GPT-2's shape with Linear layers, relu, learned positions offset by 2; pre-norm
+    (``do_layer_norm_before``, with a final norm) or post-norm (OPT-350m, without)."""
+    d_model = config.integer("hidden_size")
+    projected = config["word_embed_proj_dim"]
+    if projected is not None and projected != d_model:
+        raise HFImportError(
+            f"config.json: word_embed_proj_dim = {json.dumps(projected)} with hidden_size = "
+            f"{d_model} is not supported: the spec has no project_in/project_out between "
+            "narrower embeddings and the layers (OPT-350m's)"
+        )
+    config.refuse(
+        "enable_bias",
+        lambda v: v is not False,
+        "the spec's bias switch covers linear layers and norms together",
+    )
+    config.refuse(
+        "layer_norm_elementwise_affine",
+        lambda v: v is not False,
+        "the spec's LayerNorms have a weight and a bias",
+    )
+    pre_norm = config["do_layer_norm_before"] is not False
+    config.refuse(
+        "_remove_final_layer_norm",
+        lambda v: not (v and pre_norm),
+        "a pre-norm spec ends with a final norm",
+    )
+    layers = config.integer("num_hidden_layers")
+    out = from_hf(weights, OPT, {"decoder": layers}, ["final_norm"] if pre_norm else [])
+    tied = _output_head(weights, out, OPT.head, config)
+    max_positions = config.integer("max_position_embeddings")
+    token_ids, notes = _special_ids(config, ("pad", "bos", "eos", "unk"))
+    spec = {
+        "architecture": "decoder-only",
+        "context_length": max_positions,
+        "d_model": d_model,
+        "layers": layers,
+        "attention": {"heads": config.integer("num_attention_heads")},
+        "feed_forward": {
+            "d_ff": config.integer("ffn_dim"),
+            "activation": _activation(config, "activation_function", gated=False),
+        },
+        # OPT's LayerNorms use torch's default eps; the config has no field for it
+        "norm": {"type": "layernorm", "position": "pre" if pre_norm else "post", "eps": 1e-5},
+        "positions": {
+            "type": "learned",
+            "max_positions": max_positions,
+            "offset": OPT_POSITION_OFFSET,
+        },
+        "bias": True,
+        "head": {"tied": tied},
+        "dropout": {
+            "hidden": _dropout(config.number("dropout")),
+            "attention": _dropout(config.number("attention_dropout")),
+        },
+        "objective": {"type": "causal-lm"},
+    }
+    return Imported(spec, out, token_ids, needs=(), notes=notes)
+
+
+def import_mistral(config: Config, weights: Weights) -> Imported:
+    """Mistral: Llama's layers and names (never a bias) with a sliding attention window, which
+    is imported only where it never binds (no window, or one as long as the context)."""
+    window = config["sliding_window"]
+    context = config.integer("max_position_embeddings")
+    if window is not None:
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise HFImportError(
+                f"config.json: sliding_window must be null or an integer >= 1, got {window!r}"
+            )
+        if window < context:
+            raise HFImportError(
+                f"config.json: sliding_window = {window} is not supported yet: the spec has no "
+                f"sliding-window attention, and a window shorter than max_position_embeddings "
+                f"= {context} changes what tokens attend to (set sliding_window to null only "
+                "if the model was trained without it)"
+            )
+    # Mistral has no bias switches; keys of that name in its config.json are ignored by
+    # transformers, so they must not reach Llama's translation.
+    raw = {k: v for k, v in config.raw.items() if k not in ("attention_bias", "mlp_bias")}
+    imported = import_llama(Config(raw, config.family), weights)
+    if window is not None:
+        imported.notes.append(
+            f"sliding_window {window} is at least the context length {context}, so it never "
+            "narrows attention; the spec has none"
+        )
+    return imported
+
+
+def import_mt5(config: Config, weights: Weights) -> Imported:
+    """mT5: T5 v1.1's layers and names; transformers' MT5 never rescales the output (its
+    config forces tie_word_embeddings, the weights decide the tie)."""
+    return import_t5(Config({**config.raw, "scale_decoder_outputs": False}, config.family), weights)
+
+
 FAMILIES: dict[str, Callable[[Config, Weights], Imported]] = {
     "bert": import_bert,
     "gpt2": import_gpt2,
     "t5": import_t5,
     "bart": import_bart,
     "llama": import_llama,
+    "roberta": import_roberta,
+    "xlm-roberta": import_roberta,
+    "distilbert": import_distilbert,
+    "opt": import_opt,
+    "mistral": import_mistral,
+    "mt5": import_mt5,
 }
 SUPPORTED_FAMILIES = tuple(FAMILIES)  # the model_type values llmspec imports

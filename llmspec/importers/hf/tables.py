@@ -54,16 +54,22 @@ __all__ = [
     "BART",
     "BERT",
     "CONV1D",
+    "DISTILBERT",
     "FUSED_QKV",
     "FUSED_QKV_CONV1D",
     "GPT2",
     "LEGACY_NORM_NAMES",
     "LLAMA",
+    "MISTRAL",
+    "MT5",
+    "OPT",
     "RENAME",
+    "ROBERTA",
     "ROW",
     "T5",
     "T5_GATED",
     "TABLES",
+    "XLM_ROBERTA",
     "HFExportError",
     "HFImportError",
     "Rule",
@@ -644,6 +650,106 @@ LLAMA = WeightTable(  # the biases are there when the config's attention_bias is
     },
 )
 
+
+def _bert_body() -> dict[str, str | Rule]:
+    """BERT's embeddings, layers and pooler: RoBERTa and XLM-RoBERTa name them alike."""
+    return {name: rule for name, rule in BERT.names.items() if not name.startswith("cls.")}
+
+
+ROBERTA = WeightTable(  # XLM-RoBERTa's are the same names (XLM_ROBERTA)
+    family="roberta",
+    prefix="roberta.",
+    unprefixed=("lm_head.",),
+    names={
+        **_bert_body(),
+        "lm_head.dense.weight": Rule("head_transform.dense.weight", part="transform"),
+        "lm_head.dense.bias": Rule("head_transform.dense.bias", part="transform"),
+        "lm_head.layer_norm.weight": Rule("head_transform.norm.weight", part="transform"),
+        "lm_head.layer_norm.bias": Rule("head_transform.norm.bias", part="transform"),
+        "lm_head.bias": Rule("logits_bias", part="logits_bias"),
+    },
+    optional=("pooler", "transform", "logits_bias"),
+    head="lm_head.decoder.weight",
+    ties={"lm_head.decoder.bias": "lm_head.bias"},
+    unused={
+        "embeddings.position_ids": "position numbers, a buffer of older transformers",
+        "embeddings.token_type_ids": "zero token types, a buffer of older transformers",
+    },
+)
+XLM_ROBERTA = replace(ROBERTA, family="xlm-roberta")
+
+DISTILBERT = WeightTable(  # BERT without token types and pooler, with its own names
+    family="distilbert",
+    prefix="distilbert.",
+    unprefixed=("vocab_",),
+    names={
+        "embeddings.word_embeddings.weight": "embed_tokens.weight",
+        "embeddings.position_embeddings.weight": "encoder.embed_positions.weight",
+        "embeddings.LayerNorm.weight": "encoder.embed_norm.weight",
+        "embeddings.LayerNorm.bias": "encoder.embed_norm.bias",
+        "transformer.layer.{}.attention.q_lin.weight": "encoder.layers.{}.self_attn.q_proj.weight",
+        "transformer.layer.{}.attention.q_lin.bias": "encoder.layers.{}.self_attn.q_proj.bias",
+        "transformer.layer.{}.attention.k_lin.weight": "encoder.layers.{}.self_attn.k_proj.weight",
+        "transformer.layer.{}.attention.k_lin.bias": "encoder.layers.{}.self_attn.k_proj.bias",
+        "transformer.layer.{}.attention.v_lin.weight": "encoder.layers.{}.self_attn.v_proj.weight",
+        "transformer.layer.{}.attention.v_lin.bias": "encoder.layers.{}.self_attn.v_proj.bias",
+        "transformer.layer.{}.attention.out_lin.weight": "encoder.layers.{}.self_attn.o_proj.weight",
+        "transformer.layer.{}.attention.out_lin.bias": "encoder.layers.{}.self_attn.o_proj.bias",
+        "transformer.layer.{}.sa_layer_norm.weight": "encoder.layers.{}.self_attn_norm.weight",
+        "transformer.layer.{}.sa_layer_norm.bias": "encoder.layers.{}.self_attn_norm.bias",
+        "transformer.layer.{}.ffn.lin1.weight": "encoder.layers.{}.mlp.up_proj.weight",
+        "transformer.layer.{}.ffn.lin1.bias": "encoder.layers.{}.mlp.up_proj.bias",
+        "transformer.layer.{}.ffn.lin2.weight": "encoder.layers.{}.mlp.down_proj.weight",
+        "transformer.layer.{}.ffn.lin2.bias": "encoder.layers.{}.mlp.down_proj.bias",
+        "transformer.layer.{}.output_layer_norm.weight": "encoder.layers.{}.mlp_norm.weight",
+        "transformer.layer.{}.output_layer_norm.bias": "encoder.layers.{}.mlp_norm.bias",
+        "vocab_transform.weight": Rule("head_transform.dense.weight", part="transform"),
+        "vocab_transform.bias": Rule("head_transform.dense.bias", part="transform"),
+        "vocab_layer_norm.weight": Rule("head_transform.norm.weight", part="transform"),
+        "vocab_layer_norm.bias": Rule("head_transform.norm.bias", part="transform"),
+        "vocab_projector.bias": Rule("logits_bias", part="logits_bias"),
+    },
+    optional=("transform", "logits_bias"),
+    head="vocab_projector.weight",
+    unused={"embeddings.position_ids": "position numbers, a buffer of older transformers"},
+)
+
+OPT = WeightTable(  # OPTModel's names start with decoder.; OPTForCausalLM's with model.decoder.
+    family="opt",
+    prefix="model.",
+    unprefixed=("lm_head.",),
+    names={
+        "decoder.embed_tokens.weight": "embed_tokens.weight",
+        "decoder.embed_positions.weight": "decoder.embed_positions.weight",
+        "decoder.layers.{}.self_attn_layer_norm.weight": "decoder.layers.{}.self_attn_norm.weight",
+        "decoder.layers.{}.self_attn_layer_norm.bias": "decoder.layers.{}.self_attn_norm.bias",
+        "decoder.layers.{}.self_attn.q_proj.weight": "decoder.layers.{}.self_attn.q_proj.weight",
+        "decoder.layers.{}.self_attn.q_proj.bias": "decoder.layers.{}.self_attn.q_proj.bias",
+        "decoder.layers.{}.self_attn.k_proj.weight": "decoder.layers.{}.self_attn.k_proj.weight",
+        "decoder.layers.{}.self_attn.k_proj.bias": "decoder.layers.{}.self_attn.k_proj.bias",
+        "decoder.layers.{}.self_attn.v_proj.weight": "decoder.layers.{}.self_attn.v_proj.weight",
+        "decoder.layers.{}.self_attn.v_proj.bias": "decoder.layers.{}.self_attn.v_proj.bias",
+        "decoder.layers.{}.self_attn.out_proj.weight": "decoder.layers.{}.self_attn.o_proj.weight",
+        "decoder.layers.{}.self_attn.out_proj.bias": "decoder.layers.{}.self_attn.o_proj.bias",
+        "decoder.layers.{}.final_layer_norm.weight": "decoder.layers.{}.mlp_norm.weight",
+        "decoder.layers.{}.final_layer_norm.bias": "decoder.layers.{}.mlp_norm.bias",
+        "decoder.layers.{}.fc1.weight": "decoder.layers.{}.mlp.up_proj.weight",
+        "decoder.layers.{}.fc1.bias": "decoder.layers.{}.mlp.up_proj.bias",
+        "decoder.layers.{}.fc2.weight": "decoder.layers.{}.mlp.down_proj.weight",
+        "decoder.layers.{}.fc2.bias": "decoder.layers.{}.mlp.down_proj.bias",
+        # pre-norm OPT only (do_layer_norm_before); post-norm OPT (350m) has no final norm
+        "decoder.final_layer_norm.weight": Rule("decoder.final_norm.weight", part="final_norm"),
+        "decoder.final_layer_norm.bias": Rule("decoder.final_norm.bias", part="final_norm"),
+    },
+    head="lm_head.weight",
+)
+
+# Mistral's weights are Llama's (without biases), mT5's T5 v1.1's (or v1.0's, by its
+# feed_forward_proj)
+MISTRAL = replace(LLAMA, family="mistral")
+MT5 = replace(T5_GATED, family="mt5")
+
+
 # By family; T5 by version (its feed-forward's names differ)
 TABLES: dict[str, WeightTable] = {
     "bert": BERT,
@@ -652,4 +758,10 @@ TABLES: dict[str, WeightTable] = {
     "t5-gated": T5_GATED,
     "bart": BART,
     "llama": LLAMA,
+    "roberta": ROBERTA,
+    "xlm-roberta": XLM_ROBERTA,
+    "distilbert": DISTILBERT,
+    "opt": OPT,
+    "mistral": MISTRAL,
+    "mt5": MT5,
 }

@@ -176,6 +176,98 @@ def test_bert_model_keeps_its_pooler(tmp_path: Path) -> None:
     assert "pooler.dense.weight" in weights
 
 
+@pytest.mark.parametrize("xlm", [False, True], ids=["roberta", "xlm-roberta"])
+def test_roberta_positions_start_after_the_pad_id_and_one_token_type(
+    tmp_path: Path, xlm: bool
+) -> None:
+    hf = hf_tiny.roberta(tmp_path / "hf", xlm=xlm)
+    spec, weights, _ = _import(tmp_path / "hf", tmp_path)
+    assert spec.positions.type == "learned"
+    # pad_token_id 1: position 0 reads row 2; the 66-row table holds 64 positions
+    assert (spec.positions.offset, spec.positions.max_positions, spec.context_length) == (2, 64, 64)
+    assert spec.embeddings.token_types == 1 and spec.embeddings.norm
+    assert spec.head.transform and spec.head.logits_bias == "learned" and spec.head.tied
+    assert torch.equal(weights["logits_bias"], hf.lm_head.bias)
+    assert torch.equal(weights["head_transform.norm.weight"], hf.lm_head.layer_norm.weight)
+    assert torch.equal(
+        weights["encoder.embed_positions.weight"], hf.roberta.embeddings.position_embeddings.weight
+    )
+
+
+def test_roberta_model_keeps_its_pooler(tmp_path: Path) -> None:
+    hf_tiny.roberta(tmp_path / "hf", masked_lm=False)
+    spec, weights, _ = _import(tmp_path / "hf", tmp_path)
+    assert spec.head.pooler and not spec.head.transform and spec.head.logits_bias == "none"
+    assert "pooler.dense.weight" in weights
+
+
+def test_distilbert_has_no_token_types_and_its_vocab_head_is_the_mlm_transform(
+    tmp_path: Path,
+) -> None:
+    hf = hf_tiny.distilbert(tmp_path / "hf")
+    spec, weights, _ = _import(tmp_path / "hf", tmp_path)
+    assert (spec.norm.position, spec.norm.eps, spec.embeddings.token_types) == ("post", 1e-12, 0)
+    assert spec.head.transform and spec.head.logits_bias == "learned" and not spec.head.pooler
+    assert torch.equal(weights["head_transform.dense.weight"], hf.vocab_transform.weight)
+    assert torch.equal(weights["logits_bias"], hf.vocab_projector.bias)
+    mlp = hf.distilbert.transformer.layer[1].ffn
+    assert torch.equal(weights["encoder.layers.1.mlp.down_proj.weight"], mlp.lin2.weight)
+
+
+def test_opt_is_pre_norm_relu_with_positions_offset_by_2(tmp_path: Path) -> None:
+    hf = hf_tiny.opt(tmp_path / "hf")
+    spec, weights, _ = _import(tmp_path / "hf", tmp_path)
+    assert (spec.architecture, spec.norm.position, spec.feed_forward.activation) == (
+        "decoder-only",
+        "pre",
+        "relu",
+    )
+    assert spec.positions.type == "learned" and spec.positions.offset == 2
+    assert weights["decoder.embed_positions.weight"].shape == (66, 32)
+    assert torch.equal(weights["decoder.final_norm.bias"], hf.model.decoder.final_layer_norm.bias)
+
+
+def test_post_norm_opt_has_no_final_norm(tmp_path: Path) -> None:
+    hf_tiny.opt(tmp_path / "hf", do_layer_norm_before=False)
+    spec, weights, _ = _import(tmp_path / "hf", tmp_path)
+    assert spec.norm.position == "post" and "decoder.final_norm.weight" not in weights
+
+
+def test_mistral_imports_as_llama_without_a_window(tmp_path: Path) -> None:
+    hf_tiny.mistral(tmp_path / "hf")
+    spec, _, _ = _import(tmp_path / "hf", tmp_path)
+    assert (spec.attention.kv_heads, spec.attention.head_dim) == (2, 16)
+    assert spec.feed_forward.activation == "swiglu" and not spec.bias and not spec.head.tied
+    assert spec.positions.type == "rope" and spec.positions.base == 20000.0
+
+
+def test_a_mistral_window_longer_than_the_context_is_noted_not_refused(tmp_path: Path) -> None:
+    hf_tiny.mistral(tmp_path / "hf", sliding_window=4096)
+    _, _, out = _import(tmp_path / "hf", tmp_path)
+    header = " ".join((out / "spec.yaml").read_text().split("\n# "))
+    assert "sliding_window 4096 is at least the context length 128" in header
+
+
+def test_mt5_is_t5_v1_1_and_never_rescaled(tmp_path: Path) -> None:
+    hf = hf_tiny.mt5(tmp_path / "hf")
+    spec, weights, _ = _import(tmp_path / "hf", tmp_path)
+    assert spec.feed_forward.activation == "geglu-tanh"
+    assert not spec.head.tied and not spec.head.rescale
+    assert torch.equal(weights["lm_head.weight"], hf.lm_head.weight)
+    # a tied mT5 (one matrix) is still not rescaled: transformers' MT5 never rescales
+    save_file(
+        {
+            k: v
+            for k, v in load_file(tmp_path / "hf" / "model.safetensors").items()
+            if k != "lm_head.weight"
+        },
+        tmp_path / "hf" / "model.safetensors",
+        metadata={"format": "pt"},
+    )
+    tied = load_spec(import_hf(tmp_path / "hf", tmp_path / "tied") / "spec.yaml")
+    assert tied.head.tied and not tied.head.rescale
+
+
 # ----------------------------------------------------------------------------------------
 # Weight files and tokenizers
 
@@ -287,8 +379,25 @@ def test_pad_sharing_eos_is_dropped_with_a_note(tmp_path: Path) -> None:
         ("bart", {"normalize_before": True}, "normalize_before = true"),
         ("bart", {"add_final_layer_norm": True}, "add_final_layer_norm = true"),
         ("t5", {"feed_forward_proj": "gated-relu"}, 'feed_forward_proj = "gated-relu"'),
-        ("t5", {"model_type": "mt5"}, "model_type 'mt5' is not supported"),
-        ("llama", {"model_type": "mistral"}, "model_type 'mistral' is not supported"),
+        ("t5", {"model_type": "mamba"}, "model_type 'mamba' is not supported"),
+        ("opt", {"word_embed_proj_dim": 16}, "word_embed_proj_dim = 16 with hidden_size = 32"),
+        ("opt", {"enable_bias": False}, "enable_bias = false"),
+        ("opt", {"layer_norm_elementwise_affine": False}, "layer_norm_elementwise_affine = false"),
+        ("opt", {"_remove_final_layer_norm": True}, "_remove_final_layer_norm = true"),
+        ("opt", {"activation_function": "quick_gelu"}, 'activation_function = "quick_gelu"'),
+        (
+            "opt",
+            {"architectures": ["OPTForSequenceClassification"]},
+            "OPTForSequenceClassification",
+        ),
+        ("roberta", {"hidden_act": "relu"}, 'hidden_act = "relu" is not supported with the MLM'),
+        ("roberta", {"is_decoder": True}, "is_decoder = true"),
+        ("roberta", {"position_embedding_type": "relative_key"}, "position_embedding_type"),
+        ("roberta", {"pad_token_id": 70}, "max_position_embeddings = 66 leaves no position"),
+        ("distilbert", {"sinusoidal_pos_embds": True}, "sinusoidal_pos_embds = true"),
+        ("distilbert", {"activation": "quick_gelu"}, 'activation = "quick_gelu"'),
+        ("mistral", {"sliding_window": 64}, "sliding_window = 64 is not supported yet"),
+        ("mt5", {"feed_forward_proj": "gated-relu"}, 'feed_forward_proj = "gated-relu"'),
     ],
 )
 def test_options_that_change_the_model_are_refused(

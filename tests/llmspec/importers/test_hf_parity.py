@@ -131,6 +131,12 @@ DECODERS: dict[str, Callable[[Path], Any]] = {
     "llama-geglu-tied-bias": lambda d: hf_tiny.llama(
         d, hidden_act="gelu", untied_head=False, attention_bias=True, mlp_bias=True
     ),
+    "opt-pre-norm-relu-offset2": lambda d: hf_tiny.opt(d),
+    "opt-post-norm-gelu-untied": lambda d: hf_tiny.opt(
+        d, do_layer_norm_before=False, activation_function="gelu", tie_word_embeddings=False
+    ),
+    "mistral-gqa-head-dim-no-window": lambda d: hf_tiny.mistral(d),
+    "mistral-window-as-long-as-context": lambda d: hf_tiny.mistral(d, sliding_window=128),
 }
 
 
@@ -204,8 +210,52 @@ def test_bert_model_hidden_states_and_pooler_match(tmp_path: Path) -> None:
     _close(mine.pooler_output, theirs.pooler_output, "bert pooler")
 
 
+# Encoder-only: RoBERTa, XLM-RoBERTa (positions from pad_token_id + 1), DistilBERT
+
+ENCODERS: dict[str, Callable[[Path], Any]] = {
+    "roberta-masked-lm": lambda d: hf_tiny.roberta(d),
+    "xlm-roberta-masked-lm-pad-3": lambda d: hf_tiny.roberta(
+        d, xlm=True, pad_token_id=3, max_position_embeddings=68
+    ),
+    "distilbert-masked-lm": lambda d: hf_tiny.distilbert(d),
+    "distilbert-masked-lm-gelu-tanh-untied": lambda d: hf_tiny.distilbert(
+        d, activation="gelu_new", tie_word_embeddings=False
+    ),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(ENCODERS))
+def test_encoder_masked_lm_logits_match_on_a_right_padded_batch(
+    variant: str, tmp_path: Path
+) -> None:
+    hf = ENCODERS[variant](tmp_path / "hf")
+    ours = _import_and_build(tmp_path / "hf", tmp_path)
+    pad = hf.config.pad_token_id
+    ids, mask = _right_padded([10, 7, 4], hf_tiny.VOCAB, pad=pad)
+    ids = ids.masked_fill((ids == pad) & mask.bool(), pad + 1)  # pad only where padding
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, attention_mask=mask)
+        mine = ours(ids, mask)
+    real = mask.bool()
+    _close(mine.logits[real], theirs.logits[real], f"{variant} logits")
+
+
+@pytest.mark.parametrize("family", ["roberta", "distilbert"])
+def test_encoder_model_hidden_states_match(family: str, tmp_path: Path) -> None:
+    hf = getattr(hf_tiny, family)(tmp_path / "hf", masked_lm=False)
+    ours = _import_and_build(tmp_path / "hf", tmp_path)
+    ids, mask = _right_padded([10, 7, 4], hf_tiny.VOCAB, pad=hf.config.pad_token_id)
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, attention_mask=mask)
+        mine = ours(ids, mask)
+    real = mask.bool()
+    _close(mine.last_hidden_state[real], theirs.last_hidden_state[real], f"{family} hidden")
+    if family == "roberta":  # RobertaModel has BERT's pooler
+        _close(mine.pooler_output, theirs.pooler_output, "roberta pooler")
+
+
 # ----------------------------------------------------------------------------------------
-# Encoder-decoder: T5 and BART
+# Encoder-decoder: T5, mT5 and BART
 
 SEQ2SEQ: dict[str, Callable[[Path], Any]] = {
     "t5-v1.0-relu-tied": lambda d: hf_tiny.t5(d, num_decoder_layers=3),
@@ -213,6 +263,7 @@ SEQ2SEQ: dict[str, Callable[[Path], Any]] = {
         d, feed_forward_proj="gated-gelu", untied_head=True
     ),
     "bart": lambda d: hf_tiny.bart(d),
+    "mt5-gated-gelu-untied-deeper-decoder": lambda d: hf_tiny.mt5(d, num_decoder_layers=3),
     "bart-scaled-deeper-decoder": lambda d: hf_tiny.bart(d, scale_embedding=True, decoder_layers=3),
 }
 

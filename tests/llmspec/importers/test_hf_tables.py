@@ -57,6 +57,19 @@ VARIANTS = {
     "llama-bias": Variant(
         lambda d: hf_tiny.llama(d, attention_bias=True, mlp_bias=True, untied_head=False), "llama"
     ),
+    "roberta-masked-lm": Variant(lambda d: hf_tiny.roberta(d), "roberta"),
+    "roberta-model": Variant(
+        lambda d: hf_tiny.roberta(d, masked_lm=False), "roberta", headed=False
+    ),
+    "xlm-roberta": Variant(lambda d: hf_tiny.roberta(d, xlm=True), "xlm-roberta"),
+    "distilbert-masked-lm": Variant(lambda d: hf_tiny.distilbert(d), "distilbert"),
+    "distilbert-model": Variant(
+        lambda d: hf_tiny.distilbert(d, masked_lm=False), "distilbert", headed=False
+    ),
+    "opt": Variant(lambda d: hf_tiny.opt(d), "opt"),
+    "opt-post-norm": Variant(lambda d: hf_tiny.opt(d, do_layer_norm_before=False), "opt"),
+    "mistral": Variant(lambda d: hf_tiny.mistral(d), "mistral"),
+    "mt5": Variant(lambda d: hf_tiny.mt5(d), "mt5"),
 }
 
 
