@@ -10,7 +10,11 @@ on the chosen device (see :mod:`runtime.session`) and returns
 Tokenization conventions (the ones the training objectives use, see ``llmspec.trainer.objectives``):
 a decoder-only prompt is the text's tokens as they are (no bos); encoder inputs (an
 encoder-decoder prompt, a fill-mask or embedding text) are framed ``[bos] tokens [eos]``, each
-where the vocabulary has it. Prompts given as token ids are used exactly as given.
+where the vocabulary has it. A tokenizer.json whose post-processor adds special tokens (an
+imported model's: BERT's ``[CLS] $A [SEP]``, Llama's ``<s> $A``, T5's ``$A </s>``) frames
+every text its own way instead, as transformers' tokenizer does (see
+:attr:`runtime.tokenizer.ArtifactTokenizer.frames_texts`). Prompts given as token ids are used
+exactly as given.
 
 Generation keeps a KV cache between steps: a decoder-only model runs its one graph once on the
 left-padded prompts (past length 0) and then once per new token; an encoder-decoder model runs
@@ -158,6 +162,13 @@ class _Model:
     def _framed(self, ids: list[int]) -> list[int]:
         bos, eos = self.special_tokens.get("bos"), self.special_tokens.get("eos")
         return [*([bos] if bos is not None else []), *ids, *([eos] if eos is not None else [])]
+
+    def _encoder_input(self, text: str, what: str) -> list[int]:
+        """The ids of an encoder input: framed by the tokenizer's post-processor when it
+        has one that adds tokens, else ``[bos] tokens [eos]``."""
+        if self.tokenizer.frames_texts:
+            return self.tokenizer.ids(text, what=what, add_special_tokens=True)
+        return self._framed(self.encode(text, what))
 
     def encode(self, text: str, what: str = "text") -> list[int]:
         """The token ids of ``text`` (no special tokens added). Raises RuntimeInputError
@@ -349,7 +360,8 @@ class DecoderModel(GenerativeModel):
         return DecoderGraph.of(self._graphs[fmt.DECODER_GRAPH], self.manifest)
 
     def _prompt_tokens(self, text: str, what: str = "prompt") -> list[int]:
-        return self.encode(text, what)
+        # what the tokenizer's post-processor adds (Llama's bos), nothing without one
+        return self.tokenizer.ids(text, what=what, add_special_tokens=True)
 
     def _check_lengths(self, prompts: list[list[int]], max_new_tokens: int) -> None:
         for row, prompt in enumerate(prompts):
@@ -386,7 +398,7 @@ class Seq2SeqModel(GenerativeModel):
         )
 
     def _prompt_tokens(self, text: str, what: str = "prompt") -> list[int]:
-        return self._framed(self.encode(text, what))
+        return self._encoder_input(text, what)
 
     def _check_lengths(self, prompts: list[list[int]], max_new_tokens: int) -> None:
         for row, prompt in enumerate(prompts):
@@ -450,7 +462,7 @@ class EncoderModel(_Model):
                 raise RuntimeInputError(f"text {row} must be a string, got {type(text).__name__}")
             if not text:
                 raise RuntimeInputError(f"text {row} is empty")
-            ids = self._checked_ids(self._framed(self.encode(text, f"text {row}")), f"text {row}")
+            ids = self._checked_ids(self._encoder_input(text, f"text {row}"), f"text {row}")
             if len(ids) > self.context_length:
                 raise RuntimeInputError(
                     f"text {row} has {len(ids)} tokens (with its framing), beyond the context "

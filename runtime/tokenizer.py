@@ -89,6 +89,12 @@ class ArtifactTokenizer:
     def __init__(self, tokenizer: Any, path: str | os.PathLike[str]) -> None:
         self._tokenizer = tokenizer
         self.path = Path(path)
+        # A tokenizer.json may enable padding and truncation (sentence-transformers files pad
+        # every text to 128 tokens); transformers turns both off for every call that does not
+        # ask for them, and so do we: the runtime pads batches itself and refuses a text
+        # beyond the context window instead of cutting it.
+        self._call("turn off its padding", "no_padding")
+        self._call("turn off its truncation", "no_truncation")
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> ArtifactTokenizer:
@@ -141,9 +147,28 @@ class ArtifactTokenizer:
             )
         )
 
-    def ids(self, text: str, *, what: str = "text") -> list[int]:
-        """The token ids of ``text``, no special tokens added."""
-        return [int(i) for i in self.encode(text, add_special_tokens=False, what=what).ids]
+    def ids(self, text: str, *, what: str = "text", add_special_tokens: bool = False) -> list[int]:
+        """The token ids of ``text``: no special tokens added, or with ``add_special_tokens``
+        those the file's post-processor adds (none without one)."""
+        encoding = self.encode(text, add_special_tokens=add_special_tokens, what=what)
+        return [int(i) for i in encoding.ids]
+
+    @property
+    def frames_texts(self) -> bool:
+        """Whether the file's post-processor adds special tokens to a single text (BERT's
+        ``[CLS] $A [SEP]``, RoBERTa's ``<s> $A </s>``, Llama's ``<s> $A``, T5's ``$A </s>``);
+        False without one (GPT-2's ByteLevel adds none, llmspec's own tokenizers have none)."""
+        processor = self._tokenizer.post_processor
+        if processor is None:
+            return False
+        added = _guarded(
+            lambda: processor.num_special_tokens_to_add(False),
+            lambda err: (
+                f"{self.path}: the tokenizer failed to count its post-processor's tokens "
+                f"({err}); the artifact's tokenizer.json is broken, export the artifact again"
+            ),
+        )
+        return int(added) > 0
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """The text of the token ids ``ids`` (ids outside the vocabulary give no text)."""
