@@ -23,6 +23,7 @@ NormPosition = Literal["pre", "post"]
 PositionKind = Literal["learned", "sinusoidal", "rope", "alibi", "relative"]
 ActivationKind = Literal["relu", "gelu", "gelu-tanh", "silu"]
 LossKind = Literal["causal-lm", "masked-lm", "seq2seq"]
+ParallelKind = Literal["shared-norm", "separate-norms"]
 InitKind = Literal["normal", "t5"]
 LogitsBias = Literal["none", "learned", "buffer"]
 StackRole = Literal["encoder", "decoder"]
@@ -75,10 +76,25 @@ class NormPlan:
     kind: NormKind
     position: NormPosition
     bias: bool
+    sandwich: bool = False  # pre-norm: also a norm on each sublayer's output (Gemma 2)
+    unit_offset: bool = False  # RMSNorm scaled by (1 + weight), the weight from 0 (Gemma)
 
     def __post_init__(self) -> None:
         if self.kind == "rmsnorm" and self.bias:
             raise PlanError("RMSNorm has no bias")
+        if self.sandwich and self.position != "pre":
+            raise PlanError("sandwich norms are for pre-norm blocks")
+        if self.unit_offset and self.kind != "rmsnorm":
+            raise PlanError("a unit offset is RMSNorm's")
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """How a layer's sublayers meet the residual stream. ``parallel``: attention and
+    feed-forward both read the layer's input, x + attn(norm1(x)) + mlp(norm2(x)), with their
+    own norms (``separate-norms``, GPT-NeoX) or one (``shared-norm``, GPT-J); None: in turn."""
+
+    parallel: ParallelKind | None = None
 
 
 @dataclass(frozen=True)
@@ -228,6 +244,7 @@ class HeadPlan:
     rescale: bool  # hidden * d_model ** -0.5 before the tied projection (T5)
     bias: bool  # of the transform's and the pooler's dense layers
     transform_activation: ActivationKind = "gelu"
+    softcap: bool = False  # logits = cap * tanh(logits / cap), config.final_logit_softcap
 
     def activate(self, argument: str) -> str:
         return _ACTIVATION_CALLS[self.transform_activation].format(argument)
@@ -264,6 +281,7 @@ class ModelPlan:
     loss: LossKind
     init: InitPlan
     hidden_dropout: bool
+    block: BlockPlan = BlockPlan()
 
     def __post_init__(self) -> None:
         if not _IDENTIFIER.match(self.prefix) or not self.prefix[0].isupper():
@@ -288,6 +306,11 @@ class ModelPlan:
                 raise PlanError(f"stack {stack.role}: cross-attention only in a seq2seq decoder")
         if self.head.rescale and not self.head.tied:
             raise PlanError("rescale applies to a tied output projection")
+        if self.block.parallel is not None:
+            if self.norm.position != "pre" or self.norm.sandwich:
+                raise PlanError("a parallel block is pre-norm, without sandwich norms")
+            if self.family == "encoder-decoder":
+                raise PlanError("a parallel block has no place for cross-attention")
         for text in (self.summary, *self.description, *self.references):
             if '"""' in text or "\\" in text:
                 raise PlanError(f"docstring text may not contain quotes or backslashes: {text!r}")

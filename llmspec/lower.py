@@ -12,6 +12,7 @@ import re
 from codegen.plan import (
     ActivationKind,
     AttentionPlan,
+    BlockPlan,
     ConfigField,
     EmbeddingsPlan,
     FeedForwardPlan,
@@ -83,6 +84,10 @@ REFERENCES = {
     "https://arxiv.org/abs/2305.13245",
     "mqa": "Shazeer 2019, Fast Transformer Decoding: One Write-Head is All You Need, "
     "https://arxiv.org/abs/1911.02150",
+    "gpt-neox": "Black et al. 2022, GPT-NeoX-20B: An Open-Source Autoregressive Language "
+    "Model (parallel attention and feed-forward), https://arxiv.org/abs/2204.06745",
+    "gemma2-blocks": "Gemma Team 2024, Gemma 2: Improving Open Language Models at a Practical "
+    "Size (sandwich norms, logit soft-capping), https://arxiv.org/abs/2408.00118",
     "nanogpt": "The layout of this file follows Karpathy's nanoGPT, "
     "https://github.com/karpathy/nanoGPT",
 }
@@ -183,6 +188,7 @@ def _config_fields(spec: ModelSpec) -> tuple[ConfigField, ...]:
                 "on attention probabilities, in training",
             )
         )
+    fields += _block_fields(spec)
     return tuple(fields)
 
 
@@ -256,6 +262,47 @@ def _attention_phrase(spec: ModelSpec) -> str | None:
     return "Attention: " + ", ".join(parts) + "."
 
 
+def _norm_bias(spec: ModelSpec) -> bool:
+    """Whether the LayerNorms have shifts: norm.bias, else the spec's bias; RMSNorm never."""
+    shift = spec.bias if spec.norm.bias is None else spec.norm.bias
+    return shift and spec.norm.type == "layernorm"
+
+
+def _block_fields(spec: ModelSpec) -> list[ConfigField]:
+    """The config fields of the block and head knobs (none when they are off)."""
+    if spec.head.softcap is None:
+        return []
+    return [
+        ConfigField(
+            "final_logit_softcap",
+            "float",
+            spec.head.softcap,
+            "logits = cap * tanh(logits / cap)",
+        )
+    ]
+
+
+def _block_phrase(spec: ModelSpec) -> str | None:
+    """A docstring line on the block, norm and head knobs, or None when they are all off."""
+    parts = []
+    parallel = spec.block.parallel
+    if parallel is not None:
+        norms = "one shared norm" if parallel == "shared-norm" else "a norm each"
+        parts.append(
+            f"attention and feed-forward in parallel, x + attn(norm(x)) + mlp(norm(x)), "
+            f"with {norms}"
+        )
+    if spec.norm.sandwich:
+        parts.append("a norm also on each sublayer's output before the residual add (sandwich)")
+    if spec.norm.unit_offset:
+        parts.append("RMSNorm scaled by (1 + weight)")
+    if spec.head.softcap is not None:
+        parts.append(f"final logits soft-capped at {spec.head.softcap:g}")
+    if not parts:
+        return None
+    return "Blocks: " + "; ".join(parts) + "."
+
+
 def _positions_phrase(spec: ModelSpec) -> str:
     p = spec.positions
     if p.type == "learned":
@@ -320,7 +367,16 @@ def _description(spec: ModelSpec) -> tuple[str, ...]:
     biases = (
         "Biases in every projection and LayerNorm" if spec.bias else "No biases"
     ) + f"; {output}"
+    if spec.norm.type == "layernorm" and _norm_bias(spec) != spec.bias:
+        biases = (
+            "Biases in every projection, LayerNorms without shifts"
+            if spec.bias
+            else "No biases in the projections, LayerNorms with shifts"
+        ) + f"; {output}"
     lines.append(biases + "".join(f"; {e}" for e in extras) + ".")
+    block_line = _block_phrase(spec)
+    if block_line is not None:
+        lines.append(block_line)
     e = spec.embeddings
     embedding_parts = []
     if e.scale:
@@ -371,6 +427,10 @@ def _references(spec: ModelSpec) -> tuple[str, ...]:
         keys.append("mqa")
     elif spec.kv_heads < spec.attention.heads:
         keys.append("gqa")
+    if spec.block.parallel is not None:
+        keys.append("gpt-neox")
+    if spec.norm.sandwich or spec.head.softcap is not None:
+        keys.append("gemma2-blocks")
     keys.append("nanogpt")
     return tuple(REFERENCES[k] for k in keys)
 
@@ -425,8 +485,11 @@ def lower(spec: ModelSpec) -> ModelPlan:
         norm=NormPlan(
             kind=spec.norm.type,
             position=spec.norm.position,
-            bias=spec.bias and spec.norm.type == "layernorm",
+            bias=_norm_bias(spec),
+            sandwich=spec.norm.sandwich,
+            unit_offset=spec.norm.unit_offset,
         ),
+        block=BlockPlan(parallel=spec.block.parallel),
         positions=PositionsPlan(
             kind=spec.positions.type,
             offset=spec.positions.offset if spec.positions.type == "learned" else 0,
@@ -462,6 +525,7 @@ def lower(spec: ModelSpec) -> ModelPlan:
             rescale=spec.head.rescale,
             bias=spec.bias,
             transform_activation=BASE_ACTIVATION[activation],
+            softcap=spec.head.softcap is not None,
         ),
         stacks=stacks,
         loss=LOSSES[spec.objective.type],

@@ -147,6 +147,13 @@ def check_fits(tokenizer: Tokenizer, spec: ModelSpec) -> dict[str, int]:
         token_id = tokenizer.token_to_id(sentinel(index))
         if token_id is None or token_id >= size:
             problems.append(f"sentinel {sentinel(index)!r} is missing or beyond the vocabulary")
+    for text in spec.generation.stop_tokens if spec.generation is not None else ():
+        token_id = tokenizer.token_to_id(text)
+        if token_id is None or token_id >= size:
+            problems.append(
+                f"stop token {text!r} (generation.stop_tokens) is not one token of the "
+                "tokenizer within the vocabulary"
+            )
     largest = max(tokenizer.get_vocab().values(), default=-1)
     if largest >= size:
         problems.append(f"the tokenizer has ids up to {largest}, beyond vocabulary.size {size}")
@@ -156,6 +163,18 @@ def check_fits(tokenizer: Tokenizer, spec: ModelSpec) -> dict[str, int]:
             "vocabulary section or the tokenizer"
         )
     return ids
+
+
+def stop_token_ids(tokenizer: Tokenizer, spec: ModelSpec) -> list[int]:
+    """Every token that ends generation, eos first, then ``generation.stop_tokens`` in order;
+    empty when the spec lists no stop tokens (eos alone stops, as in artifacts made before
+    stop tokens existed). Call :func:`check_fits` first: it checks that each is a token."""
+    stops = spec.generation.stop_tokens if spec.generation is not None else []
+    if not stops:
+        return []
+    eos = spec.vocabulary.special_tokens.eos
+    texts = ([eos] if eos is not None else []) + list(stops)
+    return [int(tokenizer.token_to_id(text)) for text in texts]
 
 
 def read_tokenizer(path: Path) -> Tokenizer:

@@ -35,6 +35,8 @@ the request's processor states with the same rows (``DecodingState.reorder(rows)
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 
 from runtime.decoding import BeamSearch, DecodingError
@@ -51,6 +53,7 @@ class BeamSearcher:
             log-probability; > 0 favours longer outputs, < 0 shorter ones, 0 ignores length.
         early_stopping: stop a row as soon as it has ``beams`` finished hypotheses.
         eos_id: the token that finishes a hypothesis; None: hypotheses finish only at the end.
+        stop_ids: other tokens that finish a hypothesis as eos does (Llama 3's <|eot_id|>).
         pad_id: the token fed to the rows of batch rows that are done.
         batch: number of prompts; the model runs ``batch * beams`` rows, row ``i * beams + j``
             being beam ``j`` of prompt ``i``.
@@ -64,19 +67,23 @@ class BeamSearcher:
         eos_id: int | None = None,
         pad_id: int = 0,
         batch: int = 1,
+        stop_ids: Collection[int] = (),
     ) -> None:
         config = BeamSearch(
             beams=beams, length_penalty=length_penalty, early_stopping=early_stopping
         )  # validates them with the configuration's messages
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise DecodingError(f"beam search needs batch >= 1, got {batch!r}")
-        for name, value in (("eos_id", eos_id), ("pad_id", pad_id)):
+        named = [("eos_id", eos_id), ("pad_id", pad_id)]
+        named += [(f"stop_ids[{i}]", stop) for i, stop in enumerate(stop_ids)]
+        for name, value in named:
             if value is not None and (not isinstance(value, int | np.integer) or value < 0):
                 raise DecodingError(f"{name} must be a token id >= 0, got {value!r}")
         self.beams = config.beams
         self.length_penalty = config.length_penalty
         self.early_stopping = config.early_stopping
         self.eos_id = None if eos_id is None else int(eos_id)
+        self._finishing = frozenset(int(t) for t in (*stop_ids, eos_id) if t is not None)
         self.pad_id = int(pad_id)
         self.batch = batch
         self.steps = 0
@@ -89,11 +96,23 @@ class BeamSearcher:
 
     @classmethod
     def from_config(
-        cls, config: BeamSearch, *, eos_id: int | None, pad_id: int, batch: int
+        cls,
+        config: BeamSearch,
+        *,
+        eos_id: int | None,
+        pad_id: int,
+        batch: int,
+        stop_ids: Collection[int] = (),
     ) -> BeamSearcher:
         """A searcher for a chain's ``beam_search`` step."""
         return cls(
-            config.beams, config.length_penalty, config.early_stopping, eos_id, pad_id, batch
+            config.beams,
+            config.length_penalty,
+            config.early_stopping,
+            eos_id,
+            pad_id,
+            batch,
+            stop_ids,
         )
 
     @property
@@ -138,7 +157,7 @@ class BeamSearcher:
             for rank, flat in enumerate(best.tolist()):
                 score = float(row[flat])
                 beam, token = divmod(flat, vocab)
-                if token == self.eos_id:
+                if token in self._finishing:
                     if rank < self.beams and score > -np.inf:
                         hypothesis = (*self._tokens[base + beam].tolist(), token)
                         self._add(b, score / length**self.length_penalty, hypothesis)
@@ -158,9 +177,9 @@ class BeamSearcher:
 
     def best(self) -> list[list[int]]:
         """The best hypothesis of each batch row: its generated token ids, ending with
-        ``eos_id`` if it finished with it. Live beams of rows that are not done count as
-        finished at their current length (HF's ``finalize``); calling it does not change the
-        search. A row with no hypothesis (no step taken) gets ``[]``."""
+        ``eos_id`` (or a stop id) if it finished with it. Live beams of rows that are not done
+        count as finished at their current length (HF's ``finalize``); calling it does not
+        change the search. A row with no hypothesis (no step taken) gets ``[]``."""
         results = []
         for b in range(self.batch):
             candidates = list(self._finished[b])

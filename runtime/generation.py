@@ -6,8 +6,9 @@ The generative models of :mod:`runtime.model` hand ``generate``'s arguments to
 :class:`runtime.sampling.SamplerChain`, or as a beam search (:mod:`runtime.beam_search`), over
 a :class:`Stepper`, the model's side that runs its graphs and keeps the KV cache
 (:mod:`runtime.steppers`). What a run returns is defined in :mod:`runtime.results`. The
-artifact's defaults for it, generation.json (``max_new_tokens`` and the chain), are read here
-too (:func:`read_generation`).
+artifact's defaults for it, generation.json (``max_new_tokens``, the chain and the stop token
+ids), are read here too (:func:`read_generation`). A row ends at its first stop token: eos, or
+any of generation.json's ``stop_token_ids`` (Llama 3's ``<|eot_id|>`` and ``<|eom_id|>``).
 
 Text is decoded incrementally (the prefix-offset method of Hugging Face's text-generation-
 inference, :class:`RowText`): a step's text is released only once its bytes form whole
@@ -22,7 +23,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -62,14 +63,53 @@ def max_new_tokens_limit(context_length: int) -> int:
     return context_length
 
 
-def read_generation(path: str | os.PathLike[str], context_length: int) -> tuple[int, DecodingChain]:
-    """``(max_new_tokens, chain)`` of an artifact's generation.json, checked.
+class GenerationDefaults(NamedTuple):
+    """What an artifact's generation.json holds."""
+
+    max_new_tokens: int
+    chain: DecodingChain
+    # Every token that ends a row (eos included), in the file's order; None: the file has no
+    # stop_token_ids (artifacts written before they existed), so eos alone stops.
+    stop_token_ids: tuple[int, ...] | None = None
+
+
+# More stop tokens than any model has (Llama 3.1 has three); a bound on what is read.
+MAX_STOP_TOKENS = 1024
+
+
+def _stop_token_ids(value: Any, name: str, vocab_size: int | None) -> tuple[int, ...]:
+    """generation.json's ``stop_token_ids``, checked: a non-empty list of distinct token ids."""
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_STOP_TOKENS:
+        what = f"{len(value)} ids" if isinstance(value, list) else type(value).__name__
+        raise GenerationConfigError(
+            f"{name}: stop_token_ids must be a list of 1 to {MAX_STOP_TOKENS} token ids, got {what}"
+        )
+    for index, token in enumerate(value):
+        bad = isinstance(token, bool) or not isinstance(token, int) or token < 0
+        if not bad and vocab_size is not None and token >= vocab_size:
+            bad = True
+        if bad:
+            shown = repr(token) if len(repr(token)) <= 40 else repr(token)[:37] + "..."
+            within = f" in [0, {vocab_size})" if vocab_size is not None else " >= 0"
+            raise GenerationConfigError(
+                f"{name}: stop_token_ids[{index}] must be a token id{within}, got {shown}"
+            )
+    if len(set(value)) != len(value):
+        raise GenerationConfigError(f"{name}: stop_token_ids lists a token twice")
+    return tuple(value)
+
+
+def read_generation(
+    path: str | os.PathLike[str], context_length: int, vocab_size: int | None = None
+) -> GenerationDefaults:
+    """The :class:`GenerationDefaults` of an artifact's generation.json, checked.
 
     The file is read bounded (a regular file of at most :data:`MAX_GENERATION_BYTES`, JSON
     nested at most :data:`MAX_GENERATION_DEPTH` deep), ``max_new_tokens`` must be a whole
-    number from 0 to :func:`max_new_tokens_limit` and ``chain`` a valid decoding chain (whose
-    sizes :mod:`runtime.decoding` bounds). Raises :class:`GenerationConfigError` naming the
-    file, the field and the fix; ``runtime.load`` and ``llmspec verify`` turn it into their
+    number from 0 to :func:`max_new_tokens_limit`, ``chain`` a valid decoding chain (whose
+    sizes :mod:`runtime.decoding` bounds) and the optional ``stop_token_ids`` distinct token
+    ids (below ``vocab_size`` when it is given). Raises :class:`GenerationConfigError` naming
+    the file, the field and the fix; ``runtime.load`` and ``llmspec verify`` turn it into their
     errors."""
     name = os.fspath(path)
     try:
@@ -102,7 +142,10 @@ def read_generation(path: str | os.PathLike[str], context_length: int) -> tuple[
         chain = DecodingChain.from_json(data["chain"])
     except DecodingError as err:
         raise GenerationConfigError(f"{name}: chain: {err}") from None
-    return max_new, chain
+    stops = data.get("stop_token_ids")
+    if stops is not None:
+        stops = _stop_token_ids(stops, name, vocab_size)
+    return GenerationDefaults(max_new, chain, stops)
 
 
 # ----------------------------------------------------------------------------------------
@@ -286,7 +329,7 @@ class Run:
         self.clock = _Clock()
         self.first_token = 0.0
         self.steps = 0
-        self.eos = model.special_tokens.get("eos")
+        self.stop_ids = model.stop_ids
 
     def _row_text(self) -> RowText:
         return RowText(self.model._decode_raw, self.request.stop, self.model._hidden_ids())
@@ -319,7 +362,7 @@ class Run:
                 token = int(tokens[row])
                 self.tokens[row].append(token)
                 reason: FinishReason | None = None
-                if token == self.eos:
+                if token in self.stop_ids:
                     reason = "eos"
                 elif self.texts is not None:
                     self.texts[row].push(token)
@@ -352,7 +395,11 @@ class Run:
         assert request.beam is not None
         rows = len(request.prompts)
         searcher = BeamSearcher.from_config(
-            request.beam, eos_id=self.eos, pad_id=model.pad_id, batch=rows
+            request.beam,
+            eos_id=model.special_tokens.get("eos"),
+            pad_id=model.pad_id,
+            batch=rows,
+            stop_ids=self.stop_ids,
         )
         beams = searcher.beams
         stepper = model._stepper(request.prompts)
@@ -371,7 +418,7 @@ class Run:
             logits = stepper.next(tokens, alive)
         for row, best in enumerate(searcher.best()):
             self.tokens[row] = best
-            self.reasons[row] = "eos" if best and best[-1] == self.eos else "length"
+            self.reasons[row] = "eos" if best and best[-1] in self.stop_ids else "length"
         yield from ()
 
     def result(self) -> GenerationResult:

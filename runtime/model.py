@@ -227,13 +227,25 @@ class GenerativeModel(_Model):
 
     def __init__(self, root: Path, manifest: Manifest, device: str, threads: int | None):
         try:  # before the graphs: it is cheap, and a bad one fails fast
-            self.max_new_tokens, self.chain = read_generation(
-                root / fmt.GENERATION, manifest.context_length
+            defaults = read_generation(
+                root / fmt.GENERATION, manifest.context_length, manifest.vocab_size
             )
         except GenerationConfigError as err:
             raise ArtifactError(f"{err}; export the artifact again") from None
+        self.max_new_tokens, self.chain = defaults.max_new_tokens, defaults.chain
         super().__init__(root, manifest, device, threads)
+        eos = self.special_tokens.get("eos")
+        # The tokens that end a row: generation.json's list, else (older artifacts) eos alone.
+        self.stop_ids: frozenset[int] = frozenset(
+            defaults.stop_token_ids
+            if defaults.stop_token_ids is not None
+            else ([eos] if eos is not None else [])
+        )
         self._default_sampler = None if self._beam(self.chain) else SamplerChain(self.chain)
+
+    def _hidden_ids(self) -> frozenset[int]:
+        # stop tokens end a row's text as eos does, and are not part of it
+        return super()._hidden_ids() | self.stop_ids
 
     @staticmethod
     def _beam(chain: DecodingChain) -> BeamSearch | None:

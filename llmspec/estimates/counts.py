@@ -87,9 +87,19 @@ class ParameterCount:
 
 
 def _norm(spec: ModelSpec) -> int:
-    """A norm's parameters: a scale, and a shift for LayerNorm when biases are on."""
-    has_shift = spec.norm.type == "layernorm" and spec.bias
+    """A norm's parameters: a scale, and a shift for LayerNorm when norm biases are on (the
+    spec's ``bias`` unless ``norm.bias`` says otherwise)."""
+    shift = spec.bias if spec.norm.bias is None else spec.norm.bias
+    has_shift = spec.norm.type == "layernorm" and shift
     return spec.d_model * (2 if has_shift else 1)
+
+
+def _norms_per_layer(spec: ModelSpec, cross: bool) -> int:
+    """One norm before each sublayer (attention, cross-attention, feed-forward), one for both
+    in a shared-norm parallel block; sandwich norms add one after each sublayer."""
+    sublayers = 3 if cross else 2
+    norms = 1 if spec.block.parallel == "shared-norm" else sublayers
+    return norms + (sublayers if spec.norm.sandwich else 0)
 
 
 def _linears(spec: ModelSpec, *shapes: tuple[int, int]) -> tuple[int, tuple[tuple[int, int], ...]]:
@@ -130,7 +140,8 @@ def count_parameters(spec: ModelSpec) -> ParameterCount:
     Component names: ``token_embeddings``, ``token_type_embeddings``, then per stack
     (``encoder``/``decoder``) ``positions``, ``relative_bias``, ``embedding_norm``,
     ``self_attention``, ``cross_attention``, ``feed_forward``, ``layer_norms`` (2 per layer, 3
-    with cross-attention), ``final_norm`` (pre-norm stacks only), then ``head.pooler``,
+    with cross-attention; 1 in a shared-norm parallel block; twice as many with sandwich
+    norms), ``final_norm`` (pre-norm stacks only), then ``head.pooler``,
     ``head.transform``, ``head.lm_head`` (untied only) and ``head.logits_bias`` (learned only;
     a buffer is not a parameter). The token embedding is shared by both stacks of an
     encoder-decoder; learned position tables are per stack.
@@ -155,7 +166,9 @@ def count_parameters(spec: ModelSpec) -> ParameterCount:
         if cross:
             parts.append(_attention(spec, f"{stack}.cross_attention", layers))
         parts.append(_feed_forward(spec, f"{stack}.feed_forward", layers))
-        parts.append(Component(f"{stack}.layer_norms", (3 if cross else 2) * _norm(spec), layers))
+        parts.append(
+            Component(f"{stack}.layer_norms", _norms_per_layer(spec, cross) * _norm(spec), layers)
+        )
         if spec.norm.position == "pre":
             parts.append(Component(f"{stack}.final_norm", _norm(spec)))
     head = spec.head

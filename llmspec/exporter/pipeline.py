@@ -230,14 +230,20 @@ def _cast(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     return copy.deepcopy(model).to(DTYPES[precision]).eval()
 
 
-def _generation(spec: ModelSpec) -> dict[str, Any]:
+def _generation(spec: ModelSpec, stop_ids: list[int]) -> dict[str, Any]:
+    """generation.json: the defaults runtime.generation.read_generation reads. ``stop_ids``
+    (eos first) is written only when the spec lists stop tokens, so other artifacts keep the
+    file they always had."""
     if spec.generation is not None:
         chain = DecodingChain(tuple(spec.generation.chain))
         max_new = spec.generation.max_new_tokens
     else:
         # the built-in default, within the context window (runtime.generation's limit)
         chain, max_new = DecodingChain((Greedy(),)), min(64, spec.context_length)
-    return {"max_new_tokens": max_new, "chain": chain.to_json()}
+    generation: dict[str, Any] = {"max_new_tokens": max_new, "chain": chain.to_json()}
+    if stop_ids:
+        generation["stop_token_ids"] = stop_ids
+    return generation
 
 
 def _model_card(spec: ModelSpec, manifest: fmt.Manifest, generation: dict[str, Any]) -> str:
@@ -368,7 +374,9 @@ def _write_files(
     state = {k: v.detach().to(stored).contiguous() for k, v in reference.state_dict().items()}
     save_file(state, str(staged / fmt.WEIGHTS), metadata={"spec_sha256": spec_sha256(spec)})
     write_atomic(staged / fmt.TOKENIZER, tokenizer.to_str(pretty=True))  # .save leaves half
-    generation = _generation(spec)
+    from llmspec.tokenizer import stop_token_ids
+
+    generation = _generation(spec, stop_token_ids(tokenizer, spec))
     write_atomic(staged / fmt.GENERATION, json.dumps(generation, indent=2) + "\n")
     manifest = fmt.Manifest(
         format_version=fmt.FORMAT_VERSION,

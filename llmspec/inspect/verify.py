@@ -47,7 +47,7 @@ def _check_generation(root: Path, manifest: Manifest) -> CheckResult:
     its limit, max_new_tokens within the context window), and at least one new token."""
     path = root / fmt.GENERATION
     try:
-        limit, chain = read_generation(path, manifest.context_length)
+        limit, chain, _ = read_generation(path, manifest.context_length, manifest.vocab_size)
     except GenerationConfigError as err:
         raise ArtifactError(f"{err}; export the artifact again") from None
     if limit < 1:

@@ -345,6 +345,98 @@ def _rescale_needs_tied(s: Any) -> RuleProblems:
     return []
 
 
+@rule("norm")
+def _norm_knobs_fit(s: Any) -> RuleProblems:
+    n = s.norm
+    out: RuleProblems = []
+    if n.sandwich and n.position != "pre":
+        out.append(
+            (
+                ("norm", "sandwich"),
+                "sandwich norms wrap the sublayers of a pre-norm block (Gemma 2); a post-norm "
+                "block already normalizes after each residual add: set position: pre or drop "
+                "sandwich",
+            )
+        )
+    if n.type == "rmsnorm" and n.bias:
+        out.append(
+            (
+                ("norm", "bias"),
+                "RMSNorm has no shift; use type: layernorm for norm biases, or drop bias",
+            )
+        )
+    if n.unit_offset and n.type != "rmsnorm":
+        out.append(
+            (
+                ("norm", "unit_offset"),
+                "unit_offset (scale by 1 + weight, Gemma's RMSNorm) is for type: rmsnorm",
+            )
+        )
+    return out
+
+
+@rule("block", "norm", "architecture")
+def _parallel_block_fits(s: Any) -> RuleProblems:
+    parallel = s.block.parallel
+    if parallel is None:
+        return []
+    path = ("block", "parallel")
+    out: RuleProblems = []
+    if s.norm.position != "pre":
+        out.append(
+            (
+                path,
+                f"a parallel block ({parallel}) adds attention and feed-forward of the same "
+                "normalized input to the residual: it needs norm.position: pre",
+            )
+        )
+    if s.architecture == "encoder-decoder":
+        out.append(
+            (
+                path,
+                "parallel blocks are not supported in encoder-decoder models (where would "
+                "cross-attention go?); use them in decoder-only or encoder-only models",
+            )
+        )
+    if s.norm.sandwich:
+        out.append(
+            (
+                path,
+                "sandwich norms with a parallel block are not supported (no reference model "
+                "has both); drop norm.sandwich or block.parallel",
+            )
+        )
+    return out
+
+
+@rule("generation", "vocabulary")
+def _stop_tokens_fit(s: Any) -> RuleProblems:
+    if s.generation is None or not s.generation.stop_tokens:
+        return []
+    v = s.vocabulary
+    present = v.special_tokens.present()
+    out: RuleProblems = []
+    seen: set[str] = set()
+    for index, text in enumerate(s.generation.stop_tokens):
+        path: tuple[str | int, ...] = ("generation", "stop_tokens", index)
+        if text == present.get("eos"):
+            out.append((path, f"{text!r} is the eos token, which always stops; drop it here"))
+        elif text in seen:
+            out.append((path, f"{text!r} is listed twice; list each stop token once"))
+        elif v.tokenizer.type != "file" and text not in present.values():
+            out.append(
+                (
+                    path,
+                    f"{text!r} is not a token of the {v.tokenizer.type} tokenizer, whose only "
+                    "whole-word tokens are the special tokens "
+                    f"({', '.join(repr(t) for t in present.values()) or 'none'}); stop on one "
+                    "of those, or use a tokenizer file that has it",
+                )
+            )
+        seen.add(text)
+    return out
+
+
 @rule("precision")
 def _precision_fits(s: Any) -> RuleProblems:
     p = s.precision

@@ -328,6 +328,12 @@ class Head(Section):
         default=False,
         description="multiply hidden states by d_model ** -0.5 before a tied output (T5)",
     )
+    softcap: Annotated[float | None, ADDED] = Field(
+        default=None,
+        gt=0,
+        description="final logit soft-capping: logits = softcap * tanh(logits / softcap), "
+        "after any logits bias (Gemma 2's final_logit_softcapping, 30.0)",
+    )
 
 
 class Dropout(Section):
@@ -409,6 +415,9 @@ def _strict_step_values(chain: Any) -> Any:
     return chain
 
 
+TokenText = Annotated[str, Field(strict=True, min_length=1)]  # strict in the lax Generation
+
+
 def _greedy_chain() -> list[DecodingStep]:
     return [Greedy()]
 
@@ -422,11 +431,10 @@ class Generation(Section):
     chain: Annotated[list[DecodingStep], BeforeValidator(_strict_step_values)] = Field(
         default_factory=lambda: _greedy_chain()
     )
-    softcap: Annotated[float | None, ADDED] = Field(
-        default=None,
-        gt=0,
-        description="final logit soft-capping: logits = softcap * tanh(logits / softcap), "
-        "after any logits bias (Gemma 2's final_logit_softcapping, 30.0)",
+    stop_tokens: Annotated[list[TokenText], ADDED] = Field(
+        default_factory=list,
+        description="tokens (their text) that end generation besides eos, each one token of "
+        "the vocabulary: Llama 3's <|eot_id|> and <|eom_id|> next to eos <|end_of_text|>",
     )
 
 

@@ -34,13 +34,16 @@ def specs(draw: st.DrawFn, family: str) -> ModelSpec:
     kv_heads = draw(st.sampled_from([d for d in (1, 2, 3, 4) if heads % d == 0]))
     norm_type = draw(st.sampled_from(["layernorm", "rmsnorm"]))
     tied = draw(st.booleans())
+    scaled = draw(st.booleans())
+    layers = draw(st.integers(1, 2))
     changes: dict[str, Any] = {
         "d_model": heads * head_size,
-        "layers": draw(st.integers(1, 2)),
+        "layers": layers,
         "attention": {
             "heads": heads,
             "kv_heads": kv_heads,
-            "scaled": draw(st.booleans()),
+            "scaled": scaled,
+            **draw(attention_knobs(family, scaled, norm_type, layers)),
         },
         "positions": POSITIONS[draw(st.sampled_from(sorted(POSITIONS)))],
         "norm": {"type": norm_type, "position": draw(st.sampled_from(["pre", "post"]))},
@@ -64,6 +67,27 @@ def specs(draw: st.DrawFn, family: str) -> ModelSpec:
     if family == "encoder-decoder":
         changes["decoder_layers"] = draw(st.integers(1, 2))
     return variant(family, **changes)
+
+
+@st.composite
+def attention_knobs(
+    draw: st.DrawFn, family: str, scaled: bool, norm_type: str, layers: int
+) -> dict[str, Any]:
+    """The attention section's knobs (each off or on) that fit the rest of the spec: a sliding
+    window and its layer pattern in decoders, QK-norm with RMSNorm, a scale when scaled."""
+    knobs: dict[str, Any] = {}
+    if draw(st.booleans()):
+        knobs["softcap"] = draw(st.sampled_from([1.0, 30.0]))
+    if scaled and draw(st.booleans()):
+        knobs["scale"] = draw(st.sampled_from([0.1, 0.5]))
+    if norm_type == "rmsnorm" and draw(st.booleans()):
+        knobs["qk_norm"] = "rmsnorm"
+    knobs["qkv_bias"] = draw(st.sampled_from([None, True, False]))
+    if family == "decoder-only" and draw(st.booleans()):
+        knobs["sliding_window"] = draw(st.integers(1, 4))
+        patterns = [None, ["local", "global"], ["global", "local"]]
+        knobs["layer_pattern"] = draw(st.sampled_from(patterns[: 3 if layers > 1 else 1]))
+    return knobs
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -138,6 +162,38 @@ def test_decoder_token_by_token_with_the_cache_equals_the_full_forward(
     real = mask.bool()
     _close(torch.cat(steps, dim=1)[real], full[real])
     assert out.present[0].shape == (len(lengths), spec.kv_heads, width, spec.head_dim)
+
+
+@EXAMPLES
+@given(window=st.integers(1, 4), length=st.integers(2, 10), data=st.data())
+def test_windowed_layer_ignores_keys_older_than_the_window_and_a_global_one_does_not(
+    window: int, length: int, data: Any
+) -> None:
+    query = data.draw(st.integers(1, length - 1))
+    old = data.draw(st.integers(0, query - 1))  # a key before the query
+    changes: dict[str, Any] = {"layers": 1, "positions": POSITIONS["rope"]}
+    local = built(
+        variant("decoder-only", attention={"heads": 4, "sliding_window": window}, **changes)
+    )
+    causal = built(
+        variant(
+            "decoder-only",
+            attention={"heads": 4, "sliding_window": window, "layer_pattern": ["global"]},
+            **changes,
+        )
+    )
+    causal.load_state_dict(local.state_dict())
+    ids = tokens(2, length, seed=17)
+    changed = ids.clone()
+    changed[:, old] = (ids[:, old] + 1) % VOCAB
+    with torch.no_grad():
+        a, b = local(ids).logits[:, query], local(changed).logits[:, query]
+        c, d = causal(ids).logits[:, query], causal(changed).logits[:, query]
+    if query - old >= window:  # the query sees keys query - window + 1 .. query
+        _close(a, b)
+    else:
+        assert _differs(a, b)
+    assert _differs(c, d)
 
 
 def test_decoder_accepts_an_empty_cache_for_the_first_step() -> None:
