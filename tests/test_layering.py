@@ -86,7 +86,12 @@ STAGES: dict[str, set[str]] = {
         "llmspec.sources",
         "llmspec.builder",
     },
-    "llmspec.importers": {"llmspec.spec", "llmspec.tokenizer", "llmspec.builder"},
+    "llmspec.importers": {
+        "llmspec.spec",
+        "llmspec.tokenizer",
+        "llmspec.sources",  # export-hf starts from a spec, a run or an import
+        "llmspec.builder",
+    },
     "llmspec.inspect": {
         "llmspec.spec",
         "llmspec.tokenizer",

@@ -44,6 +44,10 @@ VERBS: dict[str, tuple[str, str]] = {
         "import_hf",
         "convert a local Hugging Face model directory into spec.yaml + weights.safetensors",
     ),
+    "export-hf": (
+        "export_hf",
+        "write a spec, run or import as a Hugging Face model directory (transformers loads it)",
+    ),
 }
 
 

@@ -1,0 +1,407 @@
+"""The export direction of each family's config translation: a spec to config.json.
+
+:func:`hf_config` picks the one Hugging Face family that can hold a spec (by its architecture
+and positions: encoder-only is BERT, decoder-only with learned positions GPT-2 and with RoPE
+Llama, encoder-decoder with T5 relative buckets T5 and with learned positions BART) and writes
+the family's config.json, the inverse of its import translation in
+:mod:`llmspec.importers.hf.families`. What the family fixes (GPT-2 is pre-norm LayerNorm with
+biases, BERT post-norm with an embedding norm, ...) is a table, :data:`FIXED`, checked first so
+that a spec the family cannot hold is refused naming every field that differs. Values that
+depend on another field (BERT's MLM head, T5's rescaled output) are checked by the family's
+translation. :mod:`llmspec.importers.hf.export` then reads the written config and weights back
+with the importer and refuses any difference the tables do not know of (a knob added later).
+
+Decisions (where DESIGN.md is silent):
+
+* Dropout rates are written where the family has a field (Llama has no hidden dropout); they
+  do not change the model's outputs. ``context_length`` is the position table's size where
+  the family has one (GPT-2's ``n_positions``, Llama's ``max_position_embeddings``, T5's
+  ``n_positions``) and ``model_max_length`` in tokenizer_config.json.
+* BERT with its MLM transform is a ``BertForMaskedLM``, without it a ``BertModel`` (hidden
+  states and pooler; transformers' BertModel has no logits, as the imported one had none).
+* T5's ``tie_word_embeddings`` is its output rescale, as transformers reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from llmspec.importers.hf.families import GATED_ACTIVATIONS, PLAIN_ACTIVATIONS
+from llmspec.importers.hf.tables import (
+    BART,
+    BERT,
+    GPT2,
+    LLAMA,
+    T5,
+    T5_GATED,
+    HFExportError,
+    WeightTable,
+)
+from llmspec.spec.sections import ModelSpec
+
+__all__ = ["EXPORTED_FAMILIES", "FIXED", "HFConfig", "hf_config", "spec_value"]
+
+# Our activation names -> transformers' (the import tables' preferred spelling, inverted).
+PLAIN_NAMES = {"gelu": "gelu", "gelu-tanh": "gelu_new", "relu": "relu", "silu": "silu"}
+GATED_NAMES = {"geglu": "gelu", "geglu-tanh": "gelu_pytorch_tanh", "swiglu": "silu"}
+assert all(PLAIN_ACTIVATIONS[hf] == ours for ours, hf in PLAIN_NAMES.items())
+assert all(GATED_ACTIVATIONS[hf] == ours for ours, hf in GATED_NAMES.items())
+# T5 names its feed-forward by feed_forward_proj; "gated-gelu" is its tanh gelu
+T5_PROJ = {
+    "relu": "relu",
+    "gelu": "gelu",
+    "gelu-tanh": "gelu_new",
+    "silu": "silu",
+    "geglu": "gated-gelu_python",
+    "geglu-tanh": "gated-gelu",
+    "swiglu": "gated-silu",
+}
+
+# What each family fixes: a spec field (dotted) -> the value the family has. "ungated" and
+# "gated" stand for the feed-forward's kind; "whole heads" for head_dim * heads = d_model.
+FIXED: dict[str, dict[str, Any]] = {
+    "bert": {
+        "architecture": "encoder-only",
+        "norm.type": "layernorm",
+        "norm.position": "post",
+        "positions.type": "learned",
+        "positions.offset": 0,
+        "bias": True,
+        "attention.scaled": True,
+        "attention.kv_heads": "heads",
+        "attention.head_dim": "whole heads",
+        "feed_forward.activation": "ungated",
+        "embeddings.norm": True,
+        "embeddings.scale": False,
+        "head.rescale": False,
+        "objective.type": "masked-lm",
+    },
+    "gpt2": {
+        "architecture": "decoder-only",
+        "norm.type": "layernorm",
+        "norm.position": "pre",
+        "positions.type": "learned",
+        "positions.offset": 0,
+        "bias": True,
+        "attention.kv_heads": "heads",
+        "attention.head_dim": "whole heads",
+        "feed_forward.activation": "ungated",
+        "embeddings.token_types": 0,
+        "embeddings.norm": False,
+        "embeddings.scale": False,
+        "head.transform": False,
+        "head.pooler": False,
+        "head.logits_bias": "none",
+        "head.rescale": False,
+        "objective.type": "causal-lm",
+    },
+    "llama": {
+        "architecture": "decoder-only",
+        "norm.type": "rmsnorm",
+        "norm.position": "pre",
+        "positions.type": "rope",
+        "attention.scaled": True,
+        "feed_forward.activation": "gated",
+        "embeddings.token_types": 0,
+        "embeddings.norm": False,
+        "embeddings.scale": False,
+        "head.transform": False,
+        "head.pooler": False,
+        "head.logits_bias": "none",
+        "head.rescale": False,
+        "objective.type": "causal-lm",
+    },
+    "t5": {
+        "architecture": "encoder-decoder",
+        "norm.type": "rmsnorm",
+        "norm.position": "pre",
+        "positions.type": "relative",
+        "bias": False,
+        "attention.scaled": False,
+        "attention.kv_heads": "heads",
+        "embeddings.token_types": 0,
+        "embeddings.norm": False,
+        "embeddings.scale": False,
+        "head.transform": False,
+        "head.pooler": False,
+        "head.logits_bias": "none",
+        "objective.type": "span-corruption",
+    },
+    "bart": {
+        "architecture": "encoder-decoder",
+        "norm.type": "layernorm",
+        "norm.position": "post",
+        "norm.eps": 1e-5,  # BART's LayerNorms take torch's default; its config has no eps
+        "positions.type": "learned",
+        "positions.offset": 2,
+        "bias": True,
+        "attention.scaled": True,
+        "attention.kv_heads": "heads",
+        "attention.head_dim": "whole heads",
+        "feed_forward.activation": "ungated",
+        "embeddings.token_types": 0,
+        "embeddings.norm": True,
+        "head.transform": False,
+        "head.pooler": False,
+        "head.logits_bias": ("none", "buffer"),
+        "head.rescale": False,
+        "objective.type": "denoising",
+    },
+}
+EXPORTED_FAMILIES = tuple(FIXED)
+
+
+def spec_value(spec: ModelSpec, path: str) -> Any:
+    """The spec's value at a dotted ``path`` (derived values for kv_heads and head_dim)."""
+    if path == "attention.kv_heads":
+        return spec.kv_heads
+    if path == "attention.head_dim":
+        return spec.head_dim
+    value: Any = spec
+    for part in path.split("."):
+        value = getattr(value, part, None)
+    return value
+
+
+def _fixed_differences(spec: ModelSpec, family: str) -> list[str]:
+    differences = []
+    for path, wanted in FIXED[family].items():
+        value = spec_value(spec, path)
+        if wanted == "heads":
+            ok, shown = value == spec.attention.heads, "kv_heads = heads"
+        elif wanted == "whole heads":
+            ok, shown = value * spec.attention.heads == spec.d_model, "head_dim = d_model // heads"
+        elif wanted == "ungated":
+            ok, shown = value in PLAIN_NAMES, f"one of {', '.join(PLAIN_NAMES)}"
+        elif wanted == "gated":
+            ok, shown = value in GATED_NAMES, f"one of {', '.join(GATED_NAMES)}"
+        elif isinstance(wanted, tuple):
+            ok, shown = value in wanted, " or ".join(map(str, wanted))
+        else:
+            ok, shown = value == wanted, _shown(wanted)
+        if not ok:
+            differences.append(f"{path} is {_shown(value)} ({family} has {shown})")
+    return differences
+
+
+def _shown(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def family_of(spec: ModelSpec) -> str:
+    """The one family that may hold ``spec``, by its architecture and positions."""
+    positions = spec.positions.type
+    by_positions = {
+        "decoder-only": {"learned": "gpt2", "rope": "llama"},
+        "encoder-decoder": {"relative": "t5", "learned": "bart"},
+    }
+    if spec.architecture == "encoder-only":
+        return "bert"
+    choices = by_positions[spec.architecture]
+    if positions not in choices:
+        offers = ", ".join(f"{family} ({kind})" for kind, family in choices.items())
+        raise HFExportError(
+            f"positions.type {positions} cannot be exported to Hugging Face: no {spec.architecture}"
+            f" family llmspec exports has it; the families and their positions: {offers}"
+        )
+    return choices[positions]
+
+
+class HFConfig:
+    """A spec's Hugging Face config: family, weight table and config.json's content."""
+
+    def __init__(self, family: str, table: WeightTable, config: dict[str, Any]) -> None:
+        self.family = family
+        self.table = table
+        self.config = config
+
+    @property
+    def tied(self) -> bool:
+        """Whether transformers ties the output projection to the embeddings for this config."""
+        return self.config.get("tie_word_embeddings") is not False
+
+
+def _refuse(spec: ModelSpec, family: str, differences: list[str]) -> None:
+    if differences:
+        raise HFExportError(
+            f"spec {spec.name!r} cannot be exported to Hugging Face: as the {family} family it "
+            f"differs in {'; '.join(differences)}; no other family llmspec exports fits its "
+            f"{spec.architecture} with {spec.positions.type} positions"
+        )
+
+
+def _ids(ids: dict[str, int], *roles: str) -> dict[str, int | None]:
+    return {f"{role}_token_id": ids.get(role) for role in roles}
+
+
+def _bert(spec: ModelSpec, ids: dict[str, int]) -> tuple[dict[str, Any], list[str]]:
+    head = spec.head
+    problems = []
+    if head.transform and head.logits_bias != "learned":
+        problems.append(
+            f"head.logits_bias is {head.logits_bias} (BertForMaskedLM's head has a learned bias)"
+        )
+    if not head.transform and head.logits_bias != "none":
+        problems.append(
+            f"head.logits_bias is {head.logits_bias} without head.transform (BertModel)"
+        )
+    if not head.transform and not head.tied:
+        problems.append("head.tied is false without head.transform (BertModel has no head)")
+    architecture = "BertForMaskedLM" if head.transform else "BertModel"
+    assert spec.positions.type == "learned"
+    config = {
+        "architectures": [architecture],
+        "model_type": "bert",
+        "hidden_size": spec.d_model,
+        "num_hidden_layers": spec.layers,
+        "num_attention_heads": spec.attention.heads,
+        "intermediate_size": spec.feed_forward.d_ff,
+        "hidden_act": PLAIN_NAMES.get(spec.feed_forward.activation),
+        "hidden_dropout_prob": spec.dropout.hidden,
+        "attention_probs_dropout_prob": spec.dropout.attention,
+        "max_position_embeddings": spec.positions.max_positions,
+        "type_vocab_size": spec.embeddings.token_types,
+        "layer_norm_eps": spec.norm.eps,
+        "position_embedding_type": "absolute",
+        "is_decoder": False,
+        "add_cross_attention": False,
+        "tie_word_embeddings": head.tied,
+        **_ids(ids, "pad", "bos", "eos"),
+    }
+    return config, problems
+
+
+def _gpt2(spec: ModelSpec, ids: dict[str, int]) -> tuple[dict[str, Any], list[str]]:
+    assert spec.positions.type == "learned"
+    config = {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "n_embd": spec.d_model,
+        "n_layer": spec.layers,
+        "n_head": spec.attention.heads,
+        "n_inner": spec.feed_forward.d_ff,
+        "n_positions": spec.positions.max_positions,
+        "activation_function": PLAIN_NAMES.get(spec.feed_forward.activation),
+        "resid_pdrop": spec.dropout.hidden,
+        "embd_pdrop": spec.dropout.hidden,
+        "attn_pdrop": spec.dropout.attention,
+        "layer_norm_epsilon": spec.norm.eps,
+        "scale_attn_weights": spec.attention.scaled,
+        "scale_attn_by_inverse_layer_idx": False,
+        "add_cross_attention": False,
+        "tie_word_embeddings": spec.head.tied,
+        **_ids(ids, "pad", "bos", "eos"),
+    }
+    return config, []
+
+
+def _llama(spec: ModelSpec, ids: dict[str, int]) -> tuple[dict[str, Any], list[str]]:
+    assert spec.positions.type == "rope"
+    base = spec.positions.base
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": spec.d_model,
+        "intermediate_size": spec.feed_forward.d_ff,
+        "num_hidden_layers": spec.layers,
+        "num_attention_heads": spec.attention.heads,
+        "num_key_value_heads": spec.kv_heads,
+        "head_dim": spec.head_dim,
+        "hidden_act": GATED_NAMES.get(spec.feed_forward.activation),
+        "max_position_embeddings": spec.context_length,
+        "rms_norm_eps": spec.norm.eps,
+        # transformers 5 reads rope_parameters, 4 reads rope_theta
+        "rope_theta": base,
+        "rope_parameters": {"rope_type": "default", "rope_theta": base},
+        "attention_bias": spec.bias,
+        "mlp_bias": spec.bias,
+        "attention_dropout": spec.dropout.attention,
+        "tie_word_embeddings": spec.head.tied,
+        **_ids(ids, "pad", "bos", "eos"),
+    }
+    return config, []
+
+
+def _t5(spec: ModelSpec, ids: dict[str, int]) -> tuple[dict[str, Any], list[str]]:
+    assert spec.positions.type == "relative"
+    problems = []
+    if spec.head.rescale and not spec.head.tied:
+        problems.append("head.rescale is true with head.tied false (T5 rescales tied heads only)")
+    config = {
+        "architectures": ["T5ForConditionalGeneration"],
+        "model_type": "t5",
+        "d_model": spec.d_model,
+        "d_kv": spec.head_dim,
+        "d_ff": spec.feed_forward.d_ff,
+        "num_layers": spec.layers,
+        "num_decoder_layers": spec.num_decoder_layers,
+        "num_heads": spec.attention.heads,
+        "relative_attention_num_buckets": spec.positions.buckets,
+        "relative_attention_max_distance": spec.positions.max_distance,
+        "dropout_rate": spec.dropout.hidden,
+        "layer_norm_epsilon": spec.norm.eps,
+        "feed_forward_proj": T5_PROJ[spec.feed_forward.activation],
+        "is_encoder_decoder": True,
+        "n_positions": spec.context_length,
+        "tie_word_embeddings": spec.head.rescale,
+        "scale_decoder_outputs": spec.head.rescale,
+        **_ids(ids, "pad", "eos"),
+        "decoder_start_token_id": ids.get(spec.decoder_start),
+    }
+    return config, problems
+
+
+def _bart(spec: ModelSpec, ids: dict[str, int]) -> tuple[dict[str, Any], list[str]]:
+    assert spec.positions.type == "learned"
+    activation = PLAIN_NAMES.get(spec.feed_forward.activation)
+    config = {
+        "architectures": ["BartForConditionalGeneration"],
+        "model_type": "bart",
+        "d_model": spec.d_model,
+        "encoder_layers": spec.layers,
+        "decoder_layers": spec.num_decoder_layers,
+        "encoder_attention_heads": spec.attention.heads,
+        "decoder_attention_heads": spec.attention.heads,
+        "encoder_ffn_dim": spec.feed_forward.d_ff,
+        "decoder_ffn_dim": spec.feed_forward.d_ff,
+        "activation_function": activation,
+        "max_position_embeddings": spec.positions.max_positions,
+        "scale_embedding": spec.embeddings.scale,
+        "dropout": spec.dropout.hidden,
+        "attention_dropout": spec.dropout.attention,
+        "activation_dropout": 0.0,
+        "is_encoder_decoder": True,
+        "tie_word_embeddings": spec.head.tied,
+        "forced_eos_token_id": None,  # BartConfig's default 2 would force a token at the end
+        **_ids(ids, "pad", "bos", "eos"),
+        "decoder_start_token_id": ids.get(spec.decoder_start),
+    }
+    return config, []
+
+
+TRANSLATIONS: dict[str, Callable[[ModelSpec, dict[str, int]], tuple[dict[str, Any], list[str]]]] = {
+    "bert": _bert,
+    "gpt2": _gpt2,
+    "llama": _llama,
+    "t5": _t5,
+    "bart": _bart,
+}
+
+
+def hf_config(spec: ModelSpec, ids: dict[str, int]) -> HFConfig:
+    """The Hugging Face family, weight table and config.json for ``spec``, whose special tokens
+    have the ids ``ids`` (role -> id). Raises :class:`HFExportError` naming every field in which
+    the spec differs from what its family can hold."""
+    family = family_of(spec)
+    differences = _fixed_differences(spec, family)
+    _refuse(spec, family, differences)
+    config, problems = TRANSLATIONS[family](spec, ids)
+    _refuse(spec, family, problems)
+    config["vocab_size"] = spec.vocabulary.size
+    config["dtype"] = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[
+        spec.precision.dtype
+    ]
+    tables = {"bert": BERT, "gpt2": GPT2, "llama": LLAMA, "bart": BART}
+    table = (T5_GATED if spec.gated else T5) if family == "t5" else tables[family]
+    return HFConfig(family, table, dict(sorted(config.items())))
