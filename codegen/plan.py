@@ -21,6 +21,7 @@ Family = Literal["encoder-only", "decoder-only", "encoder-decoder"]
 NormKind = Literal["layernorm", "rmsnorm"]
 NormPosition = Literal["pre", "post"]
 PositionKind = Literal["learned", "sinusoidal", "rope", "alibi", "relative"]
+RopeScalingKind = Literal["none", "linear", "dynamic", "llama3", "yarn", "longrope"]
 ActivationKind = Literal["relu", "gelu", "gelu-tanh", "silu"]
 LossKind = Literal["causal-lm", "masked-lm", "seq2seq"]
 ParallelKind = Literal["shared-norm", "separate-norms"]
@@ -49,14 +50,19 @@ class ConfigField:
     """One field of the generated config dataclass: ``name: type = value  # comment``."""
 
     name: str
-    type: Literal["int", "float"]
-    value: int | float
+    type: Literal["int", "float", "tuple[float, ...]"]
+    value: int | float | tuple[float, ...]
     comment: str = ""
 
     def __post_init__(self) -> None:
         if not _IDENTIFIER.match(self.name) or keyword.iskeyword(self.name):
             raise PlanError(f"config field name {self.name!r} is not a Python identifier")
-        if isinstance(self.value, bool) or not isinstance(self.value, int | float):
+        if self.type == "tuple[float, ...]":
+            if not isinstance(self.value, tuple) or not all(
+                isinstance(v, float) for v in self.value
+            ):
+                raise PlanError(f"config field {self.name}: {self.value!r} is not floats")
+        elif isinstance(self.value, bool) or not isinstance(self.value, int | float):
             raise PlanError(f"config field {self.name}: {self.value!r} is not a number")
         if self.type == "int" and not isinstance(self.value, int):
             raise PlanError(f"config field {self.name} is an int, got {self.value!r}")
@@ -66,6 +72,8 @@ class ConfigField:
     @property
     def literal(self) -> str:
         """The value as Python source (floats keep a decimal point: ``10000.0``, ``1e-05``)."""
+        if isinstance(self.value, tuple):
+            return "(" + "".join(f"{v!r}, " for v in self.value) + ")"
         return repr(float(self.value)) if self.type == "float" else repr(self.value)
 
 
@@ -104,6 +112,34 @@ class PositionsPlan:
 
     kind: PositionKind
     offset: int = 0
+    # Rope only. ``partial``: only the first config.rotary_dim channels of each head rotate.
+    # ``scaling``: transformers' rope type of the frequencies ("none": plain RoPE), whose
+    # numbers are config fields (rope_scaling_factor, ...). ``attention_factor``: cos and sin
+    # are multiplied by config.rope_attention_factor (YaRN, LongRoPE). ``yarn_truncate``:
+    # YaRN's correction range is rounded to whole dimensions. ``local_base``: local layers
+    # rotate unscaled with config.rope_local_base.
+    partial: bool = False
+    scaling: RopeScalingKind = "none"
+    attention_factor: bool = False
+    yarn_truncate: bool = True
+    local_base: bool = False
+
+    def __post_init__(self) -> None:
+        knobs = self.partial or self.scaling != "none" or self.attention_factor or self.local_base
+        if knobs and self.kind != "rope":
+            raise PlanError("rotary dims, scaling and a local base are rope's")
+        if self.attention_factor and self.scaling not in ("yarn", "longrope"):
+            raise PlanError("only YaRN and LongRoPE scale cos and sin")
+
+    @property
+    def rope_knobs(self) -> bool:
+        """Rope with any knob: the frequencies come from ``rope_inverse_frequencies``."""
+        return self.partial or self.scaling != "none" or self.local_base
+
+    @property
+    def length_dependent(self) -> bool:
+        """Frequencies that depend on the total length (the largest position id + 1)."""
+        return self.scaling in ("dynamic", "longrope")
 
     @property
     def uses_position_ids(self) -> bool:
@@ -336,6 +372,7 @@ class ModelPlan:
         return (
             self.embeddings.scale
             or self.positions.kind in ("alibi", "relative")
+            or self.positions.scaling in ("llama3", "yarn")
             or any(s.scaled_residual_init for s in self.stacks)
         )
 
@@ -353,7 +390,8 @@ class ModelPlan:
     def position_input_items(self) -> tuple[str, ...]:
         """The positional inputs of an attention layer, as ``name: description`` items."""
         if self.positions.kind == "rope":
-            return ("cos, sin: (B, 1, T, hs) the rotary angles of the new positions.",)
+            rotated = "rd" if self.positions.partial else "hs"
+            return (f"cos, sin: (B, 1, T, {rotated}) the rotary angles of the new positions.",)
         if self.positions.is_bias:
             return (f"position_bias: (1, nh, T, S) the {self.positions_name} on the scores.",)
         return ()

@@ -7,7 +7,9 @@ here, in one place; the templates only lay the plan out.
 
 from __future__ import annotations
 
+import math
 import re
+from typing import Any
 
 from codegen.plan import (
     ActivationKind,
@@ -156,6 +158,7 @@ def _config_fields(spec: ModelSpec) -> tuple[ConfigField, ...]:
         fields.append(
             ConfigField("rope_base", "float", p.base, "the wavelength base of the rotations")
         )
+        fields += _rope_fields(spec)
     elif p.type == "relative":
         fields.append(ConfigField("relative_buckets", "int", p.buckets))
         fields.append(
@@ -303,6 +306,169 @@ def _block_phrase(spec: ModelSpec) -> str | None:
     return "Blocks: " + "; ".join(parts) + "."
 
 
+def rope_attention_factor(spec: ModelSpec) -> float:
+    """What YaRN and LongRoPE multiply cos and sin by (1.0 for the other rope types), computed
+    as transformers' ``_compute_yarn_parameters`` and ``_compute_longrope_parameters`` do; a
+    LongRoPE without ``factor`` takes context_length / original_max_positions, as transformers
+    takes max_position_embeddings / original_max_position_embeddings."""
+    p = spec.positions
+    scaling = p.scaling if p.type == "rope" else None
+    if scaling is None or scaling.type not in ("yarn", "longrope"):
+        return 1.0
+    if scaling.attention_factor is not None:
+        return scaling.attention_factor
+    if scaling.type == "yarn":
+
+        def mscale(scale: float, m: float = 1.0) -> float:
+            return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+        if scaling.mscale and scaling.mscale_all_dim:
+            return float(
+                mscale(scaling.factor, scaling.mscale)
+                / mscale(scaling.factor, scaling.mscale_all_dim)
+            )
+        return mscale(scaling.factor)
+    original = scaling.original_max_positions
+    factor = scaling.factor
+    if factor is None:
+        factor = spec.context_length / original
+    if factor <= 1.0:
+        return 1.0
+    return math.sqrt(1 + math.log(factor) / math.log(original))
+
+
+def _rope_fields(spec: ModelSpec) -> list[ConfigField]:
+    """The config fields of rope's knobs (none for plain rope)."""
+    p = spec.positions
+    assert p.type == "rope"
+    fields = []
+    rotated = p.rotated(spec.head_dim)
+    if rotated != spec.head_dim:
+        fields.append(
+            ConfigField(
+                "rotary_dim",
+                "int",
+                rotated,
+                "the first rotary_dim channels of a head rotate, the rest pass",
+            )
+        )
+    if p.local_base is not None:
+        fields.append(
+            ConfigField("rope_local_base", "float", p.local_base, "local layers' base, unscaled")
+        )
+    scaling = p.scaling
+    if scaling is None:
+        return fields
+    if scaling.type != "longrope":
+        fields.append(ConfigField("rope_scaling_factor", "float", scaling.factor))
+    if scaling.type == "llama3":
+        fields.append(ConfigField("rope_low_freq_factor", "float", scaling.low_freq_factor))
+        fields.append(ConfigField("rope_high_freq_factor", "float", scaling.high_freq_factor))
+    if scaling.type == "yarn":
+        fields.append(ConfigField("rope_beta_fast", "float", scaling.beta_fast))
+        fields.append(ConfigField("rope_beta_slow", "float", scaling.beta_slow))
+    if scaling.type == "longrope":
+        fields.append(
+            ConfigField(
+                "rope_short_factor",
+                "tuple[float, ...]",
+                tuple(float(v) for v in scaling.short_factor),
+                "frequency divisors up to the original length",
+            )
+        )
+        fields.append(
+            ConfigField(
+                "rope_long_factor",
+                "tuple[float, ...]",
+                tuple(float(v) for v in scaling.long_factor),
+                "frequency divisors beyond it",
+            )
+        )
+    if scaling.type != "linear":
+        fields.append(
+            ConfigField(
+                "rope_original_max_positions",
+                "int",
+                scaling.original_max_positions,
+                "the length trained on before scaling",
+            )
+        )
+    attention_factor = rope_attention_factor(spec)
+    if attention_factor != 1.0:
+        fields.append(
+            ConfigField(
+                "rope_attention_factor", "float", attention_factor, "multiplies cos and sin"
+            )
+        )
+    return fields
+
+
+ROPE_SCALING_NAMES = {
+    "linear": "linear scaling",
+    "dynamic": "dynamic NTK scaling",
+    "llama3": "Llama 3 scaling",
+    "yarn": "YaRN scaling",
+    "longrope": "LongRoPE scaling",
+}
+
+
+def _rope_phrase(spec: ModelSpec) -> str:
+    p = spec.positions
+    assert p.type == "rope"
+    parts = [f"base {p.base:g}"]
+    rotated = p.rotated(spec.head_dim)
+    if rotated != spec.head_dim:
+        parts.append(f"the first {rotated} of {spec.head_dim} channels of each head")
+    if p.scaling is not None:
+        factor = getattr(p.scaling, "factor", None)
+        by = f" by {factor:g}" if factor is not None else ""
+        parts.append(ROPE_SCALING_NAMES[p.scaling.type] + by)
+    if p.local_base is not None:
+        parts.append(f"local layers base {p.local_base:g}")
+    return f"rotary positions (RoPE, {', '.join(parts)})"
+
+
+def _norm_bias(spec: ModelSpec) -> bool:
+    """Whether the LayerNorms have shifts: norm.bias, else the spec's bias; RMSNorm never."""
+    shift = spec.bias if spec.norm.bias is None else spec.norm.bias
+    return shift and spec.norm.type == "layernorm"
+
+
+def _block_fields(spec: ModelSpec) -> list[ConfigField]:
+    """The config fields of the block and head knobs (none when they are off)."""
+    if spec.head.softcap is None:
+        return []
+    return [
+        ConfigField(
+            "final_logit_softcap",
+            "float",
+            spec.head.softcap,
+            "logits = cap * tanh(logits / cap)",
+        )
+    ]
+
+
+def _block_phrase(spec: ModelSpec) -> str | None:
+    """A docstring line on the block, norm and head knobs, or None when they are all off."""
+    parts = []
+    parallel = spec.block.parallel
+    if parallel is not None:
+        norms = "one shared norm" if parallel == "shared-norm" else "a norm each"
+        parts.append(
+            f"attention and feed-forward in parallel, x + attn(norm(x)) + mlp(norm(x)), "
+            f"with {norms}"
+        )
+    if spec.norm.sandwich:
+        parts.append("a norm also on each sublayer's output before the residual add (sandwich)")
+    if spec.norm.unit_offset:
+        parts.append("RMSNorm scaled by (1 + weight)")
+    if spec.head.softcap is not None:
+        parts.append(f"final logits soft-capped at {spec.head.softcap:g}")
+    if not parts:
+        return None
+    return "Blocks: " + "; ".join(parts) + "."
+
+
 def _positions_phrase(spec: ModelSpec) -> str:
     p = spec.positions
     if p.type == "learned":
@@ -311,7 +477,7 @@ def _positions_phrase(spec: ModelSpec) -> str:
     if p.type == "sinusoidal":
         return "sinusoidal positions"
     if p.type == "rope":
-        return f"rotary positions (RoPE, base {p.base:g})"
+        return _rope_phrase(spec)
     if p.type == "alibi":
         return "ALiBi position bias"
     return (
@@ -435,6 +601,25 @@ def _references(spec: ModelSpec) -> tuple[str, ...]:
     return tuple(REFERENCES[k] for k in keys)
 
 
+def _rope_plan(spec: ModelSpec) -> dict[str, Any]:
+    """PositionsPlan's rope knobs (none for plain rope and other positions)."""
+    p = spec.positions
+    if p.type != "rope":
+        return {}
+    knobs: dict[str, Any] = {}
+    if p.rotated(spec.head_dim) != spec.head_dim:
+        knobs["partial"] = True
+    if p.local_base is not None:
+        knobs["local_base"] = True
+    if p.scaling is not None:
+        knobs["scaling"] = p.scaling.type
+        if p.scaling.type == "yarn" and not p.scaling.truncate:
+            knobs["yarn_truncate"] = False
+    if rope_attention_factor(spec) != 1.0:
+        knobs["attention_factor"] = True
+    return knobs
+
+
 def lower(spec: ModelSpec) -> ModelPlan:
     """The render plan of ``spec``: what ``codegen.render.render`` turns into source."""
     prefix = class_prefix(spec.name)
@@ -493,6 +678,7 @@ def lower(spec: ModelSpec) -> ModelPlan:
         positions=PositionsPlan(
             kind=spec.positions.type,
             offset=spec.positions.offset if spec.positions.type == "learned" else 0,
+            **_rope_plan(spec),
         ),
         attention=AttentionPlan(
             grouped=spec.kv_heads < spec.attention.heads,

@@ -126,6 +126,94 @@ def _rope_even(s: Any) -> RuleProblems:
     return []
 
 
+@rule("attention", "d_model", "positions")
+def _rope_knobs(s: Any) -> RuleProblems:
+    """Partial rotary and rope scaling fit the head: an even rotated width within the head,
+    one longrope factor per rotated pair, llama3 and yarn ranges the right way round."""
+    p = s.positions
+    if p.type != "rope":
+        return []
+    head_dim = s.attention.head_dim or s.d_model // s.attention.heads
+    out: RuleProblems = []
+    if p.rotary_dim is not None and p.partial is not None:
+        out.append(
+            (
+                ("positions", "partial"),
+                f"give rotary_dim ({p.rotary_dim}) or partial ({p.partial}), not both; "
+                f"partial {p.partial} of head dim {head_dim} is rotary_dim "
+                f"{int(head_dim * p.partial)}",
+            )
+        )
+        return out
+    rotated = p.rotated(head_dim)
+    where = ("positions", "partial" if p.partial is not None else "rotary_dim")
+    if p.rotary_dim is not None and rotated > head_dim:
+        out.append((where, f"rotary_dim ({rotated}) must not exceed the head dim ({head_dim})"))
+        return out
+    if rotated != head_dim and (rotated < 2 or rotated % 2):
+        given = f"partial {p.partial} of head dim {head_dim} gives " if p.partial else ""
+        out.append(
+            (
+                where,
+                f"rope rotates pairs of channels, so the rotated width must be even and at "
+                f"least 2; {given}rotary_dim {rotated}; choose an even rotary_dim up to "
+                f"{head_dim}",
+            )
+        )
+        return out
+    scaling = p.scaling
+    if scaling is None:
+        return out
+    if scaling.type == "longrope":
+        pairs = rotated // 2
+        for name in ("short_factor", "long_factor"):
+            values = getattr(scaling, name)
+            if len(values) != pairs:
+                out.append(
+                    (
+                        ("positions", "scaling", name),
+                        f"longrope needs one factor per rotated channel pair: {pairs} "
+                        f"(rotary dim {rotated} / 2), got {len(values)}",
+                    )
+                )
+            elif any(v <= 0 for v in values):
+                out.append(
+                    (
+                        ("positions", "scaling", name),
+                        "longrope factors divide frequencies, so each must be > 0",
+                    )
+                )
+    if scaling.type == "llama3" and scaling.high_freq_factor <= scaling.low_freq_factor:
+        out.append(
+            (
+                ("positions", "scaling", "high_freq_factor"),
+                f"high_freq_factor ({scaling.high_freq_factor}) must be greater than "
+                f"low_freq_factor ({scaling.low_freq_factor}); Llama 3.1 uses 4.0 and 1.0",
+            )
+        )
+    if scaling.type == "yarn" and scaling.beta_fast <= scaling.beta_slow:
+        out.append(
+            (
+                ("positions", "scaling", "beta_fast"),
+                f"beta_fast ({scaling.beta_fast}) must be greater than beta_slow "
+                f"({scaling.beta_slow}); YaRN's defaults are 32 and 1",
+            )
+        )
+    if (
+        scaling.type == "yarn"
+        and (scaling.mscale is None) != (scaling.mscale_all_dim is None)
+        and scaling.attention_factor is None
+    ):
+        out.append(
+            (
+                ("positions", "scaling", "mscale"),
+                "mscale and mscale_all_dim set the attention factor together; give both, "
+                "neither, or an explicit attention_factor",
+            )
+        )
+    return out
+
+
 @rule("objective", "architecture")
 def _objective_fits(s: Any) -> RuleProblems:
     wanted = OBJECTIVE_ARCHITECTURE[s.objective.type]

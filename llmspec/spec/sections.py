@@ -276,9 +276,108 @@ class SinusoidalPositions(Section):
     type: Literal["sinusoidal"]
 
 
+class LinearRopeScaling(Section):
+    """Position interpolation (Chen et al. 2023): every frequency divided by ``factor``
+    (transformers' rope type "linear")."""
+
+    type: Literal["linear"]
+    factor: float = Field(gt=0, description="the positions are divided by it (> 1 stretches)")
+
+
+class DynamicRopeScaling(Section):
+    """Dynamic NTK scaling (transformers' rope type "dynamic"): up to
+    ``original_max_positions`` tokens the plain frequencies; beyond, the base grows to
+    ``base * (factor * L / original - (factor - 1)) ** (d / (d - 2))`` for a total length L
+    (the largest position id + 1), recomputed from the length in the exported graph too."""
+
+    type: Literal["dynamic"]
+    factor: float = Field(gt=0)
+    original_max_positions: PositiveInt = Field(
+        description="the length trained on (transformers' max_position_embeddings)"
+    )
+
+
+class Llama3RopeScaling(Section):
+    """Llama 3.1's scaling (transformers' rope type "llama3"): wavelengths longer than
+    ``original_max_positions / low_freq_factor`` are divided by ``factor``, shorter than
+    ``original_max_positions / high_freq_factor`` kept, those between interpolated."""
+
+    type: Literal["llama3"]
+    factor: float = Field(gt=0)
+    low_freq_factor: float = Field(gt=0)
+    high_freq_factor: float = Field(gt=0)
+    original_max_positions: PositiveInt
+
+
+class YarnRopeScaling(Section):
+    """YaRN (Peng et al. 2023; transformers' rope type "yarn"): frequencies ramp from
+    extrapolated (fast, ``beta_fast`` rotations) to interpolated by ``factor`` (slow,
+    ``beta_slow``); cos and sin are multiplied by ``attention_factor`` (default
+    ``0.1 ln(factor) + 1``, or the ratio of the ``mscale`` and ``mscale_all_dim`` terms)."""
+
+    type: Literal["yarn"]
+    factor: float = Field(gt=0)
+    original_max_positions: PositiveInt
+    beta_fast: float = Field(default=32.0, gt=0)
+    beta_slow: float = Field(default=1.0, gt=0)
+    attention_factor: float | None = Field(default=None, gt=0)
+    mscale: float | None = Field(default=None, gt=0)
+    mscale_all_dim: float | None = Field(default=None, gt=0)
+    truncate: bool = Field(
+        default=True, description="round the correction range to whole dimensions"
+    )
+
+
+class LongRopeScaling(Section):
+    """LongRoPE (Phi-3; transformers' rope type "longrope"): frequency i is divided by
+    ``short_factor[i]`` while the total length (largest position id + 1) is at most
+    ``original_max_positions``, by ``long_factor[i]`` beyond (chosen in the exported graph
+    too); cos and sin are multiplied by ``attention_factor`` (default
+    ``sqrt(1 + ln(factor) / ln(original_max_positions))``, 1 when factor <= 1)."""
+
+    type: Literal["longrope"]
+    short_factor: list[float] = Field(min_length=1, description="one per rotated pair")
+    long_factor: list[float] = Field(min_length=1, description="one per rotated pair")
+    original_max_positions: PositiveInt
+    factor: float | None = Field(
+        default=None, gt=0, description="default: context_length / original_max_positions"
+    )
+    attention_factor: float | None = Field(default=None, gt=0)
+
+
+RopeScaling = Annotated[
+    LinearRopeScaling | DynamicRopeScaling | Llama3RopeScaling | YarnRopeScaling | LongRopeScaling,
+    Field(discriminator="type"),
+]
+
+
 class RopePositions(Section):
+    """Rotary positions. ``rotary_dim`` (or ``partial``, the fraction of the head dim, rounded
+    down as transformers' partial_rotary_factor) rotates only the first channels of each head
+    and passes the rest through (GPT-NeoX, Phi). ``scaling`` changes the frequencies as
+    transformers' rope types do. ``local_base`` is the base of windowed (local) layers, which
+    rotate unscaled (Gemma 3's rope_local_base_freq)."""
+
     type: Literal["rope"]
     base: float = Field(default=10000.0, gt=1)
+    rotary_dim: Annotated[PositiveInt | None, ADDED] = Field(
+        default=None, description="rotate the first rotary_dim channels of each head (even)"
+    )
+    partial: Annotated[float | None, ADDED] = Field(
+        default=None, gt=0, le=1, description="rotate this fraction of each head's channels"
+    )
+    scaling: Annotated[RopeScaling | None, ADDED] = None
+    local_base: Annotated[float | None, ADDED] = Field(
+        default=None, gt=1, description="the base of local (windowed) layers, unscaled"
+    )
+
+    def rotated(self, head_dim: int) -> int:
+        """How many channels of each head rotate (the rest pass through)."""
+        if self.rotary_dim is not None:
+            return self.rotary_dim
+        if self.partial is not None:
+            return int(head_dim * self.partial)
+        return head_dim
 
 
 class AlibiPositions(Section):
