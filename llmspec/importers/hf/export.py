@@ -127,6 +127,18 @@ def _our_tensors(spec: ModelSpec, weights: Path | None) -> dict[str, torch.Tenso
     return tensors
 
 
+def _dtype(tensors: dict[str, torch.Tensor], weights: Path | None) -> str:
+    """config.json's dtype: the one the weights are stored in."""
+    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in tensors.values()})
+    floating = [d for d in dtypes if d in ("float32", "float16", "bfloat16")]
+    if len(floating) != 1:
+        raise HFExportError(
+            f"{weights or 'the initial weights'}: tensors in {', '.join(dtypes)}; Hugging Face "
+            "models hold one of float32, float16 and bfloat16"
+        )
+    return floating[0]
+
+
 def hf_state_dict(tensors: dict[str, torch.Tensor], hf: HFConfig) -> dict[str, torch.Tensor]:
     """Our ``tensors`` as the Hugging Face model's weights (see the module docstring)."""
     state = to_hf(tensors, hf.table)
@@ -340,9 +352,14 @@ def export_hf(
     except TokenizerMismatch as err:
         raise HFExportError(str(err)) from None
     hf = hf_config(spec, ids)
-    state = hf_state_dict(_our_tensors(spec, src.weights), hf)
+    tensors = _our_tensors(spec, src.weights)
+    hf.config["dtype"] = _dtype(tensors, src.weights)
+    state = hf_state_dict(tensors, hf)
     _read_back(spec, hf, state)
-    texts = {CONFIG: _json(hf.config), **_tokenizer_files(spec, tokenizer, hf.family)}
+    texts = {
+        CONFIG: _json(dict(sorted(hf.config.items()))),
+        **_tokenizer_files(spec, tokenizer, hf.family),
+    }
     notes: list[str] = []
     if spec.can_generate:
         generation, notes = generation_config(spec, ids)

@@ -27,7 +27,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from llmspec.importers.hf.families import GATED_ACTIVATIONS, PLAIN_ACTIVATIONS
 from llmspec.importers.hf.tables import (
     BART,
     BERT,
@@ -40,13 +39,11 @@ from llmspec.importers.hf.tables import (
 )
 from llmspec.spec.sections import ModelSpec
 
-__all__ = ["EXPORTED_FAMILIES", "FIXED", "HFConfig", "hf_config", "spec_value"]
+__all__ = ["FIXED", "GATED_NAMES", "PLAIN_NAMES", "T5_PROJ", "HFConfig", "hf_config"]
 
-# Our activation names -> transformers' (the import tables' preferred spelling, inverted).
+# Our activation names -> transformers' (one spelling each of the import's tables, inverted).
 PLAIN_NAMES = {"gelu": "gelu", "gelu-tanh": "gelu_new", "relu": "relu", "silu": "silu"}
 GATED_NAMES = {"geglu": "gelu", "geglu-tanh": "gelu_pytorch_tanh", "swiglu": "silu"}
-assert all(PLAIN_ACTIVATIONS[hf] == ours for ours, hf in PLAIN_NAMES.items())
-assert all(GATED_ACTIVATIONS[hf] == ours for ours, hf in GATED_NAMES.items())
 # T5 names its feed-forward by feed_forward_proj; "gated-gelu" is its tanh gelu
 T5_PROJ = {
     "relu": "relu",
@@ -149,7 +146,6 @@ FIXED: dict[str, dict[str, Any]] = {
         "objective.type": "denoising",
     },
 }
-EXPORTED_FAMILIES = tuple(FIXED)
 
 
 def spec_value(spec: ModelSpec, path: str) -> Any:
@@ -399,9 +395,6 @@ def hf_config(spec: ModelSpec, ids: dict[str, int]) -> HFConfig:
     config, problems = TRANSLATIONS[family](spec, ids)
     _refuse(spec, family, problems)
     config["vocab_size"] = spec.vocabulary.size
-    config["dtype"] = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[
-        spec.precision.dtype
-    ]
     tables = {"bert": BERT, "gpt2": GPT2, "llama": LLAMA, "bart": BART}
     table = (T5_GATED if spec.gated else T5) if family == "t5" else tables[family]
     return HFConfig(family, table, dict(sorted(config.items())))

@@ -130,6 +130,10 @@ SOURCES: dict[str, tuple[str, Callable[[Path], Any]]] = {
         "t5",
         lambda d: _t5(d, feed_forward_proj="gated-gelu", untied_head=True, num_decoder_layers=3),
     ),
+    "t5-gated-tied-unscaled": (
+        "t5",
+        lambda d: _t5(d, feed_forward_proj="gated-silu", tie_word_embeddings=False),
+    ),
     "bart": ("bart", _bart),
 }
 
@@ -258,6 +262,21 @@ def test_the_exported_files_are_those_transformers_reads(round_trip: Any) -> Non
     assert config.model_type == family
 
 
+def test_a_bert_without_mlm_head_round_trips_as_bert_model(tmp_path: Path) -> None:
+    source = hf_tiny.bert(tmp_path / "hf", masked_lm=False)
+    exported = export_hf(import_hf(tmp_path / "hf", tmp_path / "imported"), tmp_path / "out")
+    assert exported.architecture == "BertModel"
+    model = transformers.AutoModel.from_pretrained(
+        tmp_path / "out", local_files_only=True, attn_implementation="eager"
+    ).eval()
+    ids, mask = _padded([10, 7, 4], hf_tiny.VOCAB, 0, left=False)
+    with torch.no_grad():
+        theirs, mine = source(input_ids=ids, attention_mask=mask), model(ids, attention_mask=mask)
+    real = mask.bool()
+    _close(mine.last_hidden_state[real], theirs.last_hidden_state[real], "bert-model hidden")
+    _close(mine.pooler_output, theirs.pooler_output, "bert-model pooler")
+
+
 # ----------------------------------------------------------------------------------------
 # Models that start in llmspec
 
@@ -356,6 +375,28 @@ def test_the_decoding_chain_goes_to_generation_config_in_transformers_order() ->
         "repetition_penalty, no_repeat_ngram, temperature, top_k, top_p, min_p, typical in this "
         "order, each once"
     ]
+
+
+def test_fp16_weights_export_as_fp16_and_load_so(tmp_path: Path) -> None:
+    spec = _spec_with(load_spec(ROOT / "specs" / "tiny-gpt.yaml"), precision={"dtype": "fp16"})
+    export_hf(spec, tmp_path / "hf")
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["dtype"] == "float16"
+    assert {t.dtype for t in load_file(tmp_path / "hf" / "model.safetensors").values()} == {
+        torch.float16
+    }
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path / "hf", local_files_only=True, dtype="auto"
+    )
+    assert model.dtype == torch.float16
+
+
+def test_the_exports_activation_names_are_the_imports_read_backwards() -> None:
+    from llmspec.importers.hf.export_config import GATED_NAMES, PLAIN_NAMES, T5_PROJ
+    from llmspec.importers.hf.families import GATED_ACTIVATIONS, PLAIN_ACTIVATIONS
+
+    assert all(PLAIN_ACTIVATIONS[hf] == ours for ours, hf in PLAIN_NAMES.items())
+    assert all(GATED_ACTIVATIONS[hf] == ours for ours, hf in GATED_NAMES.items())
+    assert set(T5_PROJ) == set(PLAIN_NAMES) | set(GATED_NAMES)
 
 
 # ----------------------------------------------------------------------------------------
