@@ -130,12 +130,22 @@ class ArtifactTokenizer:
             ),
         )
 
-    def encode(self, text: str, add_special_tokens: bool = True, *, what: str = "text") -> Any:
-        """The library's ``Encoding`` of ``text`` (``.ids``, ``.tokens``, ...); ``what``
-        names the text in a RuntimeInputError."""
+    def encode(
+        self,
+        text: str,
+        add_special_tokens: bool = True,
+        *,
+        what: str = "text",
+        pair: str | None = None,
+    ) -> Any:
+        """The library's ``Encoding`` of ``text`` (``.ids``, ``.tokens``, ...), or of the
+        pair ``text``, ``pair`` (framed by the post-processor's pair template, BERT's
+        ``[CLS] A [SEP] B [SEP]``); ``what`` names the text in a RuntimeInputError. An empty
+        ``pair`` is no pair, as in transformers."""
         checked = check_text(text, what)
+        second = None if pair is None else check_text(pair, f"the pair of {what}") or None
         return self._call(
-            f"encode {what}", "encode", checked, add_special_tokens=add_special_tokens
+            f"encode {what}", "encode", checked, second, add_special_tokens=add_special_tokens
         )
 
     def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[Any]:

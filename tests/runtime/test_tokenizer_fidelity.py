@@ -1,0 +1,170 @@
+"""The runtime's tokenizer encodes and decodes real tokenizer files exactly as transformers does.
+
+The files are real ones (tests/data/tokenizers/README.md says where each comes from): a
+sentence-transformers BERT with fixed padding and truncation in its tokenizer.json, a ByteLevel
+BPE without post-processor (GPT-2's layout) and a SentencePiece BPE with byte fallback and a
+bos-adding post-processor (Llama 2 / Mistral's layout). The reference is transformers' fast
+tokenizer loaded from the same folder (``PreTrainedTokenizerFast.from_pretrained``, which reads
+tokenizer_config.json and special_tokens_map.json too) and ``AutoTokenizer`` (the class the
+folder's tokenizer_config.json names). Every text of a corpus of awkward strings must give the
+same ids, with and without special tokens, and the same text back.
+"""
+
+from __future__ import annotations
+
+import lzma
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime.tokenizer import ArtifactTokenizer
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "tokenizers"
+FOLDERS = ("all-minilm-l6-v2", "claude-v1", "mistral-7b-v0.1")
+
+CORPUS = [
+    "",
+    " ",
+    "A man is playing a guitar.",
+    "Hello world",
+    "  leading and trailing  ",
+    "tabs\tand\nnewlines\r\nand\u2028separators",
+    "multiple    spaces   and\t\t\ttabs",
+    "\n\n\n",
+    "Café naïve résumé ÅNGSTRÖM straße",
+    "e\u0301 combining acute, a\u0308 diaeresis, \u0915\u094d\u0937 conjunct",
+    "\ufb01 ligature, \uff21\uff22\uff23 fullwidth, \u2460 circled, x\u00b2 superscript",
+    "emoji 🤗🎸 family 👩\u200d👩\u200d👧 flag 🇫🇷 skin 👍🏽",
+    "中文字符，日本語のテキスト。한국어 문장",
+    "<s> [CLS] </s> [SEP] [MASK] [PAD] <unk> <|endoftext|> <pad> <EOT>",
+    "<s>Hello</s>[CLS]x[SEP]",
+    "don't do it , he said . really ? yes ! I'm sure they're fine",
+    "Mr. O'Neil's cat isn't here ; it ' s gone",
+    "\u00a0non-breaking\u2009thin\u200bzero-width\ufeffbom",
+    "x" * 300,
+    "12345678901234 3.14159 1,000,000 0x1F",
+    "def f(x):\n    return x ** 2  # comment\n",
+    "\x00\x01\x7f control characters \x1b[0m",
+    "Ελληνικά Русский текст עברית العربية",
+    "\U0001d54f\U0001d550 math letters, \u2167 roman numeral",
+]
+
+
+def _folder(name: str, tmp: Path) -> Path:
+    """The folder ``name`` with its tokenizer.json decompressed, in ``tmp``."""
+    source = DATA / name
+    target = tmp / name
+    target.mkdir()
+    for path in source.iterdir():
+        if path.name.endswith(".xz"):
+            (target / path.name[: -len(".xz")]).write_bytes(lzma.decompress(path.read_bytes()))
+        else:
+            shutil.copyfile(path, target / path.name)
+    return target
+
+
+@pytest.fixture(scope="module", params=FOLDERS)
+def real(request: Any, tmp_path_factory: Any) -> tuple[ArtifactTokenizer, dict[str, Any]]:
+    """(ours, {"fast": ..., "auto": ...}) for one real tokenizer folder."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    folder = _folder(request.param, tmp_path_factory.mktemp("tokenizers"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        references = {
+            "fast": PreTrainedTokenizerFast.from_pretrained(str(folder)),
+            "auto": AutoTokenizer.from_pretrained(str(folder)),
+        }
+    return ArtifactTokenizer.from_file(folder / "tokenizer.json"), references
+
+
+def test_real_files_are_small_and_described():
+    total = sum(path.stat().st_size for path in DATA.rglob("*") if path.is_file())
+    assert total < 3 * 1024 * 1024
+    readme = (DATA / "README.md").read_text(encoding="utf-8")
+    assert all(f"`{name}/`" in readme for name in FOLDERS)
+
+
+@pytest.mark.parametrize("add_special_tokens", [True, False])
+def test_encode_gives_transformers_ids_for_every_corpus_text(real, add_special_tokens):
+    ours, references = real
+    for text in CORPUS:
+        got = [int(i) for i in ours.encode(text, add_special_tokens=add_special_tokens).ids]
+        for name, reference in references.items():
+            wanted = reference(text, add_special_tokens=add_special_tokens)["input_ids"]
+            assert got == wanted, (name, text)
+
+
+def test_encode_pairs_gives_transformers_ids(real):
+    ours, references = real
+    for first, second in zip(CORPUS, reversed(CORPUS), strict=True):
+        got = [int(i) for i in ours.encode(first, pair=second).ids]
+        for name, reference in references.items():
+            assert got == reference(first, second)["input_ids"], (name, first, second)
+
+
+def test_runtime_framing_is_the_files_post_processor(real):
+    """What the runtime feeds a model (``frames_texts``: the post-processor's framing, else
+    none for a decoder prompt) is transformers' ``tokenizer(text)``."""
+    ours, references = real
+    for text in CORPUS:
+        got = ours.ids(text, add_special_tokens=True)
+        assert got == references["fast"](text)["input_ids"], text
+        bare = ours.ids(text)
+        assert ours.frames_texts == (got != bare or len(got) > len(bare)), text
+
+
+@pytest.mark.parametrize("skip_special_tokens", [True, False])
+def test_decode_gives_transformers_text_for_every_corpus_text(real, skip_special_tokens):
+    ours, references = real
+    for text in CORPUS:
+        ids = references["fast"](text)["input_ids"]
+        got = ours.decode(ids, skip_special_tokens=skip_special_tokens)
+        for name, reference in references.items():
+            wanted = reference.decode(ids, skip_special_tokens=skip_special_tokens)
+            assert got == wanted, (name, text)
+
+
+def test_decode_of_single_tokens_gives_transformers_text(real):
+    """Streaming decodes short id runs: every id of the corpus alone, and each prefix."""
+    ours, references = real
+    reference = references["fast"]
+    for text in CORPUS[:12]:
+        ids = reference(text, add_special_tokens=False)["input_ids"]
+        for end in range(len(ids) + 1):
+            assert ours.decode(ids[:end], skip_special_tokens=False) == reference.decode(
+                ids[:end], skip_special_tokens=False
+            ), (text, end)
+        for token in ids:
+            assert ours.decode([token], skip_special_tokens=False) == reference.decode(
+                [token], skip_special_tokens=False
+            ), (text, token)
+
+
+def test_padding_and_truncation_of_the_file_never_reach_a_row(tmp_path):
+    """all-MiniLM-L6-v2's tokenizer.json pads every text to 128 tokens and truncates at 128;
+    neither applies: the runtime pads batches itself and refuses an over-long text."""
+    folder = _folder("all-minilm-l6-v2", tmp_path)
+    from tokenizers import Tokenizer
+
+    raw = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    assert raw.padding is not None and raw.padding["length"] == 128
+    assert raw.truncation is not None and raw.truncation["max_length"] == 128
+    ours = ArtifactTokenizer.from_file(folder / "tokenizer.json")
+    ids = ours.ids("A man is playing a guitar.", add_special_tokens=True)
+    assert ids == [101, 1037, 2158, 2003, 2652, 1037, 2858, 1012, 102]
+    assert ours.ids("A man is playing a guitar.") == ids[1:-1]
+    long_text = "word " * 400
+    assert len(ours.ids(long_text, add_special_tokens=True)) == 402
+    assert len(ours.encode_batch(["a", "a b c"])[0].ids) == 3  # [CLS] a [SEP], no padding
+
+
+def test_frames_texts_says_which_files_add_special_tokens(tmp_path):
+    frames = {
+        name: ArtifactTokenizer.from_file(_folder(name, tmp_path) / "tokenizer.json").frames_texts
+        for name in FOLDERS
+    }
+    assert frames == {"all-minilm-l6-v2": True, "claude-v1": False, "mistral-7b-v0.1": True}
