@@ -331,6 +331,30 @@ def test_a_trained_llmspec_model_exports_and_transformers_reproduces_our_logits(
     _close(_logits(family, model, vocab, pad, start), ours, f"{spec_name} exported")
 
 
+@pytest.mark.slow  # a real training run (the optimizer's and backward's first calls)
+def test_a_run_of_llmspec_train_exports_and_transformers_reproduces_its_logits(
+    tmp_path: Path,
+) -> None:
+    from llmspec.trainer.loop import train
+
+    (tmp_path / "corpus.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 50)
+    spec_file = ROOT / "specs" / "tiny-decoder.yaml"
+    run = train(
+        spec_file,
+        [tmp_path / "corpus.txt"],
+        tmp_path / "run",
+        steps=2,
+        batch_size=2,
+        seq_len=32,
+        progress=False,
+    )
+    export_hf(run, tmp_path / "hf")
+    spec = load_spec(run / "spec.yaml")
+    model = _load("llama", tmp_path / "hf")
+    mine = _logits("llama", model, spec.vocabulary.size, 0, None)
+    _close(mine, _ours(spec, run / "weights.safetensors", spec.vocabulary.size, 0, None), "run")
+
+
 def test_a_bare_spec_exports_its_seeded_initial_weights(tmp_path: Path) -> None:
     spec = load_spec(ROOT / "specs" / "tiny-gpt.yaml")
     export_hf(ROOT / "specs" / "tiny-gpt.yaml", tmp_path / "hf")
