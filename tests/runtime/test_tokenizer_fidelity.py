@@ -168,3 +168,92 @@ def test_frames_texts_says_which_files_add_special_tokens(tmp_path):
         for name in FOLDERS
     }
     assert frames == {"all-minilm-l6-v2": True, "claude-v1": False, "mistral-7b-v0.1": True}
+
+
+# -- the importer's copy: tokenizer.json rewritten as transformers loads it beside its config
+
+
+def _imported(folder: Path) -> ArtifactTokenizer:
+    """The folder's tokenizer.json as the HF importer writes it (``as_transformers_loads``)."""
+    from tokenizers import Tokenizer
+
+    from llmspec.importers.hf.vocabulary import as_transformers_loads
+
+    text = (folder / "tokenizer.json").read_text(encoding="utf-8")
+    written, _ = as_transformers_loads(
+        text, Tokenizer.from_str(text), folder / "tokenizer_config.json", []
+    )
+    (folder / "imported.json").write_text(written, encoding="utf-8")
+    return ArtifactTokenizer.from_file(folder / "imported.json")
+
+
+def _reference(folder: Path) -> Any:
+    from transformers import PreTrainedTokenizerFast
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return PreTrainedTokenizerFast.from_pretrained(str(folder))
+
+
+def test_import_removes_the_files_padding_and_truncation_and_keeps_the_rest(tmp_path):
+    import json
+
+    folder = _folder("all-minilm-l6-v2", tmp_path)
+    ours = _imported(folder)
+    written = json.loads((folder / "imported.json").read_text(encoding="utf-8"))
+    original = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    assert written["padding"] is None and written["truncation"] is None
+    for key in ("normalizer", "pre_tokenizer", "post_processor", "decoder", "model"):
+        assert written[key] == original[key], key
+    reference = _reference(folder)
+    for text in CORPUS:
+        assert ours.ids(text, add_special_tokens=True) == reference(text)["input_ids"], text
+
+
+def test_import_keeps_a_file_that_needs_no_rewrite_byte_for_byte(tmp_path):
+    folder = _folder("claude-v1", tmp_path)
+    _imported(folder)
+    assert (folder / "imported.json").read_bytes() == (folder / "tokenizer.json").read_bytes()
+
+
+def test_import_frames_by_the_files_post_processor_not_add_bos_token(tmp_path):
+    """transformers 5 ignores tokenizer_config.json's add_bos_token / add_eos_token when a
+    tokenizer.json exists: its post-processor frames texts, in the imported file too."""
+    import json
+
+    folder = _folder("mistral-7b-v0.1", tmp_path)
+    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config.update(add_bos_token=False, add_eos_token=True)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    reference = _reference(folder)
+    assert reference("Hello world")["input_ids"] == [1, 22557, 1526]
+    ours = _imported(folder)
+    for text in CORPUS:
+        assert ours.ids(text, add_special_tokens=True) == reference(text)["input_ids"], text
+        assert list(ours.encode(text, pair="second").ids) == reference(text, "second")["input_ids"]
+
+
+@pytest.mark.parametrize("name", ["all-minilm-l6-v2", "claude-v1"])
+def test_import_decodes_with_transformers_clean_up_of_tokenization_spaces(tmp_path, name):
+    """``clean_up_tokenization_spaces: true``: transformers cleans up after decoding (not for
+    BPE models); the imported file's decoder does the same."""
+    import json
+
+    folder = _folder(name, tmp_path)
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
+    config["clean_up_tokenization_spaces"] = True
+    config_path.write_text(json.dumps(config), encoding="utf-8")
+    reference = _reference(folder)
+    ours = _imported(folder)
+    texts = [*CORPUS, "a  . b  , c ' s d ' ' e", "it ' s n't 'm 've 're ?! ."]
+    changed = 0
+    for text in texts:
+        ids = reference(text)["input_ids"]
+        for skip in (True, False):
+            wanted = reference.decode(ids, skip_special_tokens=skip)
+            assert ours.decode(ids, skip_special_tokens=skip) == wanted, (text, skip)
+            changed += wanted != reference.decode(
+                ids, skip_special_tokens=skip, clean_up_tokenization_spaces=False
+            )
+    assert (changed > 0) == (name == "all-minilm-l6-v2")  # BPE: transformers ignores it

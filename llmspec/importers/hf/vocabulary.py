@@ -19,6 +19,21 @@ source id:
   top id, or as many as fit beside the 256 bytes. Text through a placeholder is not the
   source model's text; padding, eos and sentinels address the same embedding rows.
 
+The copied tokenizer.json is made to encode and decode as transformers' fast tokenizer does
+with the directory's files (:func:`as_transformers_loads`), rewritten only where it must be:
+
+- its ``padding`` and ``truncation`` are removed (transformers turns both off for every call
+  that does not ask for them; a sentence-transformers file pads every text to 128 tokens). The
+  runtime turns them off too, for artifacts imported before;
+- its post-processor stays: it is what frames texts (the runtime uses it, see
+  :mod:`runtime.model`), and transformers 5 ignores tokenizer_config.json's ``add_bos_token``
+  / ``add_eos_token`` when a tokenizer.json exists;
+- ``clean_up_tokenization_spaces: true`` in tokenizer_config.json, for a model other than BPE
+  (transformers 5 ignores it for BPE), appends to the decoder the same replacements (``" ."``
+  to ``"."``, ``" n't"`` to ``"n't"``, ...) on the whole decoded text, so the artifact decodes
+  as transformers does without a setting of its own. A tool writing the files back for
+  transformers (export-hf) must then say ``clean_up_tokenization_spaces: false``.
+
 Either way the written tokenizer is checked against the spec (:func:`check_tokenizer`, by
 :func:`llmspec.tokenizer.check_fits`) and every special token must come out at the id the
 config gives it.
@@ -31,12 +46,13 @@ noted in the spec's header comment.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 from llmspec.importers.hf.families import Imported
-from llmspec.importers.hf.source import TOKENIZER_FILE, Source
+from llmspec.importers.hf.source import MAX_JSON_BYTES, TOKENIZER_FILE, Source
 from llmspec.importers.hf.tables import HFImportError
 from llmspec.spec.sections import BYTE_LEVEL_BASE, ModelSpec
 from llmspec.tokenizer import (
@@ -48,10 +64,11 @@ from llmspec.tokenizer import (
     read_tokenizer_text,
 )
 from runtime import artifact as fmt
-from runtime.reading import UnreadableFile, read_text
+from runtime.reading import UnreadableFile, read_json, read_text
 
 __all__ = [
     "Vocabulary",
+    "as_transformers_loads",
     "check_tokenizer",
     "decoder_start_role",
     "placeholder_vocabulary",
@@ -111,6 +128,9 @@ def vocabulary_from_tokenizer(source: Source, imported: Imported, size: int) -> 
     except TokenizerMismatch as err:
         raise HFImportError(str(err)) from None
     notes: list[str] = []
+    json_text, tokenizer = as_transformers_loads(
+        json_text, tokenizer, source.tokenizer_json.parent / TOKENIZER_CONFIG, notes
+    )
     ids = dict(imported.token_ids)
     names = dict(source.token_names)
     for role, stand_in in (("bos", "cls"), ("eos", "sep")):  # BERT's [CLS] and [SEP]
@@ -158,6 +178,60 @@ def vocabulary_from_tokenizer(source: Source, imported: Imported, size: int) -> 
     if sentinels:
         section["sentinels"] = sentinels
     return Vocabulary(section, json_text, ids, notes)
+
+
+TOKENIZER_CONFIG = "tokenizer_config.json"
+# transformers' PreTrainedTokenizerBase.clean_up_tokenization, in its order
+CLEAN_UP = (
+    (" .", "."),
+    (" ?", "?"),
+    (" !", "!"),
+    (" ,", ","),
+    (" ' ", "'"),
+    (" n't", "n't"),
+    (" 'm", "'m"),
+    (" 's", "'s"),
+    (" 've", "'ve"),
+    (" 're", "'re"),
+)
+
+
+def as_transformers_loads(
+    json_text: str, tokenizer: Tokenizer, config_path: Path, notes: list[str]
+) -> tuple[str, Tokenizer]:
+    """``json_text`` (and its parsed ``tokenizer``), rewritten to encode and decode as
+    transformers loads it beside ``config_path`` (see the module docstring); the text is
+    kept byte for byte when nothing needs rewriting."""
+    config: dict[str, Any] = {}
+    if config_path.is_file():
+        try:
+            loaded = read_json(config_path, MAX_JSON_BYTES, TOKENIZER_CONFIG)
+        except UnreadableFile as err:
+            raise HFImportError(str(err)) from None
+        if not isinstance(loaded, dict):
+            raise HFImportError(f"{config_path}: expected a JSON object")
+        config = loaded
+    changed: list[str] = []
+    if tokenizer.padding is not None or tokenizer.truncation is not None:
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        changed.append("its padding and truncation are removed (the runtime pads batches)")
+    model_type = type(tokenizer.model).__name__
+    if config.get("clean_up_tokenization_spaces") is True and model_type != "BPE":
+        if tokenizer.decoder is None:
+            raise HFImportError(
+                f"{config_path}: clean_up_tokenization_spaces is true but tokenizer.json has no "
+                "decoder; llmspec cannot express that clean-up; set it to false or add a decoder"
+            )
+        cleanup = [decoders.Replace(old, new) for old, new in CLEAN_UP]
+        tokenizer.decoder = decoders.Sequence([tokenizer.decoder, decoders.Fuse(), *cleanup])
+        changed.append(
+            "its decoder ends with transformers' clean_up_tokenization_spaces replacements"
+        )
+    if not changed:
+        return json_text, tokenizer
+    notes.append("tokenizer.json as transformers loads it: " + "; ".join(changed))
+    return str(tokenizer.to_str(pretty=True)), tokenizer
 
 
 def placeholder_vocabulary(family: str, imported: Imported, size: int) -> Vocabulary:
