@@ -66,7 +66,33 @@ def specs(draw: st.DrawFn, family: str) -> ModelSpec:
         changes["head"]["transform"] = draw(st.booleans())
     if family == "encoder-decoder":
         changes["decoder_layers"] = draw(st.integers(1, 2))
+    knobs = draw(block_knobs(family, changes["norm"]))
+    changes["norm"].update(knobs["norm"])
+    changes["head"].update(knobs["head"])
+    changes["block"] = knobs["block"]
     return variant(family, **changes)
+
+
+@st.composite
+def block_knobs(draw: st.DrawFn, family: str, norm: dict[str, Any]) -> dict[str, Any]:
+    """The norm, block and head knobs (each off or on) that fit the rest of the spec: the
+    (1 + weight) RMSNorm, LayerNorm shifts apart from biases, sandwich norms or a parallel
+    block (pre-norm; parallel not in encoder-decoders), a final logit soft-cap."""
+    knobs: dict[str, Any] = {"norm": {}, "head": {}, "block": {}}
+    if norm["type"] == "rmsnorm":
+        knobs["norm"]["unit_offset"] = draw(st.booleans())
+    else:
+        knobs["norm"]["bias"] = draw(st.sampled_from([None, True, False]))
+    if norm["position"] == "pre":
+        wiring = ["sequential", "sandwich", "shared-norm", "separate-norms"]
+        choice = draw(st.sampled_from(wiring[: 2 if family == "encoder-decoder" else 4]))
+        if choice == "sandwich":
+            knobs["norm"]["sandwich"] = True
+        elif choice != "sequential":
+            knobs["block"]["parallel"] = choice
+    if draw(st.booleans()):
+        knobs["head"]["softcap"] = draw(st.sampled_from([1.0, 30.0]))
+    return knobs
 
 
 @st.composite
