@@ -25,6 +25,7 @@ Decisions (where DESIGN.md is silent):
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from llmspec.importers.hf.tables import (
@@ -148,15 +149,19 @@ FIXED: dict[str, dict[str, Any]] = {
 }
 
 
+MISSING = object()
+
+
 def spec_value(spec: ModelSpec, path: str) -> Any:
-    """The spec's value at a dotted ``path`` (derived values for kv_heads and head_dim)."""
+    """The spec's value at a dotted ``path`` (derived values for kv_heads and head_dim;
+    :data:`MISSING` where the spec's variant has no such field)."""
     if path == "attention.kv_heads":
         return spec.kv_heads
     if path == "attention.head_dim":
         return spec.head_dim
     value: Any = spec
     for part in path.split("."):
-        value = getattr(value, part, None)
+        value = getattr(value, part, MISSING)
     return value
 
 
@@ -164,6 +169,8 @@ def _fixed_differences(spec: ModelSpec, family: str) -> list[str]:
     differences = []
     for path, wanted in FIXED[family].items():
         value = spec_value(spec, path)
+        if value is MISSING:  # a field of another variant (positions.offset of rope)
+            continue
         if wanted == "heads":
             ok, shown = value == spec.attention.heads, "kv_heads = heads"
         elif wanted == "whole heads":
@@ -204,13 +211,13 @@ def family_of(spec: ModelSpec) -> str:
     return choices[positions]
 
 
+@dataclass
 class HFConfig:
     """A spec's Hugging Face config: family, weight table and config.json's content."""
 
-    def __init__(self, family: str, table: WeightTable, config: dict[str, Any]) -> None:
-        self.family = family
-        self.table = table
-        self.config = config
+    family: str
+    table: WeightTable
+    config: dict[str, Any]
 
     @property
     def tied(self) -> bool:
