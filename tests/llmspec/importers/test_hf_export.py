@@ -260,6 +260,9 @@ def test_the_exported_files_are_those_transformers_reads(round_trip: Any) -> Non
     assert files == expected | ({"generation_config.json"} if family != "bert" else set())
     config = transformers.AutoConfig.from_pretrained(exported, local_files_only=True)
     assert config.model_type == family
+    if family != "bert":
+        generation = transformers.GenerationConfig.from_pretrained(exported, local_files_only=True)
+        assert (generation.eos_token_id, generation.do_sample) == (config.eos_token_id, False)
 
 
 def test_a_bert_without_mlm_head_round_trips_as_bert_model(tmp_path: Path) -> None:
