@@ -225,7 +225,8 @@ def check_encoder_only(
     types = None
     if encoder.token_types:
         types = np.zeros_like(ids)
-        types[:, ids.shape[1] // 2 :] = 1
+        # a second segment where there is one (RoBERTa's table has a single row)
+        types[:, ids.shape[1] // 2 :] = min(1, spec.embeddings.token_types - 1)
         args.append(torch.from_numpy(types))
     outputs = encoder.run(ids, mask, types)
     with torch.no_grad():
