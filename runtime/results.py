@@ -1,16 +1,17 @@
 """What generation returns: the result of a request, and the events of a streaming one.
 
 * :class:`GenerationResult`: per row the generated text, token ids and finish reason
-  (``"eos"``, ``"stop"`` or ``"length"``), and the request's :class:`Timing`.
+  (``"eos"``: eos or another stop token of generation.json, ``"stop"``: a stop string, or
+  ``"length"``), and the request's :class:`Timing`.
 * :class:`StreamEvent`: one per row and step while streaming: the token, the text it adds and,
   on the row's last event, its finish reason. A :class:`GenerationStream` yields them and,
   once exhausted, holds the :class:`GenerationResult`.
 
-Decisions: the generated token ids include the eos token and the tokens that formed a stop
-string; the texts include neither (the stop string and what follows it are trimmed). The texts
-leave out pad, bos and eos tokens but keep other special tokens (a T5 model's sentinels, a
-mask token), because those carry meaning in what such models generate. The loop that makes
-them is :mod:`runtime.generation`.
+Decisions: the generated token ids include the eos (or stop) token and the tokens that formed
+a stop string; the texts include neither (the stop string and what follows it are trimmed). The
+texts leave out pad, bos, eos and stop tokens but keep other special tokens (a T5 model's
+sentinels, a mask token), because those carry meaning in what such models generate. The loop
+that makes them is :mod:`runtime.generation`.
 """
 
 from __future__ import annotations

@@ -21,8 +21,11 @@ field errors by :func:`llmspec.spec.loading.load_spec`.
 
 Decisions recorded here (where DESIGN.md is silent):
 
-* ``bias`` is one switch for every linear projection and every LayerNorm's shift; RMSNorm never
-  has a bias. BERT, GPT-2 and BART have biases; T5 and Llama have none.
+* ``bias`` is one switch for every linear projection and every LayerNorm's shift (unless
+  ``norm.bias`` sets the shifts apart); RMSNorm never has a bias. BERT, GPT-2 and BART have
+  biases; T5 and Llama have none.
+* An output projection's bias (GPT-J's and Phi's ``lm_head.bias``) is ``head.logits_bias:
+  learned``: logits + b is the same function, so it has no second knob.
 * ``layers`` counts the layers of each stack; an encoder-decoder may give ``decoder_layers``
   when its decoder is deeper or shallower (T5's ``num_decoder_layers``).
 * ``head.logits_bias: buffer`` is a fixed (not trained) bias on the logits, loaded with the
