@@ -265,47 +265,6 @@ def _attention_phrase(spec: ModelSpec) -> str | None:
     return "Attention: " + ", ".join(parts) + "."
 
 
-def _norm_bias(spec: ModelSpec) -> bool:
-    """Whether the LayerNorms have shifts: norm.bias, else the spec's bias; RMSNorm never."""
-    shift = spec.bias if spec.norm.bias is None else spec.norm.bias
-    return shift and spec.norm.type == "layernorm"
-
-
-def _block_fields(spec: ModelSpec) -> list[ConfigField]:
-    """The config fields of the block and head knobs (none when they are off)."""
-    if spec.head.softcap is None:
-        return []
-    return [
-        ConfigField(
-            "final_logit_softcap",
-            "float",
-            spec.head.softcap,
-            "logits = cap * tanh(logits / cap)",
-        )
-    ]
-
-
-def _block_phrase(spec: ModelSpec) -> str | None:
-    """A docstring line on the block, norm and head knobs, or None when they are all off."""
-    parts = []
-    parallel = spec.block.parallel
-    if parallel is not None:
-        norms = "one shared norm" if parallel == "shared-norm" else "a norm each"
-        parts.append(
-            f"attention and feed-forward in parallel, x + attn(norm(x)) + mlp(norm(x)), "
-            f"with {norms}"
-        )
-    if spec.norm.sandwich:
-        parts.append("a norm also on each sublayer's output before the residual add (sandwich)")
-    if spec.norm.unit_offset:
-        parts.append("RMSNorm scaled by (1 + weight)")
-    if spec.head.softcap is not None:
-        parts.append(f"final logits soft-capped at {spec.head.softcap:g}")
-    if not parts:
-        return None
-    return "Blocks: " + "; ".join(parts) + "."
-
-
 def rope_attention_factor(spec: ModelSpec) -> float:
     """What YaRN and LongRoPE multiply cos and sin by (1.0 for the other rope types), computed
     as transformers' ``_compute_yarn_parameters`` and ``_compute_longrope_parameters`` do; a
