@@ -289,7 +289,7 @@ def _tokenizer_files(spec: ModelSpec, tokenizer: Tokenizer, family: str) -> dict
     specials = {
         f"{role}_token": text for role, text in spec.vocabulary.special_tokens.present().items()
     }
-    if family == "bert":  # BERT's tokenizers call bos and eos [CLS] and [SEP]
+    if family in ("bert", "roberta", "distilbert"):  # their tokenizers' cls and sep
         for role, name in (("bos", "cls"), ("eos", "sep")):
             if f"{role}_token" in specials:
                 specials[f"{name}_token"] = specials[f"{role}_token"]

@@ -1,15 +1,19 @@
 """The export direction of each family's config translation: a spec to config.json.
 
-:func:`hf_config` picks the one Hugging Face family that can hold a spec (by its architecture
-and positions: encoder-only is BERT, decoder-only with learned positions GPT-2 and with RoPE
-Llama, encoder-decoder with T5 relative buckets T5 and with learned positions BART) and writes
-the family's config.json, the inverse of its import translation in
-:mod:`llmspec.importers.hf.families`. What the family fixes (GPT-2 is pre-norm LayerNorm with
-biases, BERT post-norm with an embedding norm, ...) is a table, :data:`FIXED`, checked first so
-that a spec the family cannot hold is refused naming every field that differs. Values that
-depend on another field (BERT's MLM head, T5's rescaled output) are checked by the family's
-translation. :mod:`llmspec.importers.hf.export` then reads the written config and weights back
-with the importer and refuses any difference the tables do not know of (a knob added later).
+:func:`hf_config` picks the Hugging Face family that holds a spec: its architecture and
+positions name the candidates (:data:`CANDIDATES`: encoder-only BERT, RoBERTa or DistilBERT;
+decoder-only GPT-2 or OPT with learned positions, Llama with RoPE; encoder-decoder T5 with
+relative buckets, BART with learned positions), and the first whose fixed choices fit is
+taken. It writes that family's config.json, the inverse of its import translation in
+:mod:`llmspec.importers.hf.families`. What a family fixes (GPT-2 is pre-norm LayerNorm with
+biases, BERT post-norm with an embedding norm, ...) is a table, :data:`FIXED`; values that
+depend on another field (BERT's MLM head, T5's rescaled output, RoBERTa's positions counted
+from the pad id) are checked by the family's translation. A spec no candidate holds is refused
+naming every field in which it differs from the closest. :mod:`llmspec.importers.hf.export`
+then reads the written config and weights back with the importer and refuses any difference
+the tables do not know of (a knob added later). Imported families with no translation here go
+out as the family with the same layers: Mistral (no binding window) as Llama, mT5 as T5 v1.1,
+XLM-RoBERTa as RoBERTa.
 
 Decisions (where DESIGN.md is silent):
 
@@ -31,8 +35,11 @@ from typing import Any
 from llmspec.importers.hf.tables import (
     BART,
     BERT,
+    DISTILBERT,
     GPT2,
     LLAMA,
+    OPT,
+    ROBERTA,
     T5,
     T5_GATED,
     HFExportError,
@@ -70,8 +77,45 @@ FIXED: dict[str, dict[str, Any]] = {
         "attention.kv_heads": "heads",
         "attention.head_dim": "whole heads",
         "feed_forward.activation": "ungated",
+        "embeddings.token_types": "at least 1",  # BERT adds token type 0 to every token
         "embeddings.norm": True,
         "embeddings.scale": False,
+        "head.rescale": False,
+        "objective.type": "masked-lm",
+    },
+    "roberta": {
+        "architecture": "encoder-only",
+        "norm.type": "layernorm",
+        "norm.position": "post",
+        "positions.type": "learned",
+        "positions.offset": "at least 1",  # pad_token_id + 1
+        "bias": True,
+        "attention.scaled": True,
+        "attention.kv_heads": "heads",
+        "attention.head_dim": "whole heads",
+        "feed_forward.activation": "ungated",
+        "embeddings.token_types": "at least 1",
+        "embeddings.norm": True,
+        "embeddings.scale": False,
+        "head.rescale": False,
+        "objective.type": "masked-lm",
+    },
+    "distilbert": {
+        "architecture": "encoder-only",
+        "norm.type": "layernorm",
+        "norm.position": "post",
+        "norm.eps": 1e-12,  # DistilBERT's LayerNorms; its config has no eps
+        "positions.type": "learned",
+        "positions.offset": 0,
+        "bias": True,
+        "attention.scaled": True,
+        "attention.kv_heads": "heads",
+        "attention.head_dim": "whole heads",
+        "feed_forward.activation": "ungated",
+        "embeddings.token_types": 0,
+        "embeddings.norm": True,
+        "embeddings.scale": False,
+        "head.pooler": False,
         "head.rescale": False,
         "objective.type": "masked-lm",
     },
@@ -82,6 +126,26 @@ FIXED: dict[str, dict[str, Any]] = {
         "positions.type": "learned",
         "positions.offset": 0,
         "bias": True,
+        "attention.kv_heads": "heads",
+        "attention.head_dim": "whole heads",
+        "feed_forward.activation": "ungated",
+        "embeddings.token_types": 0,
+        "embeddings.norm": False,
+        "embeddings.scale": False,
+        "head.transform": False,
+        "head.pooler": False,
+        "head.logits_bias": "none",
+        "head.rescale": False,
+        "objective.type": "causal-lm",
+    },
+    "opt": {
+        "architecture": "decoder-only",
+        "norm.type": "layernorm",
+        "norm.eps": 1e-5,  # OPT's LayerNorms take torch's default; its config has no eps
+        "positions.type": "learned",
+        "positions.offset": 2,
+        "bias": True,
+        "attention.scaled": True,
         "attention.kv_heads": "heads",
         "attention.head_dim": "whole heads",
         "feed_forward.activation": "ungated",
@@ -175,6 +239,8 @@ def _fixed_differences(spec: ModelSpec, family: str) -> list[str]:
             ok, shown = value == spec.attention.heads, "kv_heads = heads"
         elif wanted == "whole heads":
             ok, shown = value * spec.attention.heads == spec.d_model, "head_dim = d_model // heads"
+        elif wanted == "at least 1":
+            ok, shown = value >= 1, "at least 1"
         elif wanted == "ungated":
             ok, shown = value in PLAIN_NAMES, f"one of {', '.join(PLAIN_NAMES)}"
         elif wanted == "gated":
@@ -192,18 +258,20 @@ def _shown(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def family_of(spec: ModelSpec) -> str:
-    """The one family that may hold ``spec``, by its architecture and positions."""
+# The families that may hold a spec, by its architecture and positions, in order of preference
+CANDIDATES: dict[str, dict[str, tuple[str, ...]]] = {
+    "encoder-only": {"learned": ("bert", "roberta", "distilbert")},
+    "decoder-only": {"learned": ("gpt2", "opt"), "rope": ("llama",)},
+    "encoder-decoder": {"relative": ("t5",), "learned": ("bart",)},
+}
+
+
+def candidates(spec: ModelSpec) -> tuple[str, ...]:
+    """The families that may hold ``spec``, by its architecture and positions."""
     positions = spec.positions.type
-    by_positions = {
-        "decoder-only": {"learned": "gpt2", "rope": "llama"},
-        "encoder-decoder": {"relative": "t5", "learned": "bart"},
-    }
-    if spec.architecture == "encoder-only":
-        return "bert"
-    choices = by_positions[spec.architecture]
+    choices = CANDIDATES[spec.architecture]
     if positions not in choices:
-        offers = ", ".join(f"{family} ({kind})" for kind, family in choices.items())
+        offers = ", ".join(f"{'/'.join(fs)} ({kind})" for kind, fs in choices.items())
         raise HFExportError(
             f"positions.type {positions} cannot be exported to Hugging Face: no {spec.architecture}"
             f" family llmspec exports has it; the families and their positions: {offers}"
@@ -225,13 +293,12 @@ class HFConfig:
         return self.config.get("tie_word_embeddings") is not False
 
 
-def _refuse(spec: ModelSpec, family: str, differences: list[str]) -> None:
-    if differences:
-        raise HFExportError(
-            f"spec {spec.name!r} cannot be exported to Hugging Face: as the {family} family it "
-            f"differs in {'; '.join(differences)}; no other family llmspec exports fits its "
-            f"{spec.architecture} with {spec.positions.type} positions"
-        )
+def _refuse(spec: ModelSpec, family: str, differences: list[str], among: tuple[str, ...]) -> None:
+    closest = f" (the closest of {', '.join(among)})" if len(among) > 1 else ""
+    raise HFExportError(
+        f"spec {spec.name!r} cannot be exported to Hugging Face: as the {family} family"
+        f"{closest} it differs in {'; '.join(differences)}"
+    )
 
 
 def _ids(ids: dict[str, int], *roles: str) -> dict[str, int | None]:
@@ -240,17 +307,7 @@ def _ids(ids: dict[str, int], *roles: str) -> dict[str, int | None]:
 
 def _bert(spec: ModelSpec, ids: dict[str, int]) -> tuple[dict[str, Any], list[str]]:
     head = spec.head
-    problems = []
-    if head.transform and head.logits_bias != "learned":
-        problems.append(
-            f"head.logits_bias is {head.logits_bias} (BertForMaskedLM's head has a learned bias)"
-        )
-    if not head.transform and head.logits_bias != "none":
-        problems.append(
-            f"head.logits_bias is {head.logits_bias} without head.transform (BertModel)"
-        )
-    if not head.transform and not head.tied:
-        problems.append("head.tied is false without head.transform (BertModel has no head)")
+    problems = _mlm_head(spec, "Bert")
     architecture = "BertForMaskedLM" if head.transform else "BertModel"
     assert spec.positions.type == "learned"
     config = {
@@ -273,6 +330,104 @@ def _bert(spec: ModelSpec, ids: dict[str, int]) -> tuple[dict[str, Any], list[st
         **_ids(ids, "pad", "bos", "eos"),
     }
     return config, problems
+
+
+def _mlm_head(spec: ModelSpec, model: str) -> list[str]:
+    """What a BERT-like family's head cannot hold: its ``...ForMaskedLM`` head has a learned
+    bias; its bare ``...Model`` no head at all."""
+    head = spec.head
+    problems = []
+    if head.transform and head.logits_bias != "learned":
+        problems.append(
+            f"head.logits_bias is {head.logits_bias} ({model}ForMaskedLM's head has a learned bias)"
+        )
+    if not head.transform and head.logits_bias != "none":
+        problems.append(
+            f"head.logits_bias is {head.logits_bias} without head.transform ({model}Model)"
+        )
+    if not head.transform and not head.tied:
+        problems.append(f"head.tied is false without head.transform ({model}Model has no head)")
+    return problems
+
+
+def _roberta(spec: ModelSpec, ids: dict[str, int]) -> tuple[dict[str, Any], list[str]]:
+    assert spec.positions.type == "learned"
+    offset = spec.positions.offset
+    problems = _mlm_head(spec, "Roberta")
+    if ids.get("pad") != offset - 1:
+        problems.append(
+            f"positions.offset is {offset} (RoBERTa counts positions from pad_token_id + 1, and "
+            f"the pad token's id is {ids.get('pad')})"
+        )
+    if spec.head.transform and spec.feed_forward.activation != "gelu":
+        problems.append(
+            f"feed_forward.activation is {spec.feed_forward.activation} with head.transform "
+            "(RoBERTa's MLM head applies gelu)"
+        )
+    config = {
+        "architectures": ["RobertaForMaskedLM" if spec.head.transform else "RobertaModel"],
+        "model_type": "roberta",
+        "hidden_size": spec.d_model,
+        "num_hidden_layers": spec.layers,
+        "num_attention_heads": spec.attention.heads,
+        "intermediate_size": spec.feed_forward.d_ff,
+        "hidden_act": PLAIN_NAMES.get(spec.feed_forward.activation),
+        "hidden_dropout_prob": spec.dropout.hidden,
+        "attention_probs_dropout_prob": spec.dropout.attention,
+        "max_position_embeddings": spec.positions.max_positions + offset,
+        "type_vocab_size": spec.embeddings.token_types,
+        "layer_norm_eps": spec.norm.eps,
+        "position_embedding_type": "absolute",
+        "is_decoder": False,
+        "add_cross_attention": False,
+        "tie_word_embeddings": spec.head.tied,
+        **_ids(ids, "pad", "bos", "eos"),
+    }
+    return config, problems
+
+
+def _distilbert(spec: ModelSpec, ids: dict[str, int]) -> tuple[dict[str, Any], list[str]]:
+    assert spec.positions.type == "learned"
+    config = {
+        "architectures": ["DistilBertForMaskedLM" if spec.head.transform else "DistilBertModel"],
+        "model_type": "distilbert",
+        "dim": spec.d_model,
+        "n_layers": spec.layers,
+        "n_heads": spec.attention.heads,
+        "hidden_dim": spec.feed_forward.d_ff,
+        "activation": PLAIN_NAMES.get(spec.feed_forward.activation),
+        "max_position_embeddings": spec.positions.max_positions,
+        "sinusoidal_pos_embds": False,
+        "dropout": spec.dropout.hidden,
+        "attention_dropout": spec.dropout.attention,
+        "tie_word_embeddings": spec.head.tied,
+        **_ids(ids, "pad"),
+    }
+    return config, _mlm_head(spec, "DistilBert")
+
+
+def _opt(spec: ModelSpec, ids: dict[str, int]) -> tuple[dict[str, Any], list[str]]:
+    assert spec.positions.type == "learned"
+    config = {
+        "architectures": ["OPTForCausalLM"],
+        "model_type": "opt",
+        "hidden_size": spec.d_model,
+        "num_hidden_layers": spec.layers,
+        "num_attention_heads": spec.attention.heads,
+        "ffn_dim": spec.feed_forward.d_ff,
+        "word_embed_proj_dim": spec.d_model,
+        "max_position_embeddings": spec.positions.max_positions,
+        "do_layer_norm_before": spec.norm.position == "pre",
+        "_remove_final_layer_norm": False,
+        "activation_function": PLAIN_NAMES.get(spec.feed_forward.activation),
+        "dropout": spec.dropout.hidden,
+        "attention_dropout": spec.dropout.attention,
+        "enable_bias": True,
+        "layer_norm_elementwise_affine": True,
+        "tie_word_embeddings": spec.head.tied,
+        **_ids(ids, "pad", "bos", "eos"),
+    }
+    return config, []
 
 
 def _gpt2(spec: ModelSpec, ids: dict[str, int]) -> tuple[dict[str, Any], list[str]]:
@@ -383,9 +538,13 @@ def _bart(spec: ModelSpec, ids: dict[str, int]) -> tuple[dict[str, Any], list[st
     return config, []
 
 
-TRANSLATIONS: dict[str, Callable[[ModelSpec, dict[str, int]], tuple[dict[str, Any], list[str]]]] = {
+Translation = Callable[[ModelSpec, dict[str, int]], tuple[dict[str, Any], list[str]]]
+TRANSLATIONS: dict[str, Translation] = {
     "bert": _bert,
+    "roberta": _roberta,
+    "distilbert": _distilbert,
     "gpt2": _gpt2,
+    "opt": _opt,
     "llama": _llama,
     "t5": _t5,
     "bart": _bart,
@@ -394,14 +553,35 @@ TRANSLATIONS: dict[str, Callable[[ModelSpec, dict[str, int]], tuple[dict[str, An
 
 def hf_config(spec: ModelSpec, ids: dict[str, int]) -> HFConfig:
     """The Hugging Face family, weight table and config.json for ``spec``, whose special tokens
-    have the ids ``ids`` (role -> id). Raises :class:`HFExportError` naming every field in which
-    the spec differs from what its family can hold."""
-    family = family_of(spec)
-    differences = _fixed_differences(spec, family)
-    _refuse(spec, family, differences)
-    config, problems = TRANSLATIONS[family](spec, ids)
-    _refuse(spec, family, problems)
-    config["vocab_size"] = spec.vocabulary.size
-    tables = {"bert": BERT, "gpt2": GPT2, "llama": LLAMA, "bart": BART}
-    table = (T5_GATED if spec.gated else T5) if family == "t5" else tables[family]
-    return HFConfig(family, table, dict(sorted(config.items())))
+    have the ids ``ids`` (role -> id): the first of its :func:`candidates` that holds it.
+    Raises :class:`HFExportError` naming every field in which the spec differs from the
+    closest family."""
+    among = candidates(spec)
+    tried: list[tuple[str, list[str]]] = []
+    for family in among:
+        differences = _fixed_differences(spec, family)
+        config: dict[str, Any] = {}
+        if not differences:
+            config, differences = TRANSLATIONS[family](spec, ids)
+        if not differences:
+            config["vocab_size"] = spec.vocabulary.size
+            return HFConfig(family, _table(spec, family), dict(sorted(config.items())))
+        tried.append((family, differences))
+    family, differences = min(tried, key=lambda t: len(t[1]))
+    _refuse(spec, family, differences, among)
+    raise AssertionError("unreachable")
+
+
+def _table(spec: ModelSpec, family: str) -> WeightTable:
+    if family == "t5":
+        return T5_GATED if spec.gated else T5
+    tables = {
+        "bert": BERT,
+        "roberta": ROBERTA,
+        "distilbert": DISTILBERT,
+        "gpt2": GPT2,
+        "opt": OPT,
+        "llama": LLAMA,
+        "bart": BART,
+    }
+    return tables[family]

@@ -37,7 +37,10 @@ TEXTS = ["Hello world", "A man is playing a guitar.", "  ünï  cödé 🎸\ttab
 
 AUTO = {
     "bert": "AutoModelForMaskedLM",
+    "roberta": "AutoModelForMaskedLM",
+    "distilbert": "AutoModelForMaskedLM",
     "gpt2": "AutoModelForCausalLM",
+    "opt": "AutoModelForCausalLM",
     "llama": "AutoModelForCausalLM",
     "t5": "AutoModelForSeq2SeqLM",
     "bart": "AutoModelForSeq2SeqLM",
@@ -121,6 +124,50 @@ def _bart(d: Path) -> Any:
     return model
 
 
+def _roberta(d: Path, **options: Any) -> Any:
+    model = hf_tiny.roberta(d, **options)
+    specials = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": hf_tiny.VOCAB - 1}
+    tokenizer = _byte_tokenizer(hf_tiny.VOCAB, specials, "<s> $A </s>")
+    roles = dict(bos_token="<s>", pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    _save_tokenizer(d, tokenizer, mask_token="<mask>", cls_token="<s>", sep_token="</s>", **roles)
+    return model
+
+
+def _distilbert(d: Path) -> Any:
+    model = hf_tiny.distilbert(d)
+    specials = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
+    roles = dict(pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]")
+    tokenizer = _byte_tokenizer(hf_tiny.VOCAB, specials, "[CLS] $A [SEP]")
+    _save_tokenizer(d, tokenizer, mask_token="[MASK]", **roles)
+    return model
+
+
+def _opt(d: Path, **options: Any) -> Any:
+    model = hf_tiny.opt(d, **options)
+    tokenizer = _byte_tokenizer(hf_tiny.VOCAB, {"<pad>": 1, "</s>": hf_tiny.VOCAB - 1}, "</s> $A")
+    _save_tokenizer(d, tokenizer, pad_token="<pad>", bos_token="</s>", eos_token="</s>")
+    return model
+
+
+def _mistral(d: Path) -> Any:
+    model = hf_tiny.mistral(d)
+    tokenizer = _byte_tokenizer(hf_tiny.VOCAB, {"<unk>": 0, "<s>": 1, "</s>": 2}, "<s> $A")
+    _save_tokenizer(d, tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    return model
+
+
+def _mt5(d: Path) -> Any:
+    model = hf_tiny.mt5(d)
+    specials = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    specials |= {f"<extra_id_{i}>": hf_tiny.T5_VOCAB - 1 - i for i in range(32)}
+    tokenizer = _byte_tokenizer(hf_tiny.T5_VOCAB, specials, "$A </s>")
+    _save_tokenizer(d, tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    return model
+
+
+# source -> (the family it exports as, its maker); a family the export has no config for of
+# its own goes out as the one with the same layers (Mistral's unwindowed layers are Llama's,
+# mT5's T5 v1.1's, XLM-RoBERTa's RoBERTa's)
 SOURCES: dict[str, tuple[str, Callable[[Path], Any]]] = {
     "bert": ("bert", _bert),
     "gpt2": ("gpt2", _gpt2),
@@ -135,6 +182,13 @@ SOURCES: dict[str, tuple[str, Callable[[Path], Any]]] = {
         lambda d: _t5(d, feed_forward_proj="gated-silu", tie_word_embeddings=False),
     ),
     "bart": ("bart", _bart),
+    "roberta": ("roberta", _roberta),
+    "xlm-roberta": ("roberta", lambda d: _roberta(d, xlm=True)),
+    "distilbert": ("distilbert", _distilbert),
+    "opt": ("opt", _opt),
+    "opt-post-norm": ("opt", lambda d: _opt(d, do_layer_norm_before=False)),
+    "mistral": ("llama", _mistral),
+    "mt5": ("t5", _mt5),
 }
 
 
@@ -177,13 +231,13 @@ def _padded(lengths: list[int], vocab: int, pad: int, left: bool) -> tuple[torch
 def _logits(family: str, model: Any, vocab: int, pad: int, start: int | None) -> torch.Tensor:
     """transformers' logits of ``model`` on a padded batch, at the real positions."""
     with torch.no_grad():
-        if family in ("gpt2", "llama"):  # left padding, positions counting real tokens
+        if family in ("gpt2", "opt", "llama"):  # left padding, positions counting real tokens
             ids, mask = _padded([9, 6, 3], vocab, pad, left=True)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             out = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
             return out[mask.bool()]
         ids, mask = _padded([10, 7, 4], vocab, pad, left=False)
-        if family == "bert":
+        if family in ("bert", "roberta", "distilbert"):
             return model(input_ids=ids, attention_mask=mask).logits[mask.bool()]
         decoder_ids = _ids(3, 6, vocab, seed=3)
         assert start is not None
@@ -257,10 +311,11 @@ def test_the_exported_files_are_those_transformers_reads(round_trip: Any) -> Non
     files = {p.name for p in exported.iterdir()}
     tokenizer_files = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
     expected = {"config.json", "model.safetensors"} | tokenizer_files
-    assert files == expected | ({"generation_config.json"} if family != "bert" else set())
+    encoder = family in ("bert", "roberta", "distilbert")
+    assert files == expected | (set() if encoder else {"generation_config.json"})
     config = transformers.AutoConfig.from_pretrained(exported, local_files_only=True)
     assert config.model_type == family
-    if family != "bert":
+    if not encoder:
         generation = transformers.GenerationConfig.from_pretrained(exported, local_files_only=True)
         assert (generation.eos_token_id, generation.do_sample) == (config.eos_token_id, False)
 
@@ -452,7 +507,7 @@ def test_alibi_positions_are_refused_naming_the_families(tmp_path: Path) -> None
     spec = _spec_with(load_spec(ROOT / "specs" / "tiny-decoder.yaml"), positions={"type": "alibi"})
     assert _refusal(spec, tmp_path) == (
         "positions.type alibi cannot be exported to Hugging Face: no decoder-only family "
-        "llmspec exports has it; the families and their positions: gpt2 (learned), llama (rope)"
+        "llmspec exports has it; the families and their positions: gpt2/opt (learned), llama (rope)"
     )
 
 
@@ -465,6 +520,20 @@ def test_a_mix_no_family_has_is_refused_naming_every_difference(tmp_path: Path) 
     assert message.startswith("spec 'tiny-gpt' cannot be exported to Hugging Face: as the gpt2 ")
     assert "norm.type is rmsnorm (gpt2 has layernorm)" in message
     assert "attention.kv_heads is 2 (gpt2 has kv_heads = heads)" in message
+
+
+def test_an_encoder_no_family_holds_is_refused_as_its_closest_family(tmp_path: Path) -> None:
+    """Without token types BERT and RoBERTa cannot hold it, with a pooler DistilBERT cannot."""
+    encoder = load_spec(ROOT / "specs" / "tiny-encoder.yaml")
+    spec = _spec_with(encoder, embeddings={"token_types": 0, "norm": True}, head__pooler=True)
+    assert _refusal(spec, tmp_path) == (
+        "spec 'tiny-encoder' cannot be exported to Hugging Face: as the bert family (the closest "
+        "of bert, roberta, distilbert) it differs in embeddings.token_types is 0 (bert has at "
+        "least 1)"
+    )
+    export_hf(_spec_with(spec, head__pooler=False), tmp_path / "distilbert")
+    config = json.loads((tmp_path / "distilbert" / "config.json").read_text())
+    assert config["architectures"] == ["DistilBertForMaskedLM"]
 
 
 def test_an_mlm_head_without_its_bias_is_refused(tmp_path: Path) -> None:
