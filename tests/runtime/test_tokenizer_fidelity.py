@@ -257,3 +257,47 @@ def test_import_decodes_with_transformers_clean_up_of_tokenization_spaces(tmp_pa
                 ids, skip_special_tokens=skip, clean_up_tokenization_spaces=False
             )
     assert (changed > 0) == (name == "all-minilm-l6-v2")  # BPE: transformers ignores it
+
+
+# -- end to end: import, export, runtime.embed
+
+
+@pytest.mark.slow  # an import and an ONNX export with its parity gate
+def test_an_imported_bert_with_a_padding_tokenizer_embeds_as_transformers(tmp_path):
+    """A BERT (tiny, random weights) with all-MiniLM-L6-v2's tokenizer files, whose
+    tokenizer.json pads to 128: imported, exported and embedded by the runtime, it gives
+    transformers' mean-pooled embeddings (before the fix the padding sat inside every text)."""
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    import runtime
+    from llmspec.exporter.pipeline import export
+    from llmspec.importers.hf.importer import import_hf
+
+    hf_dir = _folder("all-minilm-l6-v2", tmp_path)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
+    model = BertModel(config, add_pooling_layer=False).eval()
+    model.save_pretrained(hf_dir)
+    import_hf(hf_dir, tmp_path / "imported")
+    export(tmp_path / "imported", tmp_path / "artifact")
+    ours = runtime.load(tmp_path / "artifact", device="cpu")
+    texts = ["A man is playing a guitar.", "  ünï  cödé 🎸\ttabs [CLS] x", "don't"]
+    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    assert batch["input_ids"].shape[1] < 128  # transformers does not apply the file's padding
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    wanted = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
+    got = np.asarray(ours.embed(texts))
+    np.testing.assert_allclose(got, wanted, atol=1e-5, rtol=1e-4)
