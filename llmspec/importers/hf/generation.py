@@ -1,11 +1,15 @@
 """The spec's generation section from a Hugging Face generation_config.json.
 
 Generation defaults come from ``generation_config.json`` where there is one (greedy,
-sampling with temperature/top-k/top-p, beam search; repetition penalty and no-repeat-ngram
-before the selector), else greedy. Settings the
-spec's chain cannot express (``forced_eos_token_id``, a penalty together with beam search, ...)
-are left out and listed in the spec's header comment: they are decoding defaults, not the
-model. Models without an eos token get no generation section.
+sampling with temperature/top-k/top-p/min-p/typical-p, beam search with its length penalty and
+early stopping; repetition penalty and no-repeat-ngram before the selector; ``max_new_tokens``,
+or for an encoder-decoder model ``max_length`` less the decoder's start token), else greedy.
+Sampling steps follow transformers' order (temperature, top-k, top-p, min-p, typical) and its
+defaults (top-k 50 when the file leaves it unset). Settings the spec's chain cannot express
+(:data:`NOT_EXPRESSIBLE`: ``forced_eos_token_id``, a penalty together with beam search,
+``min_new_tokens``, contrastive search, ...) are left out and listed in the spec's header
+comment: they are decoding defaults, not the model. Models without an eos token get no
+generation section.
 """
 
 from __future__ import annotations
@@ -13,13 +17,67 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["generation_section"]
+__all__ = ["NOT_EXPRESSIBLE", "generation_section"]
+
+SAMPLING_TOP_K = 50  # transformers' top_k when sampling and the file leaves it unset
+
+# generation_config.json keys that change what transformers generates but have no step in the
+# spec's chain, each with the values that leave decoding unchanged. Set to anything else, the
+# key is listed as not imported.
+NOT_EXPRESSIBLE: dict[str, tuple[Any, ...]] = {
+    "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,),
+    "forced_decoder_ids": (None, []),
+    "bad_words_ids": (None, []),
+    "min_length": (None, 0),
+    "min_new_tokens": (None, 0),
+    "suppress_tokens": (None, []),
+    "begin_suppress_tokens": (None, []),
+    "sequence_bias": (None, {}, []),
+    "penalty_alpha": (None, 0, 0.0),  # contrastive search
+    "num_beam_groups": (None, 1),
+    "diversity_penalty": (None, 0, 0.0),
+    "guidance_scale": (None, 1, 1.0),
+    "top_h": (None,),
+    "epsilon_cutoff": (None, 0, 0.0),
+    "eta_cutoff": (None, 0, 0.0),
+    "encoder_repetition_penalty": (None, 1, 1.0),
+    "encoder_no_repeat_ngram_size": (None, 0),
+    "exponential_decay_length_penalty": (None,),
+    "num_return_sequences": (None, 1),
+    "stop_strings": (None, [], ""),
+    "constraints": (None, []),
+    "force_words_ids": (None, []),
+    "watermarking_config": (None, {}),
+}
+
+
+def _max_new_tokens(config: dict[str, Any], encoder_decoder: bool) -> tuple[int | None, list[str]]:
+    """``max_new_tokens``, else an encoder-decoder's ``max_length`` (it counts the decoder's
+    start token); a decoder-only ``max_length`` counts the prompt, which the spec's limit does
+    not."""
+    new = config.get("max_new_tokens")
+    if isinstance(new, int) and not isinstance(new, bool) and new > 0:
+        return new, []
+    length = config.get("max_length")
+    if isinstance(length, bool) or not isinstance(length, int):
+        return None, []
+    if encoder_decoder and length > 1:
+        return length - 1, []
+    if encoder_decoder:
+        return None, [f"max_length = {length} (no token after the decoder's start token)"]
+    return None, [f"max_length = {length} (it counts the prompt; max_new_tokens does not)"]
 
 
 def generation_section(
-    config: dict[str, Any], has_eos: bool
+    config: dict[str, Any],
+    has_eos: bool,
+    *,
+    encoder_decoder: bool = False,
+    context_length: int | None = None,
 ) -> tuple[dict[str, Any] | None, list[str]]:
-    """The spec's generation section from generation_config.json, and what it left out."""
+    """The spec's generation section from generation_config.json, and what it left out (a
+    limit beyond ``context_length`` too: no request could reach it)."""
     if not has_eos:
         return None, []
     left_out: list[str] = []
@@ -36,11 +94,14 @@ def generation_section(
             left_out.append("do_sample with num_beams > 1 (beam sampling)")
         left_out.extend(f"{s['type']} with beam search" for s in steps)
         early = config.get("early_stopping")
+        length_penalty = config.get("length_penalty")
+        if early == "never":
+            left_out.append('early_stopping = "never"')
         steps = [
             {
                 "type": "beam_search",
                 "beams": beams,
-                "length_penalty": config.get("length_penalty", 1.0),
+                "length_penalty": 1.0 if length_penalty is None else length_penalty,
                 "early_stopping": early is True,
             }
         ]
@@ -48,22 +109,31 @@ def generation_section(
         temperature = config.get("temperature")
         if temperature not in (None, 1, 1.0):
             steps.append({"type": "temperature", "value": temperature})
-        top_k = config.get("top_k", 50)  # transformers' default when sampling
+        top_k = config.get("top_k")
+        top_k = SAMPLING_TOP_K if top_k is None else top_k
         if top_k:
             steps.append({"type": "top_k", "k": top_k})
-        for key, kind in (("top_p", "top_p"), ("typical_p", "typical")):
-            value = config.get(key)
-            if value not in (None, 1, 1.0):
-                steps.append({"type": kind, "p": value})
+        top_p = config.get("top_p")
+        if top_p not in (None, 1, 1.0):
+            steps.append({"type": "top_p", "p": top_p})
         if config.get("min_p"):
             steps.append({"type": "min_p", "p": config["min_p"]})
+        typical = config.get("typical_p")
+        if typical not in (None, 1, 1.0):
+            steps.append({"type": "typical", "p": typical})
         steps.append({"type": "sample"})
     else:
         steps.append({"type": "greedy"})
-    for key in ("forced_bos_token_id", "forced_eos_token_id", "bad_words_ids", "min_length"):
-        if config.get(key) not in (None, 0, []):
+    for key, neutral in NOT_EXPRESSIBLE.items():
+        if key in config and config[key] not in neutral:
             left_out.append(f"{key} = {json.dumps(config[key])}")
     section: dict[str, Any] = {"chain": steps}
-    if isinstance(config.get("max_new_tokens"), int) and config["max_new_tokens"] > 0:
-        section["max_new_tokens"] = config["max_new_tokens"]
+    limit, limit_left_out = _max_new_tokens(config, encoder_decoder)
+    left_out.extend(limit_left_out)
+    if limit is not None and context_length is not None and limit > context_length:
+        left_out.append(
+            f"a limit of {limit} new tokens (beyond the context window of {context_length})"
+        )
+    elif limit is not None:
+        section["max_new_tokens"] = limit
     return section, left_out

@@ -238,7 +238,12 @@ def build_import(source: Source) -> tuple[ModelSpec, str, dict[str, torch.Tensor
     else:
         vocabulary = placeholder_vocabulary(family, imported, size)
     has_eos = "eos" in vocabulary.section["special_tokens"]
-    generation, left_out = generation_section(source.generation, has_eos)
+    generation, left_out = generation_section(
+        source.generation,
+        has_eos,
+        encoder_decoder=imported.spec["architecture"] == "encoder-decoder",
+        context_length=imported.spec["context_length"],
+    )
     data: dict[str, Any] = {
         "name": _spec_name(source.path, family),
         "architecture": imported.spec["architecture"],

@@ -341,6 +341,113 @@ def test_pad_sharing_eos_is_dropped_with_a_note(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------
+# Generation defaults: generation_config.json to the spec's decoding chain
+
+
+def _edit_generation(hf_dir: Path, **changes: object) -> None:
+    path = hf_dir / "generation_config.json"
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
+def _header(out: Path) -> str:
+    """The spec's header comment as one line."""
+    lines = (out / "spec.yaml").read_text().splitlines()
+    return " ".join(line[2:] for line in lines if line.startswith("# "))
+
+
+def test_sampling_defaults_become_the_chain_in_transformers_order(tmp_path: Path) -> None:
+    hf_tiny.gpt2(tmp_path / "hf")
+    _edit_generation(
+        tmp_path / "hf",
+        do_sample=True,
+        temperature=0.7,
+        top_k=None,  # transformers samples with top_k 50 when it is unset
+        top_p=0.9,
+        min_p=0.05,
+        typical_p=0.95,
+        repetition_penalty=1.1,
+        no_repeat_ngram_size=3,
+        max_new_tokens=40,
+    )
+    spec, _, out = _import(tmp_path / "hf", tmp_path)
+    assert spec.generation is not None and spec.generation.max_new_tokens == 40
+    chain = [step.type for step in spec.generation.chain]
+    # transformers' processors, then its warpers: temperature, top-k, top-p, min-p, typical
+    assert chain == [
+        "repetition_penalty",
+        "no_repeat_ngram",
+        "temperature",
+        "top_k",
+        "top_p",
+        "min_p",
+        "typical",
+        "sample",
+    ]
+    assert spec.generation.chain[3].k == 50
+    assert "Generation default not imported" not in _header(out)
+
+
+def test_beam_search_defaults_and_what_the_chain_cannot_express_is_listed(
+    tmp_path: Path,
+) -> None:
+    hf_tiny.bart(tmp_path / "hf")
+    _edit_generation(  # bart-large-cnn's defaults
+        tmp_path / "hf",
+        num_beams=4,
+        length_penalty=2.0,
+        early_stopping=True,
+        no_repeat_ngram_size=3,
+        forced_bos_token_id=0,
+        min_length=56,
+        max_length=42,
+        min_new_tokens=2,
+        suppress_tokens=[5],
+    )
+    spec, _, out = _import(tmp_path / "hf", tmp_path)
+    assert spec.generation is not None
+    (beam,) = spec.generation.chain
+    assert (beam.type, beam.beams, beam.length_penalty, beam.early_stopping) == (
+        "beam_search",
+        4,
+        2.0,
+        True,
+    )
+    # an encoder-decoder's max_length counts the decoder's start token
+    assert spec.generation.max_new_tokens == 41
+    header = _header(out)
+    for item in (
+        "no_repeat_ngram with beam search",
+        "forced_bos_token_id = 0",
+        "forced_eos_token_id = 2",
+        "min_length = 56",
+        "min_new_tokens = 2",
+        "suppress_tokens = [5]",
+    ):
+        assert f"Generation default not imported: {item}." in header
+
+
+def test_a_decoder_only_max_length_is_listed_not_imported(tmp_path: Path) -> None:
+    hf_tiny.llama(tmp_path / "hf")
+    _edit_generation(tmp_path / "hf", max_length=50, penalty_alpha=0.6, top_k=4)
+    spec, _, out = _import(tmp_path / "hf", tmp_path)
+    assert spec.generation is not None and spec.generation.max_new_tokens == 64  # the spec's
+    assert [step.type for step in spec.generation.chain] == ["greedy"]
+    header = _header(out)
+    assert "max_length = 50 (it counts the prompt; max_new_tokens does not)" in header
+    assert "penalty_alpha = 0.6" in header  # contrastive search
+
+
+def test_a_limit_beyond_the_context_window_is_listed_not_imported(tmp_path: Path) -> None:
+    hf_tiny.gpt2(tmp_path / "hf")  # 64 positions
+    _edit_generation(tmp_path / "hf", max_new_tokens=100)
+    spec, _, out = _import(tmp_path / "hf", tmp_path)
+    assert spec.generation is not None and spec.generation.max_new_tokens == 64  # the spec's
+    assert "a limit of 100 new tokens (beyond the context window of 64)" in _header(out)
+
+
+# ----------------------------------------------------------------------------------------
 # Refusals: each names the option and its value
 
 
