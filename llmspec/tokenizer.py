@@ -173,8 +173,13 @@ def stop_token_ids(tokenizer: Tokenizer, spec: ModelSpec) -> list[int]:
     if not stops:
         return []
     eos = spec.vocabulary.special_tokens.eos
-    texts = ([eos] if eos is not None else []) + list(stops)
-    return [int(tokenizer.token_to_id(text)) for text in texts]
+    ids = []
+    for text in ([eos] if eos is not None else []) + list(stops):
+        token_id = tokenizer.token_to_id(text)
+        if token_id is None:
+            raise TokenizerMismatch(f"stop token {text!r} is not a token of the tokenizer")
+        ids.append(token_id)
+    return ids
 
 
 def read_tokenizer(path: Path) -> Tokenizer:

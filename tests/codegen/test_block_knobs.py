@@ -318,7 +318,7 @@ def test_without_sandwich_norms_or_unit_offset_the_gemma2_logits_differ() -> Non
 
 
 def test_final_softcap_is_cap_times_tanh_of_the_uncapped_logits_over_cap() -> None:
-    capped = built(_gemma_spec(head={"tied": True, "softcap": 0.5})).eval()
+    capped: Any = built(_gemma_spec(head={"tied": True, "softcap": 0.5})).eval()
     with torch.no_grad():
         capped.embed_tokens.weight.mul_(20.0)  # logits beyond the cap
     plain = _copied(_gemma_spec(head={"tied": True}), capped.state_dict())
@@ -345,7 +345,7 @@ def test_norm_bias_sets_layernorm_shifts_apart_from_linear_biases(
     if norm_bias is not None:
         norm["bias"] = norm_bias
     spec = variant("decoder-only", bias=bias, norm=norm)
-    model = built(spec)
+    model: Any = built(spec)
     layer = model.decoder.layers[0]
     assert (layer.self_attn_norm.bias is not None) == shifts
     assert (model.decoder.final_norm.bias is not None) == shifts
