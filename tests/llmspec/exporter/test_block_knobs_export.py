@@ -106,3 +106,27 @@ def test_a_knob_exports_through_the_gate_and_generates_pytorchs_tokens(name, tmp
         assert model.stop_ids == {special["eos"], special["unk"], special["pad"]}
     else:
         assert "stop_token_ids" not in generation  # the file as it always was
+
+
+def _file_spec(stops: list[str]) -> Any:
+    from llmspec.spec.loading import load_spec
+
+    data = {"name": "stops", **BASE, "generation": {"max_new_tokens": 8, "stop_tokens": stops}}
+    data["vocabulary"] = {**BASE["vocabulary"], "tokenizer": {"type": "file", "path": "t.json"}}
+    return load_spec(yaml.safe_dump(data))
+
+
+def test_a_stop_token_the_tokenizer_file_lacks_is_refused_before_export():
+    from llmspec.tokenizer import TokenizerMismatch, byte_level, check_fits, stop_token_ids
+
+    spec = _file_spec(["<|eot_id|>", "<|eom_id|>"])
+    tokenizer = byte_level(spec)
+    with pytest.raises(TokenizerMismatch) as info:
+        check_fits(tokenizer, spec)
+    assert "stop token '<|eot_id|>' (generation.stop_tokens) is not one token" in str(info.value)
+    assert "stop token '<|eom_id|>' (generation.stop_tokens)" in str(info.value)
+    tokenizer.add_special_tokens(["<|eot_id|>", "<|eom_id|>"])
+    special = check_fits(tokenizer, spec)
+    eot, eom = tokenizer.token_to_id("<|eot_id|>"), tokenizer.token_to_id("<|eom_id|>")
+    assert stop_token_ids(tokenizer, spec) == [special["eos"], eot, eom]
+    assert stop_token_ids(tokenizer, _file_spec([])) == []  # eos alone: nothing to write
