@@ -301,3 +301,46 @@ def test_an_imported_bert_with_a_padding_tokenizer_embeds_as_transformers(tmp_pa
     wanted = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
     got = np.asarray(ours.embed(texts))
     np.testing.assert_allclose(got, wanted, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow  # an import and an ONNX export with its parity gate
+def test_an_imported_llama_prompt_starts_with_bos_and_generates_as_transformers(tmp_path):
+    """A Llama (tiny, random weights) with Mistral 7B's tokenizer files: the runtime encodes
+    a text prompt as transformers does (``<s>`` first, from the file's post-processor) and
+    greedy decoding gives transformers' tokens and text."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    import runtime
+    from llmspec.exporter.pipeline import export
+    from llmspec.importers.hf.importer import import_hf
+
+    hf_dir = _folder("mistral-7b-v0.1", tmp_path)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(hf_dir)
+    import_hf(hf_dir, tmp_path / "imported")
+    export(tmp_path / "imported", tmp_path / "artifact")
+    ours = runtime.load(tmp_path / "artifact", device="cpu")
+    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
+    prompt = "Hello world, 🎸 naïve"
+    ids = tokenizer(prompt, return_tensors="pt")
+    assert int(ids["input_ids"][0, 0]) == 1
+    with torch.no_grad():
+        theirs = model.generate(**ids, max_new_tokens=8, do_sample=False, eos_token_id=None)
+    new = theirs[0, ids["input_ids"].shape[1] :].tolist()
+    result = ours.generate(prompt, max_new_tokens=8, chain="greedy")
+    assert result.prompt_tokens[0] == ids["input_ids"][0].tolist()
+    assert result.tokens[0] == new
+    assert result.texts[0] == tokenizer.decode(new)
