@@ -43,10 +43,16 @@ def _fields_of(annotation: Any) -> dict[str, Any] | None:
 
 
 def _union_members(annotation: Any) -> list[Any]:
+    """The members of a union other than None; an optional discriminated union
+    (``Annotated[A | B, Field(discriminator=...)] | None``, rope's scaling) gives A and B."""
     while get_origin(annotation) is typing.Annotated:
         annotation = get_args(annotation)[0]
     if get_origin(annotation) in (Union, types.UnionType):
-        return [m for m in get_args(annotation) if m is not type(None)]
+        members: list[Any] = []
+        for member in get_args(annotation):
+            if member is not type(None):
+                members += _union_members(member) or [member]
+        return members
     return []
 
 

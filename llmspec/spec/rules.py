@@ -126,7 +126,7 @@ def _rope_even(s: Any) -> RuleProblems:
     return []
 
 
-@rule("attention", "d_model", "positions")
+@rule("attention", "d_model", "positions", "layers")
 def _rope_knobs(s: Any) -> RuleProblems:
     """Partial rotary and rope scaling fit the head: an even rotated width within the head,
     one longrope factor per rotated pair, llama3 and yarn ranges the right way round."""
@@ -145,6 +145,25 @@ def _rope_knobs(s: Any) -> RuleProblems:
             )
         )
         return out
+    if p.local_base is not None:
+        local = [s.attention.layer_is_local(i) for i in range(s.layers)]
+        if not any(local):
+            out.append(
+                (
+                    ("positions", "local_base"),
+                    "local_base is the base of local (windowed) layers, but no layer is local; "
+                    "set attention.sliding_window and attention.layer_pattern (Gemma 3: five "
+                    "local layers, then one global), or remove local_base",
+                )
+            )
+        elif all(local):
+            out.append(
+                (
+                    ("positions", "local_base"),
+                    "every layer is local, so local_base would be the only base; set base to "
+                    f"{p.local_base} and remove local_base",
+                )
+            )
     rotated = p.rotated(head_dim)
     where = ("positions", "partial" if p.partial is not None else "rotary_dim")
     if p.rotary_dim is not None and rotated > head_dim:

@@ -61,6 +61,11 @@ def specs(draw: st.DrawFn, family: str) -> ModelSpec:
             "logits_bias": draw(st.sampled_from(["none", "learned", "buffer"])),
         },
     }
+    if changes["positions"]["type"] == "rope":
+        changes["positions"] = {
+            **changes["positions"],
+            **draw(rope_knobs(head_size, layers, changes["attention"])),
+        }
     if family == "encoder-only":
         changes["embeddings"]["token_types"] = draw(st.sampled_from([0, 2]))
         changes["head"]["transform"] = draw(st.booleans())
@@ -113,6 +118,50 @@ def attention_knobs(
         knobs["sliding_window"] = draw(st.integers(1, 4))
         patterns = [None, ["local", "global"], ["global", "local"]]
         knobs["layer_pattern"] = draw(st.sampled_from(patterns[: 3 if layers > 1 else 1]))
+    return knobs
+
+
+@st.composite
+def rope_knobs(
+    draw: st.DrawFn, head_size: int, layers: int, attention: dict[str, Any]
+) -> dict[str, Any]:
+    """Rope's knobs (each off or on): partial rotary, a scaling (dynamic and longrope with an
+    original length beyond the context, so that every length of a test stays on one side of
+    it: their frequencies follow the total length, as transformers'), and a local base when
+    some layers are local and some global."""
+    knobs: dict[str, Any] = {}
+    rotated = head_size
+    if draw(st.booleans()):
+        knobs["partial"] = 0.5
+        rotated = head_size // 2
+    pairs = rotated // 2
+    scalings = [
+        None,
+        {"type": "linear", "factor": 4.0},
+        {"type": "dynamic", "factor": 2.0, "original_max_positions": 64},
+        {
+            "type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_positions": 8,
+        },
+        {"type": "yarn", "factor": 4.0, "original_max_positions": 8},
+        {
+            "type": "longrope",
+            "short_factor": [1.5] * pairs,
+            "long_factor": [3.0] * pairs,
+            "original_max_positions": 64,
+            "factor": 4.0,
+        },
+    ]
+    scaling = draw(st.sampled_from(scalings))
+    if scaling is not None:
+        knobs["scaling"] = scaling
+    pattern = attention.get("layer_pattern")
+    mixed = attention.get("sliding_window") and pattern and len(pattern) == layers == 2
+    if mixed and draw(st.booleans()):
+        knobs["local_base"] = 100.0
     return knobs
 
 

@@ -259,3 +259,47 @@ def test_the_stack_rotates_with_the_scaled_frequencies():
     plain = _logits(_spec({}), ids, 2 * positions)
     torch.testing.assert_close(scaled, plain, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(plain, _logits(_spec({}), ids, positions), atol=1e-3)
+
+
+def test_local_layers_rotate_with_the_local_base_unscaled_as_gemma3():
+    """Gemma 3's layout: local (sliding) layers rotate with rope_local_base_freq and no
+    scaling, global ones with the scaled base; the cos and sin each layer receives equal
+    transformers' per-layer-type tables."""
+    from transformers import Gemma3TextConfig
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3RotaryEmbedding
+
+    spec = _spec(
+        {"base": 1e6, "local_base": 1e4, "scaling": {"type": "linear", "factor": 8.0}},
+        sliding_window=4,
+        layer_pattern=["local", "global"],
+    )
+    config = Gemma3TextConfig(
+        hidden_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=HEAD_DIM,
+        num_hidden_layers=2,
+        layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=CONTEXT,
+        rope_parameters={
+            "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+        },
+    )
+    rotary = Gemma3RotaryEmbedding(config)
+    torch.manual_seed(0)
+    model = build(spec).eval()
+    layers = next(m for name, m in model.named_modules() if name.endswith("layers"))
+    received: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for layer in layers:
+        layer.register_forward_pre_hook(lambda _, args: received.append((args[2], args[3])))
+    ids = torch.randint(0, 260, (2, 11), generator=torch.Generator().manual_seed(2))
+    position_ids = _positions(11)
+    with torch.no_grad():
+        model(ids, torch.ones_like(ids), position_ids)
+    x = torch.zeros(1)
+    for (cos, sin), kind in zip(received, config.layer_types, strict=True):
+        their_cos, their_sin = rotary(x, position_ids, kind)
+        torch.testing.assert_close(cos[:, 0], their_cos, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(sin[:, 0], their_sin, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(received[0][0], received[1][0])

@@ -9,9 +9,14 @@ non-interleaved, "rotate half" form) in one kernel from the cosines and sines of
 themselves (``[batch, sequence, head_dim / 2]``), which the fusion computes once per graph from
 the angles the template already has.
 
+The rope knobs keep the pattern: YaRN's and LongRoPE's attention factor multiplies both tables
+by one constant, which the half tables get too; scaled frequencies (static or chosen from the
+length in the graph) only change how the angles are computed; partial rotary rotates a slice of
+each head (``x[..., :rd]``), which is then the fused node's input, the other channels still
+passing through the template's Concat.
+
 As for attention (:mod:`llmspec.exporter.rewrites.attention`), only exactly the template's pattern
-is
-replaced, and the export's parity gate checks the fused graph.
+is replaced, and the export's parity gate checks the fused graph.
 """
 
 from __future__ import annotations
@@ -27,11 +32,24 @@ from llmspec.exporter.rewrites.ir import Rewrite, producer, require_opset, take_
 @dataclass
 class _Table:
     """How a duplicated cos or sin table was made: ``f(Unsqueeze(Concat(a, a), 1))``, possibly
-    cast to the model's dtype."""
+    multiplied by a constant scalar (YaRN's and LongRoPE's attention factor), possibly cast to
+    the model's dtype."""
 
     angles: ir.Value  # a: (B, S, hs / 2)
     function: str  # "Cos" or "Sin"
     cast_to: int | None  # the Cast's "to", when there is one
+    scale: ir.Value | None = None  # the constant scalar the table is multiplied by
+
+
+def _scalar_constant(value: ir.Value | None) -> bool:
+    """An initializer with a single element (produced by no node, so it may be used anywhere
+    in the graph)."""
+    return (
+        value is not None
+        and value.producer() is None
+        and value.const_value is not None
+        and value.const_value.size == 1
+    )
 
 
 def _table(value: ir.Value | None, function: str) -> _Table | None:
@@ -40,6 +58,15 @@ def _table(value: ir.Value | None, function: str) -> _Table | None:
     if cast is not None:
         cast_to = cast.attributes.get_int("to")
         value = cast.inputs[0]
+    scale = None
+    multiply = producer(value, "Mul")
+    if multiply is not None and len(multiply.inputs) == 2:
+        for trig_value, factor in (multiply.inputs, reversed(multiply.inputs)):
+            if producer(trig_value, function) is not None and _scalar_constant(factor):
+                value, scale = trig_value, factor
+                break
+        else:
+            return None
     trig = producer(value, function)
     unsqueeze = producer(trig.inputs[0] if trig else None, "Unsqueeze")
     concat = producer(unsqueeze.inputs[0] if unsqueeze else None, "Concat")
@@ -51,7 +78,7 @@ def _table(value: ir.Value | None, function: str) -> _Table | None:
     axes = unsqueeze.inputs[1] if len(unsqueeze.inputs) > 1 else None
     if axes is None or axes.const_value is None or axes.const_value.numpy().tolist() != [1]:
         return None
-    return _Table(first, function, cast_to)
+    return _Table(first, function, cast_to, scale)
 
 
 @dataclass
@@ -99,8 +126,18 @@ def _match(add: ir.Node) -> _Rotation | None:
             cos, sin = _table(cos_value, "Cos"), _table(sin_value, "Sin")
             if x is None or cos is None or sin is None or cos.angles is not sin.angles:
                 continue
+            if not _same_scale(cos.scale, sin.scale):
+                continue
             return _Rotation(x, cos, sin, add.outputs[0], add)
     return None
+
+
+def _same_scale(a: ir.Value | None, b: ir.Value | None) -> bool:
+    """Whether cos and sin are scaled alike (both not at all, or by equal constants)."""
+    if a is None or b is None:
+        return a is b
+    assert a.const_value is not None and b.const_value is not None
+    return bool(a.const_value.numpy().item() == b.const_value.numpy().item())
 
 
 def fuse_rotary(model: ir.Model) -> int:
@@ -110,11 +147,11 @@ def fuse_rotary(model: ir.Model) -> int:
     matches = [m for node in list(graph) if node.op_type == "Add" for m in [_match(node)] if m]
     if not matches:
         return 0
-    halves: dict[tuple[int, str, int | None], ir.Value] = {}
+    halves: dict[tuple[int, str, int | None, int], ir.Value] = {}
     for match in matches:
         tables = []
         for table in (match.cos, match.sin):
-            key = (id(table.angles), table.function, table.cast_to)
+            key = (id(table.angles), table.function, table.cast_to, id(table.scale))
             if key not in halves:
                 halves[key] = _half_table(graph, table)
             tables.append(halves[key])
@@ -129,12 +166,15 @@ def fuse_rotary(model: ir.Model) -> int:
 
 
 def _half_table(graph: ir.Graph, table: _Table) -> ir.Value:
-    """``function(angles)`` (cast like the original), right after the angles are computed."""
+    """``function(angles)`` (scaled and cast like the original), right after the angles are
+    computed."""
     nodes = [ir.Node("", table.function, [table.angles])]
+    if table.scale is not None:
+        nodes.append(ir.Node("", "Mul", [nodes[-1].outputs[0], table.scale]))
     if table.cast_to is not None:
         nodes.append(
             ir.Node(
-                "", "Cast", [nodes[0].outputs[0]], attributes=[ir.AttrInt64("to", table.cast_to)]
+                "", "Cast", [nodes[-1].outputs[0]], attributes=[ir.AttrInt64("to", table.cast_to)]
             )
         )
     producer = table.angles.producer()
