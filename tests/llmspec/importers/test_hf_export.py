@@ -320,6 +320,32 @@ def test_the_exported_files_are_those_transformers_reads(round_trip: Any) -> Non
         assert (generation.eos_token_id, generation.do_sample) == (config.eos_token_id, False)
 
 
+def test_a_round_trip_generates_greedily_by_its_generation_config(round_trip: Any) -> None:
+    """generation_config.json holds greedy search with the stop token and nothing forced: the
+    export's generate() by its defaults picks what the source picks told exactly that."""
+    family, source, _, _, exported = round_trip
+    if family in ("bert", "roberta", "distilbert"):
+        return  # encoders do not generate; test_the_exported_files... checks no file is written
+    config = source.config
+    pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
+    ids, mask = _padded([7, 4], config.vocab_size, pad, left=not config.is_encoder_decoder)
+    tokens = dict(eos_token_id=config.eos_token_id, pad_token_id=pad)
+    if config.is_encoder_decoder:
+        tokens["decoder_start_token_id"] = config.decoder_start_token_id
+    # transformers 5 sizes T5's decoder cache by num_layers (an IndexError when the decoder is
+    # deeper), so such a model generates without its cache, as in test_hf_parity.py
+    cache = getattr(config, "num_decoder_layers", None) in (None, config.num_hidden_layers)
+    source.generation_config = transformers.GenerationConfig(**tokens)  # nothing forced
+    told = transformers.GenerationConfig(
+        do_sample=False, num_beams=1, max_new_tokens=8, use_cache=cache, **tokens
+    )
+    model = _load(family, exported)
+    with torch.no_grad():
+        theirs = source.generate(input_ids=ids, attention_mask=mask, generation_config=told)
+        mine = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, use_cache=cache)
+    assert mine.tolist() == theirs.tolist()
+
+
 def test_a_bert_without_mlm_head_round_trips_as_bert_model(tmp_path: Path) -> None:
     source = hf_tiny.bert(tmp_path / "hf", masked_lm=False)
     exported = export_hf(import_hf(tmp_path / "hf", tmp_path / "imported"), tmp_path / "out")
