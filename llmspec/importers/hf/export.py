@@ -67,7 +67,7 @@ NOT_COMPARED: dict[str, tuple[str, ...]] = {
     "context_length": (),
     "vocabulary": ("size", "tokenizer", "special_tokens", "sentinels", "decoder_start"),
     "precision": ("dtype", "quantize", "block_size"),
-    "generation": ("max_new_tokens", "chain"),
+    "generation": ("max_new_tokens", "chain", "stop_tokens"),
     "dropout": ("hidden", "attention"),
 }
 
@@ -221,8 +221,11 @@ def _shown(value: Any) -> str:
     return "unset" if value is None else json.dumps(value)
 
 
-def generation_config(spec: ModelSpec, ids: dict[str, int]) -> tuple[dict[str, Any], list[str]]:
-    """generation_config.json for ``spec``: its special-token ids and decoding chain, and the
+def generation_config(
+    spec: ModelSpec, ids: dict[str, int], stops: list[int] | None = None
+) -> tuple[dict[str, Any], list[str]]:
+    """generation_config.json for ``spec``: its special-token ids (``eos_token_id`` is the
+    list ``stops``, eos first, when the spec has stop tokens) and decoding chain, and the
     chain's steps transformers cannot hold (those are left out, with the reason).
 
     transformers applies repetition penalty, no-repeat n-gram, temperature, top-k, top-p,
@@ -231,6 +234,8 @@ def generation_config(spec: ModelSpec, ids: dict[str, int]) -> tuple[dict[str, A
     out: dict[str, Any] = {
         f"{role}_token_id": ids[role] for role in ("bos", "eos", "pad") if role in ids
     }
+    if stops:
+        out["eos_token_id"] = stops
     if spec.architecture == "encoder-decoder":
         out["decoder_start_token_id"] = ids.get(spec.decoder_start)
     if spec.generation is None:
@@ -253,6 +258,9 @@ def generation_config(spec: ModelSpec, ids: dict[str, int]) -> tuple[dict[str, A
             f"the decoding steps before {selector.type} ({', '.join(kinds)}): transformers "
             f"applies {', '.join(HF_ORDER)} in this order, each once"
         )
+        processors = []
+    if selector.type not in ("greedy", "sample", "beam_search"):
+        left_out.append(f"the selector {selector.type}: transformers has none; greedy instead")
         processors = []
     if selector.type == "beam_search":
         out.update(
@@ -337,7 +345,7 @@ def export_hf(
     from safetensors.torch import save_file
 
     from llmspec.importers.hf.importer import _unshared
-    from llmspec.tokenizer import TokenizerMismatch, check_fits
+    from llmspec.tokenizer import TokenizerMismatch, check_fits, stop_token_ids
 
     target = Path(output)
     _check_output(target, force)
@@ -362,7 +370,7 @@ def export_hf(
     }
     notes: list[str] = []
     if spec.can_generate:
-        generation, notes = generation_config(spec, ids)
+        generation, notes = generation_config(spec, ids, stop_token_ids(tokenizer, spec))
         texts[GENERATION_CONFIG] = _json(generation)
     metadata = {"format": "pt"}
     try:

@@ -507,6 +507,16 @@ def test_the_exports_activation_names_are_the_imports_read_backwards() -> None:
     assert set(T5_PROJ) == set(PLAIN_NAMES) | set(GATED_NAMES)
 
 
+def test_stop_tokens_join_eos_in_generation_configs_eos_list(tmp_path: Path) -> None:
+    decoder = load_spec(ROOT / "specs" / "tiny-decoder.yaml")
+    generation = decoder.model_dump(mode="json")["generation"]
+    export_hf(
+        _spec_with(decoder, generation={**generation, "stop_tokens": ["<unk>"]}), tmp_path / "hf"
+    )
+    config = transformers.GenerationConfig.from_pretrained(tmp_path / "hf", local_files_only=True)
+    assert config.eos_token_id == [2, 3]  # </s>, then <unk>
+
+
 # ----------------------------------------------------------------------------------------
 # Refusals
 
