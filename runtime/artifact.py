@@ -8,6 +8,8 @@ An artifact is a directory::
     weights.safetensors  the weights (never pickle)
     tokenizer.json       a tokenizers-library tokenizer
     generation.json      the default decoding chain and limits
+    chat_template.jinja  optional: the chat template of an imported model (Jinja text, from its
+                         tokenizer_config.json), exposed as the model's ``chat_template``
     decoder.onnx / encoder.onnx (+ .onnx.data)   the graphs
     MODEL_CARD.md        a human description
 
@@ -74,6 +76,7 @@ from runtime.reading import (
     open_regular,
     parse_json,
     read_bytes,
+    read_text,
 )
 
 FORMAT_VERSION = 1
@@ -88,6 +91,10 @@ WEIGHTS = "weights.safetensors"
 TOKENIZER = "tokenizer.json"
 GENERATION = "generation.json"
 MODEL_CARD = "MODEL_CARD.md"
+# Optional, listed in the manifest's files like any other when present; artifacts without one
+# (every one written before it existed) have no chat template. The format version stays 1.
+CHAT_TEMPLATE = "chat_template.jinja"
+CHAT_TEMPLATE_LIMIT = 4 * MiB  # real templates are a few KiB
 DECODER_GRAPH = "decoder.onnx"
 ENCODER_GRAPH = "encoder.onnx"
 
@@ -595,6 +602,19 @@ def _check_tensor(manifest: Manifest, graph: str, tensor: TensorInfo, fail: Any)
 
 # ---------------------------------------------------------------------------------------------
 # The directory against the manifest
+
+
+def read_chat_template(directory: str | os.PathLike[str], manifest: Manifest) -> str | None:
+    """The artifact's chat template (Jinja source, UTF-8), or None when the manifest lists
+    none. Rendering it is the caller's (``jinja2``, or transformers' ``apply_chat_template``):
+    the runtime does not depend on a template engine. Call after :func:`verify_files`, which
+    checked the file's size and sha256."""
+    if CHAT_TEMPLATE not in manifest.files:
+        return None
+    try:
+        return read_text(Path(directory) / CHAT_TEMPLATE, CHAT_TEMPLATE_LIMIT, "chat template")
+    except UnreadableFile as err:
+        raise ArtifactError(str(err)) from None
 
 
 def verify_files(directory: str | os.PathLike[str], manifest: Manifest) -> None:

@@ -46,6 +46,7 @@ from runtime.artifact import (
     ArtifactError,
     Manifest,
     check_graph_signature,
+    read_chat_template,
     read_manifest,
     verify_files,
 )
@@ -138,6 +139,9 @@ class _Model:
         self.context_length = manifest.context_length
         self.special_tokens = dict(manifest.special_tokens)
         self.tokenizer = ArtifactTokenizer.from_file(root / fmt.TOKENIZER)
+        # the imported model's chat template (Jinja text; None without one): render it with
+        # jinja2 or transformers, then pass the text to generate
+        self.chat_template: str | None = read_chat_template(root, manifest)
         options = session_options(threads)
         self._graphs: dict[str, Graph] = {}
         for name in self.graphs:  # read_manifest checked that the manifest lists them

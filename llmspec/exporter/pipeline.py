@@ -76,6 +76,7 @@ from llmspec.spec.sections import ModelSpec
 from llmspec.tokenizer import TokenizerMismatch
 from runtime import artifact as fmt
 from runtime.decoding import DecodingChain, Greedy
+from runtime.reading import UnreadableFile, read_text
 
 Progress = Callable[[str], None]
 
@@ -336,6 +337,7 @@ def export(
     special = check_fits(tokenizer, spec)
     if spec.architecture == "encoder-decoder":
         special["decoder_start"] = special[spec.decoder_start]
+    chat_template = _chat_template(source)
 
     with publishing(target, replace=force) as staged:
         graphs, fusions = _export_graphs(spec, reference, staged, say)
@@ -349,9 +351,24 @@ def export(
             tolerance,
         )
         say(f"parity gate passed (max |diff| {report.max_abs_diff:.3g})")
-        _write_files(spec, reference, tokenizer, special, graphs, report, fusions, staged)
+        _write_files(
+            spec, reference, tokenizer, special, graphs, report, fusions, staged, chat_template
+        )
     say(f"wrote {target}")
     return target
+
+
+def _chat_template(source: str | Path) -> str | None:
+    """A model directory's ``chat_template.jinja`` (from ``llmspec import-hf``), which the
+    artifact carries as its optional file of that name; None for a spec file or a directory
+    without one."""
+    path = Path(source) / fmt.CHAT_TEMPLATE
+    if not Path(source).is_dir() or not path.is_file():
+        return None
+    try:
+        return read_text(path, fmt.CHAT_TEMPLATE_LIMIT, "chat template")
+    except UnreadableFile as err:
+        raise ExportError(str(err)) from None
 
 
 def _write_files(
@@ -363,6 +380,7 @@ def _write_files(
     report: ParityReport,
     fusions: dict[str, dict[str, int]],
     staged: Path,
+    chat_template: str | None = None,
 ) -> None:
     from safetensors.torch import save_file
 
@@ -378,6 +396,8 @@ def _write_files(
 
     generation = _generation(spec, stop_token_ids(tokenizer, spec))
     write_atomic(staged / fmt.GENERATION, json.dumps(generation, indent=2) + "\n")
+    if chat_template is not None:
+        write_atomic(staged / fmt.CHAT_TEMPLATE, chat_template)
     manifest = fmt.Manifest(
         format_version=fmt.FORMAT_VERSION,
         llmspec_version=__version__,

@@ -13,6 +13,15 @@ t5         T5Model, T5ForConditionalGeneration        encoder-decoder, relative,
            (v1.0 relu and v1.1 gated-gelu)
 bart       BartModel, BartForConditionalGeneration    encoder-decoder, post-norm, denoising
 llama      LlamaModel, LlamaForCausalLM               decoder-only, RoPE, causal-lm
+roberta,   RobertaModel, RobertaForMaskedLM (and      encoder-only, post-norm, masked-lm,
+xlm-       XLMRoberta...)                             positions offset by pad_token_id + 1
+roberta
+distil-    DistilBertModel, DistilBertForMaskedLM     encoder-only, post-norm, masked-lm, no
+bert                                                  token types
+opt        OPTModel, OPTForCausalLM                   decoder-only, pre- or post-norm, learned
+                                                      positions offset by 2, causal-lm
+mistral    MistralModel, MistralForCausalLM           as llama (no binding sliding window)
+mt5        MT5Model, MT5ForConditionalGeneration      as T5 v1.1, never rescaled
 =========  ========================================  ==========================================
 
 and writes ``OUT_DIR/spec.yaml`` (a validated spec, normalized by
@@ -20,7 +29,9 @@ and writes ``OUT_DIR/spec.yaml`` (a validated spec, normalized by
 ``OUT_DIR/weights.safetensors`` (every tensor renamed to the names the generated model uses;
 GPT-2's Conv1D ``[in, out]`` weights transposed and its fused ``c_attn`` split into q, k, v;
 the names are data, one table per family in :mod:`llmspec.importers.hf.tables`, which also
-converts back).
+converts back), and ``OUT_DIR/chat_template.jinja`` when the source has a chat template
+(``chat_template.jinja``, else ``chat_template`` of ``chat_template.json`` or
+``tokenizer_config.json``; ``llmspec export`` puts it into the artifact).
 The directory is written atomically: into a temporary sibling, fsynced, then renamed; an
 existing ``OUT_DIR`` is refused unless ``force``.
 
@@ -270,6 +281,7 @@ def build_import(source: Source) -> tuple[ModelSpec, str, dict[str, torch.Tensor
         f"{architecture} (model_type {family}{written_by}). Weights: weights.safetensors, "
         "in llmspec's naming.",
         *(f"Note: {note}." for note in [*imported.notes, *vocabulary.notes]),
+        *(f"Note: {note} ({fmt.CHAT_TEMPLATE})." for note in source.chat_notes),
         *(f"Generation default not imported: {item}." for item in left_out),
     ]
     header = [f"# Imported by `llmspec import-hf` from {source.path.resolve().name}"]
@@ -333,7 +345,8 @@ def import_hf(
     """Import the Hugging Face model in ``hf_dir`` into ``out_dir``; return ``out_dir``.
 
     Writes ``spec.yaml``, ``weights.safetensors`` and, when the spec names one,
-    ``tokenizer.json``, atomically. Raises :class:`HFImportError` (one line, naming the file,
+    ``tokenizer.json`` (and ``chat_template.jinja`` when the source has a chat template),
+    atomically. Raises :class:`HFImportError` (one line, naming the file,
     option or weight) for anything that cannot be imported faithfully, and when ``out_dir``
     exists and ``force`` is false.
     """
@@ -351,5 +364,8 @@ def import_hf(
     }
     if tokenizer_json is not None:
         files[TOKENIZER_FILE] = lambda p: p.write_text(tokenizer_json, encoding="utf-8")
+    template = source.chat_template
+    if template is not None:  # llmspec export copies it into the artifact
+        files[fmt.CHAT_TEMPLATE] = lambda p: p.write_text(template, encoding="utf-8")
     _write_dir(target, files, force)
     return target

@@ -8,7 +8,7 @@ must lie inside the directory. JSON files are read with a size cap (:data:`MAX_J
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,8 @@ import torch
 
 from llmspec.importers.hf.families import SUPPORTED_FAMILIES
 from llmspec.importers.hf.tables import HFImportError, Weights
-from runtime.reading import MiB, UnreadableFile, read_json
+from runtime.artifact import CHAT_TEMPLATE_LIMIT
+from runtime.reading import MiB, UnreadableFile, read_json, read_text
 
 __all__ = ["TOKENIZER_FILE", "Source", "read_source"]
 
@@ -33,6 +34,8 @@ class Source:
     tokenizer_json: Path | None
     token_names: dict[str, str]  # role -> text from special_tokens_map / tokenizer_config
     generation: dict[str, Any]
+    chat_template: str | None = None  # the default chat template (Jinja source), if any
+    chat_notes: list[str] = field(default_factory=list)  # where it came from, what was left
 
 
 # config.json and the tokenizer's JSON files are kilobytes; a shard index or a tokenizer_config
@@ -112,6 +115,48 @@ def _token_names(directory: Path) -> dict[str, str]:
     return names
 
 
+# Where transformers keeps a chat template, in the order it prefers them (a separate file
+# replaces tokenizer_config.json's key).
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json", "tokenizer_config.json")
+
+
+def _chat_template(directory: Path) -> tuple[str | None, list[str]]:
+    """The default chat template and notes on it: ``chat_template.jinja`` (transformers 5),
+    else ``chat_template`` of ``chat_template.json`` or ``tokenizer_config.json``. A list of
+    named templates gives its ``default`` one; the others are noted as not imported."""
+    for file_name in CHAT_TEMPLATE_FILES:
+        path = directory / file_name
+        if not path.is_file():
+            continue
+        if file_name.endswith(".jinja"):
+            try:
+                text = read_text(path, CHAT_TEMPLATE_LIMIT, "chat template")
+            except UnreadableFile as err:
+                raise HFImportError(str(err)) from None
+            return text, [f"chat template from {file_name}"]
+        value = _read_json(path).get("chat_template")
+        if value is None:
+            continue
+        if isinstance(value, str):
+            return value, [f"chat template from {file_name}"]
+        named: dict[str, str] = {}
+        for item in value if isinstance(value, list) else []:
+            if isinstance(item, dict):
+                name, template = item.get("name"), item.get("template")
+                if isinstance(name, str) and isinstance(template, str):
+                    named[name] = template
+        if not named or len(named) != len(value):
+            raise HFImportError(
+                f"{path}: chat_template must be a string or a list of {{name, template}} strings"
+            )
+        others = sorted(name for name in named if name != "default")
+        notes = [f"chat template {name!r} of {file_name} not imported" for name in others]
+        if "default" not in named:
+            return None, notes
+        return named["default"], [f"chat template 'default' from {file_name}", *notes]
+    return None, []
+
+
 def read_source(hf_dir: str | os.PathLike[str]) -> Source:
     """Read config.json, the weights and the tokenizer files of a Hugging Face directory."""
     directory = Path(hf_dir)
@@ -133,6 +178,7 @@ def read_source(hf_dir: str | os.PathLike[str]) -> Source:
     tensors, weights_name = _load_weights(directory)
     generation_path = directory / "generation_config.json"
     tokenizer_path = directory / TOKENIZER_FILE
+    chat_template, chat_notes = _chat_template(directory)
     return Source(
         path=directory,
         config=config,
@@ -140,4 +186,6 @@ def read_source(hf_dir: str | os.PathLike[str]) -> Source:
         tokenizer_json=tokenizer_path if tokenizer_path.is_file() else None,
         token_names=_token_names(directory) if tokenizer_path.is_file() else {},
         generation=_read_json(generation_path) if generation_path.is_file() else {},
+        chat_template=chat_template,
+        chat_notes=chat_notes,
     )

@@ -448,6 +448,55 @@ def test_a_limit_beyond_the_context_window_is_listed_not_imported(tmp_path: Path
 
 
 # ----------------------------------------------------------------------------------------
+# Chat templates: copied as chat_template.jinja (llmspec export puts it into the artifact)
+
+TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+
+
+def _write_json(path: Path, data: object) -> None:
+    path.write_text(json.dumps(data))
+
+
+def test_the_chat_template_of_tokenizer_config_is_copied(tmp_path: Path) -> None:
+    hf_tiny.llama(tmp_path / "hf")
+    _write_json(tmp_path / "hf" / "tokenizer_config.json", {"chat_template": TEMPLATE})
+    _, _, out = _import(tmp_path / "hf", tmp_path)
+    assert (out / "chat_template.jinja").read_text(encoding="utf-8") == TEMPLATE
+    assert "chat template from tokenizer_config.json (chat_template.jinja)" in _header(out)
+
+
+def test_a_chat_template_file_comes_before_tokenizer_config(tmp_path: Path) -> None:
+    hf_tiny.llama(tmp_path / "hf")
+    _write_json(tmp_path / "hf" / "tokenizer_config.json", {"chat_template": "old"})
+    (tmp_path / "hf" / "chat_template.jinja").write_text(TEMPLATE + "é", encoding="utf-8")
+    _, _, out = _import(tmp_path / "hf", tmp_path)
+    assert (out / "chat_template.jinja").read_text(encoding="utf-8") == TEMPLATE + "é"
+
+
+def test_named_chat_templates_give_the_default_and_list_the_others(tmp_path: Path) -> None:
+    hf_tiny.llama(tmp_path / "hf")
+    named = [{"name": "default", "template": TEMPLATE}, {"name": "tool_use", "template": "t"}]
+    _write_json(tmp_path / "hf" / "chat_template.json", {"chat_template": named})
+    _, _, out = _import(tmp_path / "hf", tmp_path)
+    assert (out / "chat_template.jinja").read_text(encoding="utf-8") == TEMPLATE
+    assert "chat template 'tool_use' of chat_template.json not imported" in _header(out)
+
+
+def test_without_a_chat_template_no_file_is_written(tmp_path: Path) -> None:
+    hf_tiny.llama(tmp_path / "hf")
+    _write_json(tmp_path / "hf" / "tokenizer_config.json", {"model_max_length": 128})
+    _, _, out = _import(tmp_path / "hf", tmp_path)
+    assert not (out / "chat_template.jinja").exists()
+
+
+def test_a_malformed_chat_template_is_refused_naming_the_file(tmp_path: Path) -> None:
+    hf_tiny.llama(tmp_path / "hf")
+    _write_json(tmp_path / "hf" / "tokenizer_config.json", {"chat_template": [{"name": 1}]})
+    with pytest.raises(HFImportError, match=r"tokenizer_config.json: chat_template must be"):
+        import_hf(tmp_path / "hf", tmp_path / "out")
+
+
+# ----------------------------------------------------------------------------------------
 # Refusals: each names the option and its value
 
 

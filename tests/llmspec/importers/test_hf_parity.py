@@ -318,13 +318,22 @@ def test_encoder_decoder_greedy_generation_matches(variant: str, tmp_path: Path)
 # Through the ONNX runtime: the imported model exported, loaded with runtime.load (no torch)
 
 
-def _export(hf_dir: Path, tmp_path: Path) -> tuple[Any, dict[str, Any]]:
-    """The imported model's artifact, loaded by the runtime, and its manifest."""
+CHAT_TEMPLATE = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+
+
+def _export(
+    hf_dir: Path, tmp_path: Path, chat_template: str | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """The imported model's artifact, loaded by the runtime, and its manifest; the source
+    gets ``chat_template`` in its tokenizer_config.json."""
     import json
 
     import runtime
     from llmspec.exporter.pipeline import export
 
+    if chat_template is not None:
+        config = {"chat_template": chat_template}
+        (hf_dir / "tokenizer_config.json").write_text(json.dumps(config))
     imported = import_hf(hf_dir, tmp_path / "imported")
     artifact = export(imported, tmp_path / "artifact", progress=lambda _: None)
     manifest = json.loads((artifact / "manifest.json").read_text())
@@ -343,9 +352,12 @@ ONNX_GENERATIVE: dict[str, Callable[[Path], Any]] = {
 @pytest.mark.parametrize("family", sorted(ONNX_GENERATIVE))
 def test_onnx_runtime_greedy_tokens_are_transformers(family: str, tmp_path: Path) -> None:
     """32 greedy tokens per prompt from a batch through our runtime equal transformers' for
-    each prompt alone; decoders take the fused attention path."""
+    each prompt alone; decoders take the fused attention path; the source's chat template
+    reaches the loaded model."""
     hf = ONNX_GENERATIVE[family](tmp_path / "hf")
-    model, manifest = _export(tmp_path / "hf", tmp_path)
+    model, manifest = _export(tmp_path / "hf", tmp_path, CHAT_TEMPLATE)
+    assert model.chat_template == CHAT_TEMPLATE  # imported, exported, exposed
+    assert "chat_template.jinja" in manifest["files"]
     prompts = [_tokens(1, length, hf.config.vocab_size, seed=length)[0] for length in (7, 4)]
     result = model.generate(
         [p.tolist() for p in prompts], max_new_tokens=NEW_TOKENS, chain="greedy"
@@ -377,6 +389,7 @@ ONNX_ENCODERS: dict[str, Callable[[Path], Any]] = {
 def test_onnx_runtime_masked_lm_logits_are_transformers(family: str, tmp_path: Path) -> None:
     hf = ONNX_ENCODERS[family](tmp_path / "hf")
     model, manifest = _export(tmp_path / "hf", tmp_path)
+    assert model.chat_template is None  # an artifact without one
     ids, mask = _right_padded([10, 7, 4], hf_tiny.VOCAB, pad=hf.config.pad_token_id)
     outputs = model.feeder.run(ids.numpy(), mask.numpy())
     with torch.no_grad():
