@@ -144,6 +144,48 @@ def test_decode_of_single_tokens_gives_transformers_text(real):
             ), (text, token)
 
 
+# The post-processors of the reference families, each put on a real vocabulary (Claude v1's
+# ByteLevel BPE: <SOS> = 4 stands for bos / [CLS], <EOT> = 0 for eos / [SEP]).
+POST_PROCESSORS = {
+    "bert": lambda p: p.BertProcessing(("<EOT>", 0), ("<SOS>", 4)),
+    "roberta": lambda p: p.RobertaProcessing(("<EOT>", 0), ("<SOS>", 4)),
+    "t5-eos-only": lambda p: p.TemplateProcessing(
+        single="$A <EOT>", pair="$A <EOT> $B <EOT>", special_tokens=[("<EOT>", 0)]
+    ),
+    "llama-bos": lambda p: p.TemplateProcessing(
+        single="<SOS> $A", pair="<SOS> $A <SOS> $B:1", special_tokens=[("<SOS>", 4)]
+    ),
+    "gpt2-none": lambda p: p.ByteLevel(trim_offsets=False),
+}
+
+
+@pytest.mark.parametrize("family", sorted(POST_PROCESSORS))
+def test_each_familys_post_processor_frames_as_transformers(tmp_path, family):
+    from tokenizers import Tokenizer, processors
+
+    folder = _folder("claude-v1", tmp_path)
+    raw = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    raw.post_processor = POST_PROCESSORS[family](processors)
+    raw.save(str(folder / "tokenizer.json"))
+    ours = ArtifactTokenizer.from_file(folder / "tokenizer.json")
+    reference = _reference(folder)
+    assert ours.frames_texts == (family != "gpt2-none")
+    for text in CORPUS:
+        assert ours.ids(text, add_special_tokens=True) == reference(text)["input_ids"], text
+        got = list(ours.encode(text, pair="and a second text").ids)
+        assert got == reference(text, "and a second text")["input_ids"], text
+    framed = ours.ids("Hello", add_special_tokens=True)
+    bare = ours.ids("Hello")
+    expected = {
+        "bert": [4, *bare, 0],
+        "roberta": [4, *bare, 0],
+        "t5-eos-only": [*bare, 0],
+        "llama-bos": [4, *bare],
+        "gpt2-none": bare,
+    }
+    assert framed == expected[family]
+
+
 def test_padding_and_truncation_of_the_file_never_reach_a_row(tmp_path):
     """all-MiniLM-L6-v2's tokenizer.json pads every text to 128 tokens and truncates at 128;
     neither applies: the runtime pads batches itself and refuses an over-long text."""
