@@ -21,6 +21,16 @@ worker never dies of a tokenizer and a user never sees a traceback:
   ``tokenizer.json``, the operation and the library's message. A server can tell the two
   apart: RuntimeInputError is the caller's to fix, ArtifactError the deployment's.
 
+Fidelity: texts encode and decode exactly as with transformers' fast tokenizer loaded from the
+same file (tests/runtime/test_tokenizer_fidelity.py checks real files). Padding and truncation
+that a tokenizer.json enables are turned off on load, as transformers turns them off for every
+call that does not ask for them (the runtime pads batches itself and refuses a text beyond the
+context window). :attr:`ArtifactTokenizer.frames_texts` says whether the file's post-processor
+adds special tokens, which the runtime then uses to frame texts (see :mod:`runtime.model`).
+What transformers takes from tokenizer_config.json rather than tokenizer.json
+(``clean_up_tokenization_spaces``) is written into the file by the importer
+(:mod:`llmspec.importers.hf.vocabulary`).
+
 Only the panic is caught besides ``Exception``: KeyboardInterrupt and SystemExit pass.
 The method names and signatures mirror the library's ``Tokenizer``, so code written for it
 (``llmspec.inspect.evaluate``) takes this class unchanged.
