@@ -42,9 +42,11 @@ from llmspec.files import publishing
 from llmspec.importers.hf.config import Config
 from llmspec.importers.hf.export_config import HFConfig, hf_config
 from llmspec.importers.hf.families import FAMILIES
+from llmspec.importers.hf.importer import _unshared, expected_shapes
 from llmspec.importers.hf.tables import HFExportError, HFImportError, Weights, to_hf
 from llmspec.sources import NoSpecInDirectory, resolve_source
 from llmspec.spec.sections import ModelSpec
+from llmspec.tokenizer import TokenizerMismatch, check_fits, stop_token_ids
 
 if TYPE_CHECKING:
     import torch
@@ -100,7 +102,6 @@ def _our_tensors(spec: ModelSpec, weights: Path | None) -> dict[str, torch.Tenso
     import torch
 
     from llmspec.builder import INIT_SEED, build
-    from llmspec.importers.hf.importer import expected_shapes
 
     if weights is None:
         torch.manual_seed(INIT_SEED)
@@ -343,9 +344,6 @@ def export_hf(
     each field that differs, for weights that do not fit the spec, and when ``output`` exists
     and ``force`` is false; :class:`~llmspec.errors.SpecError` for an invalid spec."""
     from safetensors.torch import save_file
-
-    from llmspec.importers.hf.importer import _unshared
-    from llmspec.tokenizer import TokenizerMismatch, check_fits, stop_token_ids
 
     target = Path(output)
     _check_output(target, force)
