@@ -139,6 +139,19 @@ def _scale(*arrays: np.ndarray) -> float:
     return max((float(np.abs(a).max()) for a in arrays if a.size), default=0.0)
 
 
+def _length_dependent_rope_limit(spec: Any) -> int | None:
+    """The original length of a rope whose frequencies follow the total length (dynamic and
+    longrope scaling, as transformers'): past it every position rotates differently, so a
+    padded row and its neighbours, or a prefill and its cached steps, see the same tokens
+    differently by design. The properties hold on either side; generated sequences stay
+    within it."""
+    positions = getattr(spec, "positions", None)
+    scaling = getattr(positions, "scaling", None)
+    if getattr(scaling, "type", None) in ("dynamic", "longrope"):
+        return int(scaling.original_max_positions)
+    return None
+
+
 class GraphProperties:
     """The graph properties of one artifact; each method returns a :class:`CheckResult`."""
 
@@ -153,6 +166,10 @@ class GraphProperties:
         self.vocab = manifest.vocab_size
         self.max_tokens = max(2, min(MAX_TOKENS, manifest.context_length - MAX_PADDING))
         self.max_padding = max(1, min(MAX_PADDING, manifest.context_length - self.max_tokens))
+        limit = _length_dependent_rope_limit(spec)
+        if limit is not None and self.max_tokens + self.max_padding > limit:
+            self.max_padding = max(1, min(self.max_padding, limit // 4))
+            self.max_tokens = max(2, limit - self.max_padding)
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -303,3 +303,13 @@ def test_local_layers_rotate_with_the_local_base_unscaled_as_gemma3():
         torch.testing.assert_close(cos[:, 0], their_cos, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(sin[:, 0], their_sin, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(received[0][0], received[1][0])
+
+
+@pytest.mark.parametrize("name", ["longrope", "partial-yarn", "llama3"])
+def test_rope_knobs_add_no_parameters(name):
+    """Rope has no weights: the estimate and the built model count as plain rope does."""
+    from llmspec.estimates.counts import count_parameters
+
+    spec, plain = _spec(CASES[name][0]), _spec({})
+    built = sum(p.numel() for p in build(spec).parameters())
+    assert count_parameters(spec).total == count_parameters(plain).total == built
