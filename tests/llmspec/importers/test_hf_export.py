@@ -365,10 +365,10 @@ def test_a_bert_without_mlm_head_round_trips_as_bert_model(tmp_path: Path) -> No
 # Models that start in llmspec
 
 
-def _randomized_run(spec_name: str, directory: Path) -> ModelSpec:
-    """A run-like directory: the spec, random weights at a scale where mistakes show, its
-    tokenizer (the built-in byte-level one)."""
-    spec = load_spec(ROOT / "specs" / f"{spec_name}.yaml")
+def _randomized_run(spec_name: str, directory: Path, **changes: Any) -> ModelSpec:
+    """A run-like directory: the spec (with ``changes``, as :func:`_spec_with` takes them),
+    random weights at a scale where mistakes show, its tokenizer (the built-in byte-level one)."""
+    spec = _spec_with(load_spec(ROOT / "specs" / f"{spec_name}.yaml"), **changes)
     torch.manual_seed(1)
     model = build_module.build(spec)
     with torch.no_grad():
@@ -389,22 +389,36 @@ def _randomized_run(spec_name: str, directory: Path) -> ModelSpec:
     return spec
 
 
-SPECS = {
-    "tiny-decoder": "llama",
-    "tiny-gpt": "gpt2",
-    "tiny-encoder": "bert",
-    "tiny-t5": "t5",
-    "tiny-bart": "bart",
+# variant -> (the spec in specs/, the family it exports as, changes to it)
+SPECS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "tiny-decoder": ("tiny-decoder", "llama", {}),
+    "tiny-decoder-untied": ("tiny-decoder", "llama", {"head__tied": False}),
+    "tiny-gpt": ("tiny-gpt", "gpt2", {}),
+    "tiny-gpt-post-norm-offset-2": (
+        "tiny-gpt",
+        "opt",
+        {"norm__position": "post", "positions__offset": 2, "head__tied": False},
+    ),
+    "tiny-encoder": ("tiny-encoder", "bert", {}),
+    "tiny-encoder-untied": ("tiny-encoder", "bert", {"head__tied": False}),
+    "tiny-t5": ("tiny-t5", "t5", {}),
+    "tiny-t5-untied": ("tiny-t5", "t5", {"head__tied": False, "head__rescale": False}),
+    "tiny-bart": ("tiny-bart", "bart", {}),
+    "tiny-bart-untied-scaled": (
+        "tiny-bart",
+        "bart",
+        {"head__tied": False, "embeddings__scale": True},
+    ),
 }
 
 
-@pytest.mark.parametrize("spec_name", sorted(SPECS))
+@pytest.mark.parametrize("variant", sorted(SPECS))
 def test_a_trained_llmspec_model_exports_and_transformers_reproduces_our_logits(
-    spec_name: str, tmp_path: Path
+    variant: str, tmp_path: Path
 ) -> None:
-    spec = _randomized_run(spec_name, tmp_path / "run")
+    spec_name, family, changes = SPECS[variant]
+    spec = _randomized_run(spec_name, tmp_path / "run", **changes)
     exported = export_hf(tmp_path / "run", tmp_path / "hf")
-    family = SPECS[spec_name]
     assert exported.family == family
     model = _load(family, tmp_path / "hf")
     vocab = spec.vocabulary.size
@@ -412,7 +426,7 @@ def test_a_trained_llmspec_model_exports_and_transformers_reproduces_our_logits(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     start = model.config.decoder_start_token_id if family in ("t5", "bart") else None
     ours = _ours(spec, tmp_path / "run" / "weights.safetensors", vocab, pad, start)
-    _close(_logits(family, model, vocab, pad, start), ours, f"{spec_name} exported")
+    _close(_logits(family, model, vocab, pad, start), ours, f"{variant} exported")
 
 
 @pytest.mark.slow  # a real training run (the optimizer's and backward's first calls)
