@@ -615,27 +615,30 @@ def import_opt(config: Config, weights: Weights) -> Imported:
 
 
 def import_mistral(config: Config, weights: Weights) -> Imported:
-    """Mistral: Llama's layers and names (never a bias) with a sliding attention window, which
-    is imported only where it never binds (no window, or one as long as the context)."""
+    """Mistral: Llama's layers and names (never a bias) with a sliding attention window on
+    every layer (the spec's ``attention.sliding_window``, the same count of keys, the query
+    itself included); a window at least as long as the context never binds and is left out."""
     window = config["sliding_window"]
     context = config.integer("max_position_embeddings")
-    if window is not None:
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise HFImportError(
-                f"config.json: sliding_window must be null or an integer >= 1, got {window!r}"
-            )
-        if window < context:
-            raise HFImportError(
-                f"config.json: sliding_window = {window} is not supported yet: the spec has no "
-                f"sliding-window attention, and a window shorter than max_position_embeddings "
-                f"= {context} changes what tokens attend to (set sliding_window to null only "
-                "if the model was trained without it)"
-            )
+    if window is not None and (
+        isinstance(window, bool) or not isinstance(window, int) or window < 1
+    ):
+        raise HFImportError(
+            f"config.json: sliding_window must be null or an integer >= 1, got {window!r}"
+        )
+    if "layer_types" in config.raw:
+        raise HFImportError(
+            f"config.json: layer_types = {json.dumps(config.raw['layer_types'])} is not "
+            "supported for mistral: MistralModel gives every layer the window (transformers "
+            "reads alternating layers as Ministral)"
+        )
     # Mistral has no bias switches; keys of that name in its config.json are ignored by
     # transformers, so they must not reach Llama's translation.
     raw = {k: v for k, v in config.raw.items() if k not in ("attention_bias", "mlp_bias")}
     imported = import_llama(Config(raw, config.family), weights)
-    if window is not None:
+    if window is not None and window < context:
+        imported.spec["attention"]["sliding_window"] = window
+    elif window is not None:
         imported.notes.append(
             f"sliding_window {window} is at least the context length {context}, so it never "
             "narrows attention; the spec has none"

@@ -241,6 +241,15 @@ def test_mistral_imports_as_llama_without_a_window(tmp_path: Path) -> None:
     assert spec.positions.type == "rope" and spec.positions.base == 20000.0
 
 
+def test_a_mistral_window_shorter_than_the_context_is_every_layers_window(
+    tmp_path: Path,
+) -> None:
+    hf_tiny.mistral(tmp_path / "hf", sliding_window=16)
+    spec, _, _ = _import(tmp_path / "hf", tmp_path)
+    assert spec.attention.sliding_window == 16 and spec.attention.layer_pattern is None
+    assert all(spec.attention.layer_is_local(i) for i in range(spec.layers))
+
+
 def test_a_mistral_window_longer_than_the_context_is_noted_not_refused(tmp_path: Path) -> None:
     hf_tiny.mistral(tmp_path / "hf", sliding_window=4096)
     _, _, out = _import(tmp_path / "hf", tmp_path)
@@ -552,7 +561,8 @@ def test_a_malformed_chat_template_is_refused_naming_the_file(tmp_path: Path) ->
         ("roberta", {"pad_token_id": 70}, "max_position_embeddings = 66 leaves no position"),
         ("distilbert", {"sinusoidal_pos_embds": True}, "sinusoidal_pos_embds = true"),
         ("distilbert", {"activation": "quick_gelu"}, 'activation = "quick_gelu"'),
-        ("mistral", {"sliding_window": 64}, "sliding_window = 64 is not supported yet"),
+        ("mistral", {"layer_types": ["sliding_attention"] * 2}, "layer_types = ["),
+        ("mistral", {"sliding_window": 0}, "sliding_window must be null or an integer >= 1"),
         ("mt5", {"feed_forward_proj": "gated-relu"}, 'feed_forward_proj = "gated-relu"'),
     ],
 )

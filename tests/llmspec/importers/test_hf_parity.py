@@ -137,6 +137,7 @@ DECODERS: dict[str, Callable[[Path], Any]] = {
     ),
     "mistral-gqa-head-dim-no-window": lambda d: hf_tiny.mistral(d),
     "mistral-window-as-long-as-context": lambda d: hf_tiny.mistral(d, sliding_window=128),
+    "mistral-sliding-window-4": lambda d: hf_tiny.mistral(d, sliding_window=4),
 }
 
 
@@ -343,7 +344,7 @@ def _export(
 # the new generative families (the torch tests above cover every family's variants)
 ONNX_GENERATIVE: dict[str, Callable[[Path], Any]] = {
     "opt": lambda d: hf_tiny.opt(d),
-    "mistral": lambda d: hf_tiny.mistral(d),
+    "mistral-sliding-window-5": lambda d: hf_tiny.mistral(d, sliding_window=5),
     "mt5": lambda d: hf_tiny.mt5(d),
 }
 
