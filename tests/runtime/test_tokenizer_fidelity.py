@@ -275,6 +275,43 @@ def test_import_frames_by_the_files_post_processor_not_add_bos_token(tmp_path):
         assert list(ours.encode(text, pair="second").ids) == reference(text, "second")["input_ids"]
 
 
+def test_import_makes_the_tokens_the_config_files_name_special_as_transformers_does(tmp_path):
+    """Tokens of the vocabulary that special_tokens_map.json / tokenizer_config.json name but
+    tokenizer.json has not added: transformers adds them as special tokens, which changes how
+    texts split and what decoding skips; the imported file does the same."""
+    import json
+
+    folder = _folder("claude-v1", tmp_path)
+    named = {
+        "mask_token": "ing",
+        "pad_token": {"content": "world", "lstrip": False, "normalized": False},
+        "additional_special_tokens": ["the", "<not-in-the-vocabulary>"],
+    }
+    (folder / "special_tokens_map.json").write_text(json.dumps(named), encoding="utf-8")
+    reference = _reference(folder)
+    notes: list[str] = []
+    from tokenizers import Tokenizer
+
+    from llmspec.importers.hf.vocabulary import as_transformers_loads
+
+    text = (folder / "tokenizer.json").read_text(encoding="utf-8")
+    written, _ = as_transformers_loads(
+        text, Tokenizer.from_str(text), folder / "tokenizer_config.json", notes
+    )
+    assert any("<not-in-the-vocabulary>" in note for note in notes)
+    (folder / "imported.json").write_text(written, encoding="utf-8")
+    ours = ArtifactTokenizer.from_file(folder / "imported.json")
+    as_is = ArtifactTokenizer.from_file(folder / "tokenizer.json")
+    sample = "singing in the world"
+    assert as_is.ids(sample) != reference(sample)["input_ids"]
+    for text in [*CORPUS, sample, "theworld", "ing ing"]:
+        ids = reference(text)["input_ids"]
+        assert ours.ids(text, add_special_tokens=True) == ids, text
+        for skip in (True, False):
+            wanted = reference.decode(ids, skip_special_tokens=skip)
+            assert ours.decode(ids, skip_special_tokens=skip) == wanted, (text, skip)
+
+
 @pytest.mark.parametrize("name", ["all-minilm-l6-v2", "claude-v1"])
 def test_import_decodes_with_transformers_clean_up_of_tokenization_spaces(tmp_path, name):
     """``clean_up_tokenization_spaces: true``: transformers cleans up after decoding (not for

@@ -28,6 +28,11 @@ with the directory's files (:func:`as_transformers_loads`), rewritten only where
 - its post-processor stays: it is what frames texts (the runtime uses it, see
   :mod:`runtime.model`), and transformers 5 ignores tokenizer_config.json's ``add_bos_token``
   / ``add_eos_token`` when a tokenizer.json exists;
+- a special token that tokenizer_config.json or special_tokens_map.json names (the roles,
+  ``additional_special_tokens``, ``extra_special_tokens``) becomes a special added token of the
+  file when it is in its vocabulary but not added yet, as transformers adds it (its text is
+  then never split, and decoding may skip it); one the vocabulary lacks, which transformers
+  would append as a new id, is left out, and the spec's header notes it;
 - ``clean_up_tokenization_spaces: true`` in tokenizer_config.json, for a model other than BPE
   (transformers 5 ignores it for BPE), appends to the decoder the same replacements (``" ."``
   to ``"."``, ``" n't"`` to ``"n't"``, ...) on the whole decoded text, so the artifact decodes
@@ -181,6 +186,11 @@ def vocabulary_from_tokenizer(source: Source, imported: Imported, size: int) -> 
 
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP = "special_tokens_map.json"
+# transformers' SPECIAL_TOKENS_ATTRIBUTES, in its order
+SPECIAL_ROLES = tuple(
+    f"{role}_token" for role in ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
+)
 # transformers' PreTrainedTokenizerBase.clean_up_tokenization, in its order
 CLEAN_UP = (
     (" .", "."),
@@ -202,16 +212,21 @@ def as_transformers_loads(
     """``json_text`` (and its parsed ``tokenizer``), rewritten to encode and decode as
     transformers loads it beside ``config_path`` (see the module docstring); the text is
     kept byte for byte when nothing needs rewriting."""
-    config: dict[str, Any] = {}
-    if config_path.is_file():
-        try:
-            loaded = read_json(config_path, MAX_JSON_BYTES, TOKENIZER_CONFIG)
-        except UnreadableFile as err:
-            raise HFImportError(str(err)) from None
-        if not isinstance(loaded, dict):
-            raise HFImportError(f"{config_path}: expected a JSON object")
-        config = loaded
+    config = _json_object(config_path)
     changed: list[str] = []
+    named = _named_special_tokens(config, _json_object(config_path.with_name(SPECIAL_TOKENS_MAP)))
+    added = {str(token.content) for token in tokenizer.get_added_tokens_decoder().values()}
+    missing = [token for token in named if token.content not in added]
+    for token in missing:
+        if tokenizer.token_to_id(token.content) is None:
+            notes.append(
+                f"transformers would add the special token {token.content!r} (named in "
+                f"{config_path.name} or {SPECIAL_TOKENS_MAP}) as a new id; tokenizer.json has no "
+                "such token, so the import leaves it out"
+            )
+            continue
+        tokenizer.add_special_tokens([token])
+        changed.append(f"{token.content!r} is a special token, as those files name it")
     if tokenizer.padding is not None or tokenizer.truncation is not None:
         tokenizer.no_padding()
         tokenizer.no_truncation()
@@ -232,6 +247,51 @@ def as_transformers_loads(
         return json_text, tokenizer
     notes.append("tokenizer.json as transformers loads it: " + "; ".join(changed))
     return str(tokenizer.to_str(pretty=True)), tokenizer
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``, or {} when there is no such file."""
+    if not path.is_file():
+        return {}
+    try:
+        loaded = read_json(path, MAX_JSON_BYTES, path.name)
+    except UnreadableFile as err:
+        raise HFImportError(str(err)) from None
+    if not isinstance(loaded, dict):
+        raise HFImportError(f"{path}: expected a JSON object")
+    return loaded
+
+
+def _added_token(value: object) -> AddedToken | None:
+    """A special token as the tokenizer files write it (a string or an AddedToken's dict), as
+    transformers adds it: special, not normalized unless the dict says so."""
+    if isinstance(value, str):
+        return AddedToken(value, special=True, normalized=False)
+    if not isinstance(value, dict) or not isinstance(value.get("content"), str):
+        return None
+    flags = {k: bool(value[k]) for k in ("lstrip", "rstrip", "single_word") if k in value}
+    normalized = bool(value.get("normalized", False))
+    return AddedToken(value["content"], special=True, normalized=normalized, **flags)
+
+
+def _named_special_tokens(config: dict[str, Any], special_map: dict[str, Any]) -> list[AddedToken]:
+    """The special tokens transformers 5 adds to a tokenizer.json's: the roles of
+    tokenizer_config.json (special_tokens_map.json's instead when the config has no
+    ``added_tokens_decoder``), then the extra / additional special tokens."""
+    merged = dict(config)
+    if "added_tokens_decoder" not in config:
+        merged.update(special_map)
+    values: list[object] = [merged.get(role) for role in SPECIAL_ROLES]
+    for key in ("additional_special_tokens", "extra_special_tokens"):
+        extra = merged.get(key)
+        if isinstance(extra, list):
+            values += extra
+    tokens: dict[str, AddedToken] = {}
+    for value in values:
+        token = _added_token(value)
+        if token is not None and token.content:
+            tokens.setdefault(token.content, token)
+    return list(tokens.values())
 
 
 def placeholder_vocabulary(family: str, imported: Imported, size: int) -> Vocabulary:

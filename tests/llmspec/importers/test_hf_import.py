@@ -323,9 +323,19 @@ def test_a_tokenizer_json_is_copied_and_names_the_special_tokens(tmp_path: Path)
     )
     spec, _, out = _import(tmp_path / "hf", tmp_path)
     assert spec.vocabulary.tokenizer.type == "file"
-    assert (out / "tokenizer.json").read_bytes() == (
-        tmp_path / "hf" / "tokenizer.json"
-    ).read_bytes()
+    # copied, with the tokens special_tokens_map.json names made special added tokens, as
+    # transformers loads them (see test_tokenizer_fidelity.py)
+    copied = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    source = json.loads((tmp_path / "hf" / "tokenizer.json").read_text(encoding="utf-8"))
+    added = copied.pop("added_tokens")
+    source.pop("added_tokens")
+    assert copied == source
+    assert {t["content"]: t["id"] for t in added if t["special"]} == {
+        "[UNK]": 100,
+        "[CLS]": 101,
+        "[SEP]": 102,
+        "[MASK]": 103,
+    }
     assert spec.vocabulary.special_tokens.present() == {
         "pad": "[PAD]",
         "bos": "[CLS]",
