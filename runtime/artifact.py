@@ -6,7 +6,9 @@ An artifact is a directory::
     spec.yaml            the normalized spec
     model.py             the generated PyTorch source
     weights.safetensors  the weights (never pickle)
-    tokenizer.json       a tokenizers-library tokenizer
+    tokenizer.json       a tokenizers-library tokenizer (padding and truncation it enables are
+                         ignored; a post-processor that adds tokens frames texts, see
+                         runtime.tokenizer)
     generation.json      the default decoding chain and limits
     chat_template.jinja  optional: the chat template of an imported model (Jinja text, from its
                          tokenizer_config.json), exposed as the model's ``chat_template``
