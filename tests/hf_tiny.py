@@ -246,3 +246,26 @@ def mt5(directory: Path, **overrides: Any) -> Any:
     model.lm_head.weight = torch.nn.Parameter(torch.empty(T5_VOCAB, options["d_model"]))
     _randomize(model)
     return _save(model, directory)
+
+
+def qwen2(directory: Path, **overrides: Any) -> Any:
+    """Qwen2: Llama with biases on q, k and v only; tied like Qwen2.5-0.5B."""
+    torch.manual_seed(0)
+    options: dict[str, Any] = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rope_theta=1000000.0,
+        tie_word_embeddings=True,
+        bos_token_id=VOCAB - 2,
+        eos_token_id=VOCAB - 1,
+        attn_implementation="eager",
+    )
+    options.update(overrides)
+    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**options))
+    _randomize(model)
+    return _save(model, directory)

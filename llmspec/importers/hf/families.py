@@ -42,6 +42,7 @@ from llmspec.importers.hf.tables import (
     GPT2,
     LLAMA,
     OPT,
+    QWEN2,
     ROBERTA,
     T5,
     T5_GATED,
@@ -646,6 +647,52 @@ def import_mistral(config: Config, weights: Weights) -> Imported:
     return imported
 
 
+def import_qwen2(config: Config, weights: Weights) -> Imported:
+    """Qwen2 and Qwen2.5: Llama's layers with biases on q, k and v only (the spec's
+    ``attention.qkv_bias``). Its optional sliding window (``use_sliding_window``, on the layers
+    from ``max_window_layers``) is refused by name; released checkpoints leave it off."""
+    config.refuse(
+        "use_sliding_window",
+        lambda v: not v,
+        "sliding-window layers from max_window_layers on are not imported yet",
+    )
+    layer_types = config.raw.get("layer_types")
+    if layer_types is not None and any(kind != "full_attention" for kind in layer_types):
+        raise HFImportError(
+            f"config.json: layer_types = {json.dumps(layer_types)} is not supported: only "
+            '"full_attention" layers are imported yet'
+        )
+    base = _rope_base(config)
+    d_model = config.integer("hidden_size")
+    heads = config.integer("num_attention_heads")
+    kv_heads = config.integer("num_key_value_heads") if config["num_key_value_heads"] else heads
+    layers = config.integer("num_hidden_layers")
+    out = from_hf(weights, QWEN2, {"decoder": layers})
+    tied = _output_head(weights, out, QWEN2.head, config)
+    attention: dict[str, Any] = {"heads": heads, "qkv_bias": True}
+    if kv_heads != heads:
+        attention["kv_heads"] = kv_heads
+    token_ids, notes = _special_ids(config, ("pad", "bos", "eos", "unk"))
+    spec = {
+        "architecture": "decoder-only",
+        "context_length": config.integer("max_position_embeddings"),
+        "d_model": d_model,
+        "layers": layers,
+        "attention": attention,
+        "feed_forward": {
+            "d_ff": config.integer("intermediate_size"),
+            "activation": _activation(config, "hidden_act", gated=True),
+        },
+        "norm": {"type": "rmsnorm", "position": "pre", "eps": config.number("rms_norm_eps")},
+        "positions": {"type": "rope", "base": base},
+        "bias": False,
+        "head": {"tied": tied},
+        "dropout": {"attention": _dropout(config.number("attention_dropout"))},
+        "objective": {"type": "causal-lm"},
+    }
+    return Imported(spec, out, token_ids, needs=(), notes=notes)
+
+
 def import_mt5(config: Config, weights: Weights) -> Imported:
     """mT5: T5 v1.1's layers and names; transformers' MT5 never rescales the output (its
     config forces tie_word_embeddings, the weights decide the tie)."""
@@ -664,5 +711,6 @@ FAMILIES: dict[str, Callable[[Config, Weights], Imported]] = {
     "opt": import_opt,
     "mistral": import_mistral,
     "mt5": import_mt5,
+    "qwen2": import_qwen2,
 }
 SUPPORTED_FAMILIES = tuple(FAMILIES)  # the model_type values llmspec imports

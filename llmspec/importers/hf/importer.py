@@ -22,6 +22,7 @@ opt        OPTModel, OPTForCausalLM                   decoder-only, pre- or post
                                                       positions offset by 2, causal-lm
 mistral    MistralModel, MistralForCausalLM           as llama (no binding sliding window)
 mt5        MT5Model, MT5ForConditionalGeneration      as T5 v1.1, never rescaled
+qwen2      Qwen2Model, Qwen2ForCausalLM               as llama, biases on q, k, v only
 =========  ========================================  ==========================================
 
 and writes ``OUT_DIR/spec.yaml`` (a validated spec, normalized by
@@ -124,10 +125,13 @@ def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
         if layernorm and spec.bias:
             shapes[f"{name}.bias"] = (width,)
 
+    qkv_bias = spec.bias if spec.attention.qkv_bias is None else spec.attention.qkv_bias
+
     def attention(name: str) -> None:
-        linear(f"{name}.q_proj", q_out, d)
-        linear(f"{name}.k_proj", kv_out, d)
-        linear(f"{name}.v_proj", kv_out, d)
+        for projection, width in (("q_proj", q_out), ("k_proj", kv_out), ("v_proj", kv_out)):
+            shapes[f"{name}.{projection}.weight"] = (width, d)
+            if qkv_bias:
+                shapes[f"{name}.{projection}.bias"] = (width,)
         linear(f"{name}.o_proj", d, q_out)
 
     stacks = {

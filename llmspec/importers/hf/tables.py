@@ -63,6 +63,7 @@ __all__ = [
     "MISTRAL",
     "MT5",
     "OPT",
+    "QWEN2",
     "RENAME",
     "ROBERTA",
     "ROW",
@@ -747,6 +748,20 @@ OPT = WeightTable(  # OPTModel's names start with decoder.; OPTForCausalLM's wit
 # Mistral's weights are Llama's (without biases), mT5's T5 v1.1's (or v1.0's, by its
 # feed_forward_proj)
 MISTRAL = replace(LLAMA, family="mistral")
+
+
+def _qkv_biased(names: Mapping[str, str | Rule]) -> dict[str, str | Rule]:
+    """Qwen2's names: Llama's, with the q, k and v biases always there and no other bias."""
+    biased: dict[str, str | Rule] = {}
+    for name, rule in names.items():
+        if not (isinstance(rule, Rule) and rule.part == "bias"):
+            biased[name] = rule
+        elif re.search(r"\.[qkv]_proj\.bias$", name):
+            biased[name] = rule.targets[0]
+    return biased
+
+
+QWEN2 = replace(LLAMA, family="qwen2", names=_qkv_biased(LLAMA.names))
 MT5 = replace(T5_GATED, family="mt5")
 
 
@@ -764,4 +779,5 @@ TABLES: dict[str, WeightTable] = {
     "opt": OPT,
     "mistral": MISTRAL,
     "mt5": MT5,
+    "qwen2": QWEN2,
 }

@@ -257,6 +257,17 @@ def test_a_mistral_window_longer_than_the_context_is_noted_not_refused(tmp_path:
     assert "sliding_window 4096 is at least the context length 128" in header
 
 
+def test_qwen2_has_biases_on_q_k_v_only(tmp_path: Path) -> None:
+    hf = hf_tiny.qwen2(tmp_path / "hf")
+    spec, weights, _ = _import(tmp_path / "hf", tmp_path)
+    assert spec.attention.qkv_bias is True and spec.bias is False and spec.head.tied
+    attention = hf.model.layers[1].self_attn
+    assert torch.equal(weights["decoder.layers.1.self_attn.k_proj.bias"], attention.k_proj.bias)
+    assert "decoder.layers.1.self_attn.o_proj.bias" not in weights
+    assert "decoder.layers.1.mlp.up_proj.bias" not in weights
+    assert spec.positions.type == "rope" and spec.positions.base == 1e6
+
+
 def test_mt5_is_t5_v1_1_and_never_rescaled(tmp_path: Path) -> None:
     hf = hf_tiny.mt5(tmp_path / "hf")
     spec, weights, _ = _import(tmp_path / "hf", tmp_path)
@@ -574,6 +585,9 @@ def test_a_malformed_chat_template_is_refused_naming_the_file(tmp_path: Path) ->
         ("mistral", {"layer_types": ["sliding_attention"] * 2}, "layer_types = ["),
         ("mistral", {"sliding_window": 0}, "sliding_window must be null or an integer >= 1"),
         ("mt5", {"feed_forward_proj": "gated-relu"}, 'feed_forward_proj = "gated-relu"'),
+        ("qwen2", {"use_sliding_window": True}, "use_sliding_window = true"),
+        ("qwen2", {"layer_types": ["sliding_attention"] * 2}, 'layer_types = ["sliding_attention"'),
+        ("qwen2", {"hidden_act": "relu"}, 'hidden_act = "relu"'),
     ],
 )
 def test_options_that_change_the_model_are_refused(

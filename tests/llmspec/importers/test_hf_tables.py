@@ -70,6 +70,7 @@ VARIANTS = {
     "opt-post-norm": Variant(lambda d: hf_tiny.opt(d, do_layer_norm_before=False), "opt"),
     "mistral": Variant(lambda d: hf_tiny.mistral(d), "mistral"),
     "mt5": Variant(lambda d: hf_tiny.mt5(d), "mt5"),
+    "qwen2": Variant(lambda d: hf_tiny.qwen2(d), "qwen2"),
 }
 
 
