@@ -83,6 +83,14 @@ def _attention_knobs_fit(s: Any) -> RuleProblems:
         )
     if a.layer_pattern is not None:
         path = ("attention", "layer_pattern")
+        if not a.layer_pattern:
+            out.append(
+                (
+                    path,
+                    "the pattern is empty; list the layers' kinds, e.g. [local, global], or "
+                    "remove layer_pattern (with sliding_window every layer is then local)",
+                )
+            )
         if a.sliding_window is None and "local" in a.layer_pattern:
             out.append(
                 (

@@ -209,7 +209,6 @@ class Attention(Section):
     )
     layer_pattern: Annotated[list[Literal["local", "global"]] | None, ADDED] = Field(
         default=None,
-        min_length=1,
         description="which layers are local (windowed) and which global, repeated over the "
         "layers from the first: [local, global] for Gemma 2, five local and one global for "
         "Gemma 3; default with sliding_window: every layer local (Mistral)",
@@ -229,7 +228,7 @@ class Attention(Section):
         """Whether self-attention layer ``layer`` (from 0) attends within the sliding window."""
         if self.sliding_window is None:
             return False
-        if self.layer_pattern is None:
+        if not self.layer_pattern:
             return True
         return self.layer_pattern[layer % len(self.layer_pattern)] == "local"
 

@@ -10,6 +10,13 @@ tensor four times and the concatenated cache. The standard ``Attention`` operato
 mask, the past and present cache of the graph contract (``[batch, kv_heads, length,
 head_dim]``, present = past followed by the new positions).
 
+The attention knobs fuse too: a sliding window (Mistral, Gemma's local layers) is a banded
+boolean mask, computed once per graph from the attention mask and shapes, so a windowed layer
+is the same pattern with another mask; an explicit score scale is the node's ``scale``; logit
+soft-capping, ``tanh(scores / cap) * cap`` before the mask, is the node's ``softcap`` (applied
+by the ONNX definition between the scaled product and the mask, as Gemma 2); QK-norm and q/k/v
+biases act before the pattern, on the node's inputs.
+
 The pass is a pattern match on the exported graph, not on the model: a sub-graph is replaced
 only when every piece is exactly what the templates produce, and anything else (ALiBi or T5
 position biases added to the scores, unknown shapes) is left alone and still runs correctly,
@@ -51,6 +58,7 @@ class _Match:
     present_value: ir.Value | None
     mask: ir.Value  # bool, True where a query may see a key
     scale: float
+    softcap: float | None  # scores = softcap * tanh(scores / softcap), before the mask
     output: ir.Value  # probs @ v, (B, heads, S, hs)
     anchor: ir.Node  # the last node of the sub-graph: the fused node goes before it
     sequence_major_keys: bool = False  # key is (B, S, kv, hs): transposed for the fused node
@@ -127,7 +135,9 @@ def _match(softmax: ir.Node) -> _Match | None:
     fill = _constant(where.inputs[1])
     if negated is None or fill is None or fill.size != 1:
         return None
-    scores = where.inputs[2]
+    scores, softcap = _uncapped(where.inputs[2])
+    if scores is None:
+        return None
     scale = 1.0
     multiply = producer(scores, "Mul")
     if multiply is not None:
@@ -170,10 +180,37 @@ def _match(softmax: ir.Node) -> _Match | None:
         present_value=present_value,
         mask=mask,
         scale=scale,
+        softcap=softcap,
         output=weighted.outputs[0],
         anchor=weighted,
         sequence_major_keys=sequence_major_keys,
     )
+
+
+def _uncapped(scores: ir.Value | None) -> tuple[ir.Value | None, float | None]:
+    """(the scores before soft-capping, the cap) when ``scores`` is the templates'
+    ``tanh(x / cap) * cap`` (a bare ``tanh(x)`` when the exporter dropped a cap of 1); (scores,
+    None) when they are not capped; (None, None) when the pattern holds something else
+    (unequal constants), which is not ours to fuse."""
+    tanh = producer(scores, "Tanh")
+    if tanh is not None:
+        return tanh.inputs[0], 1.0
+    capped = producer(scores, "Mul")
+    tanh = producer(capped.inputs[0] if capped is not None else None, "Tanh")
+    if capped is None or tanh is None:
+        return scores, None
+    outer = _scalar(capped.inputs[1])
+    divide = producer(tanh.inputs[0], "Div")
+    inner = _scalar(divide.inputs[1]) if divide is not None else None
+    if divide is None or outer is None or inner is None or outer != inner:
+        return None, None
+    return divide.inputs[0], outer
+
+
+def _scalar(value: ir.Value | None) -> float | None:
+    """The value of a one-element constant, or None."""
+    array = _constant(value)
+    return None if array is None or array.size != 1 else float(array.reshape(-1)[0])
 
 
 def _lowest(dtype: ir.DataType) -> float:
@@ -211,7 +248,10 @@ def fuse_attention(model: ir.Model) -> int:
             "",
             "Attention",
             inputs,
-            attributes=[ir.AttrFloat32("scale", match.scale)],
+            attributes=[
+                ir.AttrFloat32("scale", match.scale),
+                *([ir.AttrFloat32("softcap", match.softcap)] if match.softcap else []),
+            ],
             num_outputs=3 if match.past_key is not None else 1,
             name=f"{match.anchor.name}_attention",
         )
