@@ -111,10 +111,18 @@ def _linears(spec: ModelSpec, *shapes: tuple[int, int]) -> tuple[int, tuple[tupl
 
 
 def _attention(spec: ModelSpec, name: str, layers: int) -> Component:
-    d = spec.d_model
-    q_width, kv_width = spec.attention.heads * spec.head_dim, spec.kv_heads * spec.head_dim
-    # q_proj, k_proj, v_proj, o_proj
-    count, matrices = _linears(spec, (q_width, d), (kv_width, d), (kv_width, d), (d, q_width))
+    """q_proj, k_proj, v_proj and o_proj; q/k/v biases as ``attention.qkv_bias`` says (default:
+    the spec's ``bias``), o_proj's as ``bias``; QK-norm's two RMSNorm scales of head_dim."""
+    a, d = spec.attention, spec.d_model
+    q_width, kv_width = a.heads * spec.head_dim, spec.kv_heads * spec.head_dim
+    matrices = ((q_width, d), (kv_width, d), (kv_width, d), (d, q_width))
+    count = sum(out * inp for out, inp in matrices)
+    if spec.bias if a.qkv_bias is None else a.qkv_bias:
+        count += q_width + 2 * kv_width
+    if spec.bias:
+        count += d
+    if a.qk_norm == "rmsnorm":
+        count += 2 * spec.head_dim
     return Component(name, count, layers, matrices)
 
 

@@ -62,7 +62,9 @@ def kv_bytes_per_token(spec: ModelSpec) -> int:
     """Bytes of decoder self-attention keys and values one token adds to the cache:
     2 (K and V) x decoder layers x kv_heads x head_dim x bytes of the spec's dtype.
     0 for encoder-only models, which keep no cache. For encoder-decoder models the decoder's
-    cross-attention keys and values take the same number of bytes per encoder token."""
+    cross-attention keys and values take the same number of bytes per encoder token.
+    Windowed layers (``attention.sliding_window``) count the same: their cache keeps every
+    position, as the generated models do (no ring buffer of the window)."""
     return (
         2
         * spec.num_decoder_layers
