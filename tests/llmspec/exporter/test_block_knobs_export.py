@@ -1,6 +1,7 @@
 """Export with the block and head knobs: the parity gate passes with weights far from their
 initialization (so every norm, cap and bias matters), the runtime gives PyTorch's greedy tokens,
-and a spec's stop tokens reach generation.json as ids, eos first."""
+``verify``'s graph properties (causality, padding, cache) hold, and a spec's stop tokens reach
+generation.json as ids, eos first."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from safetensors.torch import save_file
 import llmspec
 import runtime
 from llmspec.exporter.pipeline import export
+from llmspec.inspect.verify import verify
 from runtime import artifact as fmt
 
 SPECIALS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
@@ -106,6 +108,9 @@ def test_a_knob_exports_through_the_gate_and_generates_pytorchs_tokens(name, tmp
         assert model.stop_ids == {special["eos"], special["unk"], special["pad"]}
     else:
         assert "stop_token_ids" not in generation  # the file as it always was
+    # ONNX-level properties on the graph: causal, left padding invisible, the cache exact.
+    report = verify(path, examples=2)
+    assert report.passed, report.render()
 
 
 def _file_spec(stops: list[str]) -> Any:
