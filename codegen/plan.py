@@ -225,10 +225,9 @@ class AttentionPlan:
         if self.all_local:
             return "every layer attends within the sliding window"
         local = sum(kind == "local" for kind in self.layer_pattern)
-        order = ", ".join(self.layer_pattern)
         return (
-            f"{local} of every {len(self.layer_pattern)} layers attend within the sliding "
-            f"window ({order}, repeated)"
+            f"{local} of every {len(self.layer_pattern)} layers are local: their queries see "
+            "a sliding window of keys"
         )
 
 
