@@ -269,3 +269,27 @@ def qwen2(directory: Path, **overrides: Any) -> Any:
     model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**options))
     _randomize(model)
     return _save(model, directory)
+
+
+def qwen3(directory: Path, **overrides: Any) -> Any:
+    """Qwen3: Llama with an RMSNorm on each head's queries and keys; head_dim explicit."""
+    torch.manual_seed(0)
+    options: dict[str, Any] = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=128,
+        rope_theta=1000000.0,
+        tie_word_embeddings=True,
+        bos_token_id=VOCAB - 2,
+        eos_token_id=VOCAB - 1,
+        attn_implementation="eager",
+    )
+    options.update(overrides)
+    model = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**options))
+    _randomize(model)
+    return _save(model, directory)

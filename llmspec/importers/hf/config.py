@@ -213,6 +213,24 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_window_layers": 28,
         "attention_dropout": 0.0,
     },
+    "qwen3": {
+        "vocab_size": 151936,
+        "hidden_size": 4096,
+        "intermediate_size": 22016,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "head_dim": 128,
+        "hidden_act": "silu",
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "use_sliding_window": False,
+        "sliding_window": None,
+        "max_window_layers": 28,
+        "attention_dropout": 0.0,
+    },
     "mt5": {
         "vocab_size": 250112,
         "d_model": 512,
@@ -245,6 +263,7 @@ ARCHITECTURES = {
     "mistral": ("MistralModel", "MistralForCausalLM"),
     "mt5": ("MT5Model", "MT5ForConditionalGeneration"),
     "qwen2": ("Qwen2Model", "Qwen2ForCausalLM"),
+    "qwen3": ("Qwen3Model", "Qwen3ForCausalLM"),
 }
 
 

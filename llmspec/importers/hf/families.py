@@ -43,11 +43,13 @@ from llmspec.importers.hf.tables import (
     LLAMA,
     OPT,
     QWEN2,
+    QWEN3,
     ROBERTA,
     T5,
     T5_GATED,
     HFImportError,
     Weights,
+    WeightTable,
     from_hf,
 )
 
@@ -647,10 +649,8 @@ def import_mistral(config: Config, weights: Weights) -> Imported:
     return imported
 
 
-def import_qwen2(config: Config, weights: Weights) -> Imported:
-    """Qwen2 and Qwen2.5: Llama's layers with biases on q, k and v only (the spec's
-    ``attention.qkv_bias``). Its optional sliding window (``use_sliding_window``, on the layers
-    from ``max_window_layers``) is refused by name; released checkpoints leave it off."""
+def _full_attention_only(config: Config) -> None:
+    """Refuse Qwen's optional sliding window (on the layers from ``max_window_layers``)."""
     config.refuse(
         "use_sliding_window",
         lambda v: not v,
@@ -662,16 +662,25 @@ def import_qwen2(config: Config, weights: Weights) -> Imported:
             f"config.json: layer_types = {json.dumps(layer_types)} is not supported: only "
             '"full_attention" layers are imported yet'
         )
+
+
+def _qwen(config: Config, weights: Weights, table: WeightTable, knobs: dict[str, Any]) -> Imported:
+    """Qwen2's and Qwen3's shared translation: Llama's layers without the bias switches, the
+    family's attention ``knobs`` on top."""
+    _full_attention_only(config)
     base = _rope_base(config)
     d_model = config.integer("hidden_size")
     heads = config.integer("num_attention_heads")
     kv_heads = config.integer("num_key_value_heads") if config["num_key_value_heads"] else heads
+    head_dim = config.integer("head_dim") if config["head_dim"] else d_model // heads
     layers = config.integer("num_hidden_layers")
-    out = from_hf(weights, QWEN2, {"decoder": layers})
-    tied = _output_head(weights, out, QWEN2.head, config)
-    attention: dict[str, Any] = {"heads": heads, "qkv_bias": True}
+    out = from_hf(weights, table, {"decoder": layers})
+    tied = _output_head(weights, out, table.head, config)
+    attention: dict[str, Any] = {"heads": heads, **knobs}
     if kv_heads != heads:
         attention["kv_heads"] = kv_heads
+    if head_dim * heads != d_model:
+        attention["head_dim"] = head_dim
     token_ids, notes = _special_ids(config, ("pad", "bos", "eos", "unk"))
     spec = {
         "architecture": "decoder-only",
@@ -693,6 +702,27 @@ def import_qwen2(config: Config, weights: Weights) -> Imported:
     return Imported(spec, out, token_ids, needs=(), notes=notes)
 
 
+def import_qwen2(config: Config, weights: Weights) -> Imported:
+    """Qwen2 and Qwen2.5: Llama's layers with biases on q, k and v only (the spec's
+    ``attention.qkv_bias``). Its optional sliding window (``use_sliding_window``) is refused by
+    name; released checkpoints leave it off."""
+    return _qwen(config, weights, QWEN2, {"qkv_bias": True})
+
+
+def import_qwen3(config: Config, weights: Weights) -> Imported:
+    """Qwen3: Llama's layers (``head_dim`` explicit) with an RMSNorm over each head's queries
+    and keys before rotary (the spec's ``attention.qk_norm``, with the model's eps). Its
+    ``attention_bias`` biases q, k, v and o_proj but not the feed-forward, which the spec
+    cannot say; the sliding window is refused as Qwen2's."""
+    config.refuse(
+        "attention_bias",
+        lambda v: not v,
+        "Qwen3 then biases q, k, v and o_proj but not the feed-forward; the spec's bias "
+        "switch covers attention and feed-forward together",
+    )
+    return _qwen(config, weights, QWEN3, {"qk_norm": "rmsnorm"})
+
+
 def import_mt5(config: Config, weights: Weights) -> Imported:
     """mT5: T5 v1.1's layers and names; transformers' MT5 never rescales the output (its
     config forces tie_word_embeddings, the weights decide the tie)."""
@@ -712,5 +742,6 @@ FAMILIES: dict[str, Callable[[Config, Weights], Imported]] = {
     "mistral": import_mistral,
     "mt5": import_mt5,
     "qwen2": import_qwen2,
+    "qwen3": import_qwen3,
 }
 SUPPORTED_FAMILIES = tuple(FAMILIES)  # the model_type values llmspec imports

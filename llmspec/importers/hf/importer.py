@@ -23,6 +23,7 @@ opt        OPTModel, OPTForCausalLM                   decoder-only, pre- or post
 mistral    MistralModel, MistralForCausalLM           as llama (no binding sliding window)
 mt5        MT5Model, MT5ForConditionalGeneration      as T5 v1.1, never rescaled
 qwen2      Qwen2Model, Qwen2ForCausalLM               as llama, biases on q, k, v only
+qwen3      Qwen3Model, Qwen3ForCausalLM               as llama, RMSNorm on queries and keys
 =========  ========================================  ==========================================
 
 and writes ``OUT_DIR/spec.yaml`` (a validated spec, normalized by
@@ -133,6 +134,9 @@ def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
             if qkv_bias:
                 shapes[f"{name}.{projection}.bias"] = (width,)
         linear(f"{name}.o_proj", d, q_out)
+        if spec.attention.qk_norm == "rmsnorm":  # over each head's queries and keys
+            shapes[f"{name}.q_norm.weight"] = (spec.head_dim,)
+            shapes[f"{name}.k_norm.weight"] = (spec.head_dim,)
 
     stacks = {
         "encoder-only": [("encoder", spec.layers, False)],

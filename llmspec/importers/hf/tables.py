@@ -64,6 +64,7 @@ __all__ = [
     "MT5",
     "OPT",
     "QWEN2",
+    "QWEN3",
     "RENAME",
     "ROBERTA",
     "ROW",
@@ -762,6 +763,15 @@ def _qkv_biased(names: Mapping[str, str | Rule]) -> dict[str, str | Rule]:
 
 
 QWEN2 = replace(LLAMA, family="qwen2", names=_qkv_biased(LLAMA.names))
+QWEN3 = replace(  # Llama's names and an RMSNorm on each head's queries and keys
+    LLAMA,
+    family="qwen3",
+    names={
+        **LLAMA.names,
+        "layers.{}.self_attn.q_norm.weight": "decoder.layers.{}.self_attn.q_norm.weight",
+        "layers.{}.self_attn.k_norm.weight": "decoder.layers.{}.self_attn.k_norm.weight",
+    },
+)
 MT5 = replace(T5_GATED, family="mt5")
 
 
@@ -780,4 +790,5 @@ TABLES: dict[str, WeightTable] = {
     "mistral": MISTRAL,
     "mt5": MT5,
     "qwen2": QWEN2,
+    "qwen3": QWEN3,
 }

@@ -268,6 +268,15 @@ def test_qwen2_has_biases_on_q_k_v_only(tmp_path: Path) -> None:
     assert spec.positions.type == "rope" and spec.positions.base == 1e6
 
 
+def test_qwen3_normalizes_each_heads_queries_and_keys(tmp_path: Path) -> None:
+    hf = hf_tiny.qwen3(tmp_path / "hf")
+    spec, weights, _ = _import(tmp_path / "hf", tmp_path)
+    assert spec.attention.qk_norm == "rmsnorm" and spec.attention.head_dim == 16
+    assert not spec.bias and spec.attention.qkv_bias is None
+    norm = hf.model.layers[1].self_attn.k_norm.weight
+    assert torch.equal(weights["decoder.layers.1.self_attn.k_norm.weight"], norm)
+
+
 def test_mt5_is_t5_v1_1_and_never_rescaled(tmp_path: Path) -> None:
     hf = hf_tiny.mt5(tmp_path / "hf")
     spec, weights, _ = _import(tmp_path / "hf", tmp_path)
@@ -588,6 +597,8 @@ def test_a_malformed_chat_template_is_refused_naming_the_file(tmp_path: Path) ->
         ("qwen2", {"use_sliding_window": True}, "use_sliding_window = true"),
         ("qwen2", {"layer_types": ["sliding_attention"] * 2}, 'layer_types = ["sliding_attention"'),
         ("qwen2", {"hidden_act": "relu"}, 'hidden_act = "relu"'),
+        ("qwen3", {"attention_bias": True}, "attention_bias = true is not supported"),
+        ("qwen3", {"use_sliding_window": True}, "use_sliding_window = true"),
     ],
 )
 def test_options_that_change_the_model_are_refused(

@@ -139,6 +139,7 @@ DECODERS: dict[str, Callable[[Path], Any]] = {
     "mistral-window-as-long-as-context": lambda d: hf_tiny.mistral(d, sliding_window=128),
     "mistral-sliding-window-4": lambda d: hf_tiny.mistral(d, sliding_window=4),
     "qwen2-qkv-bias-tied": lambda d: hf_tiny.qwen2(d),
+    "qwen3-qk-norm-head-dim-tied": lambda d: hf_tiny.qwen3(d),
     "qwen2-untied-mha": lambda d: hf_tiny.qwen2(
         d, tie_word_embeddings=False, num_key_value_heads=4
     ),
@@ -351,6 +352,7 @@ ONNX_GENERATIVE: dict[str, Callable[[Path], Any]] = {
     "mistral-sliding-window-5": lambda d: hf_tiny.mistral(d, sliding_window=5),
     "mt5": lambda d: hf_tiny.mt5(d),
     "qwen2": lambda d: hf_tiny.qwen2(d),
+    "qwen3": lambda d: hf_tiny.qwen3(d, tie_word_embeddings=False),
 }
 
 

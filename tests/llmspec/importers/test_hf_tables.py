@@ -71,6 +71,7 @@ VARIANTS = {
     "mistral": Variant(lambda d: hf_tiny.mistral(d), "mistral"),
     "mt5": Variant(lambda d: hf_tiny.mt5(d), "mt5"),
     "qwen2": Variant(lambda d: hf_tiny.qwen2(d), "qwen2"),
+    "qwen3": Variant(lambda d: hf_tiny.qwen3(d, tie_word_embeddings=False), "qwen3"),
 }
 
 
