@@ -209,7 +209,7 @@ def _attention_fields(spec: ModelSpec) -> list[ConfigField]:
                 "attention_softcap", "float", a.softcap, "scores = cap * tanh(scores / cap)"
             )
         )
-    if _layer_pattern(spec):
+    if a.sliding_window is not None and _layer_pattern(spec):
         fields.append(
             ConfigField(
                 "sliding_window",
