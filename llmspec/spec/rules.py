@@ -210,6 +210,14 @@ def _rope_knobs(s: Any) -> RuleProblems:
                         "longrope factors divide frequencies, so each must be > 0",
                     )
                 )
+    if scaling.type == "dynamic" and rotated <= 2:
+        out.append(
+            (
+                ("positions", "scaling", "type"),
+                f"dynamic scaling raises the base to the power d / (d - 2) of the rotated width "
+                f"d, so d must be more than 2, got {rotated}",
+            )
+        )
     if scaling.type == "llama3" and scaling.high_freq_factor <= scaling.low_freq_factor:
         out.append(
             (

@@ -97,6 +97,11 @@ def test_plain_rope_keeps_its_normalized_form():
             "positions.scaling.short_factor: longrope factors divide frequencies",
         ),
         (
+            "{type: rope, rotary_dim: 2, scaling: {type: dynamic, factor: 2.0, "
+            "original_max_positions: 16}}",
+            "positions.scaling.type: dynamic scaling raises the base to the power d / (d - 2)",
+        ),
+        (
             "{type: rope, local_base: 100.0}",
             "positions.local_base: local_base is the base of local (windowed) layers, but no "
             "layer is local",
