@@ -272,6 +272,9 @@ def _model_card(spec: ModelSpec, manifest: fmt.Manifest, generation: dict[str, A
         kv_per_token=human_bytes(numbers["inference"]["kv_cache_bytes_per_token"]),
         chain=str(chain),
         max_new_tokens=generation["max_new_tokens"],
+        stop_tokens=", ".join(
+            f"`{text}`" for text in (spec.generation.stop_tokens if spec.generation else [])
+        ),
         parity=manifest.parity,
     )
 

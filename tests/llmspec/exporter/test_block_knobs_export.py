@@ -106,6 +106,8 @@ def test_a_knob_exports_through_the_gate_and_generates_pytorchs_tokens(name, tmp
         assert generation["stop_token_ids"] == [special["eos"], special["unk"], special["pad"]]
         assert unk == [special["unk"]]
         assert model.stop_ids == {special["eos"], special["unk"], special["pad"]}
+        card = (path / fmt.MODEL_CARD).read_text()
+        assert "any of the stop tokens `<unk>`, `<pad>` (besides eos)" in card
     else:
         assert "stop_token_ids" not in generation  # the file as it always was
     # ONNX-level properties on the graph: causal, left padding invisible, the cache exact.
