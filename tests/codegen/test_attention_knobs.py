@@ -77,7 +77,7 @@ def _spec(config: Any, **attention: Any) -> ModelSpec:
     )
 
 
-def _copied(spec: ModelSpec, reference: Any) -> torch.nn.Module:
+def _copied(spec: ModelSpec, reference: Any) -> Any:
     ours = build(spec).eval()
     weights = {_ours(name): tensor for name, tensor in reference.state_dict().items()}
     ours.load_state_dict(weights, strict=True)
