@@ -96,3 +96,16 @@ def test_length_dependent_frequencies_are_computed_in_the_graph(artifacts, name)
     positions = next(i for i in graph.graph.input if i.name == "position_ids")
     dims = [d.dim_param or d.dim_value for d in positions.type.tensor_type.shape.dim]
     assert all(isinstance(d, str) for d in dims)  # batch and sequence stay dynamic
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["longrope-partial", "llama3-partial-local"])
+def test_rope_knob_artifacts_pass_the_graph_properties(artifacts, name):
+    """llmspec verify's ONNX-level properties: causality, left padding and cached steps equal to
+    a full pass (for longrope within its original length, see graph_properties)."""
+    from llmspec.inspect.verify import verify
+
+    report = verify(artifacts(name), examples=6, progress=lambda line: None)
+    assert report.passed, [c for c in report.checks if not c.passed]
+    names = {c.name for c in report.checks}
+    assert {"decoder causal", "decoder left padding"} <= names, names
