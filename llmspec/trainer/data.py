@@ -96,7 +96,10 @@ def token_stream(files: Sequence[Path], tokenizer: Any, ids: TokenIds, causal: b
         document: list[np.ndarray] = []
         try:
             for text in _document_pieces(path):
-                document.append(np.asarray(tokenizer.encode(text).ids, dtype=np.int32))
+                # the stream frames documents itself (head, tail): a tokenizer file's own
+                # post-processor ([CLS] ... [SEP], <s>) must not frame every piece
+                piece = tokenizer.encode(text, add_special_tokens=False).ids
+                document.append(np.asarray(piece, dtype=np.int32))
         except UnicodeDecodeError:
             continue  # not text
         except UnreadableFile as err:

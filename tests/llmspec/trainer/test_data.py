@@ -35,3 +35,25 @@ def test_the_data_and_evaluation_import_and_batch_without_torch(tmp_path: Path):
         "input_ids",
         "labels",
     ]
+
+
+def test_a_tokenizer_files_post_processor_does_not_frame_every_piece(tmp_path: Path):
+    """An imported tokenizer.json may add [CLS] ... [SEP] to every text it encodes; the stream
+    frames each document itself, once, so none of those land inside a document."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    from llmspec.trainer.data import token_stream
+    from llmspec.trainer.objectives import TokenIds
+
+    vocab = {"[UNK]": 0, "[CLS]": 1, "[SEP]": 2, "the": 3, "cat": 4, "sat": 5}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 1), ("[SEP]", 2)]
+    )
+    assert tokenizer.encode("the cat").ids == [1, 3, 4, 2]  # the file frames a text
+    (tmp_path / "a.txt").write_text("the cat sat\n")
+    (tmp_path / "b.txt").write_text("sat the cat\n")
+    ids = TokenIds(vocab_size=len(vocab), eos=2)
+    stream = token_stream([tmp_path / "a.txt", tmp_path / "b.txt"], tokenizer, ids, causal=True)
+    assert stream.tolist() == [3, 4, 5, 2, 5, 3, 4, 2]  # one eos per document, no [CLS]
