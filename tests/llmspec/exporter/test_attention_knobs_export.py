@@ -51,12 +51,11 @@ SPEC = {
 }
 
 
-@pytest.fixture(scope="module")
-def fused(tmp_path_factory):
-    """The spec, its torch model and its decoder graph with attention fused."""
-    directory = tmp_path_factory.mktemp("knobs")
+def _fused_graph(data: dict, directory: Path):
+    """The spec of ``data``, its torch model, its decoder graph with attention fused and how
+    many attentions were fused."""
     path = directory / "spec.yaml"
-    path.write_text(yaml.safe_dump(SPEC, sort_keys=False))
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
     spec = load_spec(path)
     torch.manual_seed(0)
     model = build(spec).eval()
@@ -68,6 +67,17 @@ def fused(tmp_path_factory):
     target = directory / "fused" / plain.name
     save_graph(ir.to_proto(graph), target)
     return spec, model, target, count
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def fused(tmp_path_factory):
+    return _fused_graph(SPEC, tmp_path_factory.mktemp("knobs"))
 
 
 def test_windowed_capped_scaled_layers_all_fuse_with_their_attributes(fused):
@@ -88,9 +98,7 @@ def test_windowed_capped_scaled_layers_all_fuse_with_their_attributes(fused):
 
 def test_fused_graph_equals_the_torch_model_beyond_the_window_with_the_cache(fused):
     spec, model, path, _ = fused
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = _session(path)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 256, (3, 9)).astype(np.int64)  # 9 tokens: three windows
     mask = np.ones((3, 9), np.int64)
@@ -120,8 +128,40 @@ def test_fused_graph_equals_the_torch_model_beyond_the_window_with_the_cache(fus
         assert step == 0 or past[0].shape[2] == mask.shape[1] - 1  # the cache holds every position
 
 
-def test_export_of_the_knobs_passes_the_gate_and_reports_fused_attention(tmp_path: Path):
+def test_fused_windowed_graph_ignores_exactly_the_keys_older_than_the_window(tmp_path: Path):
+    """One all-local layer: the logits at query q change with the token at key j < q exactly
+    when q - j < WINDOW (the query sees keys q - WINDOW + 1 .. q), in the fused graph."""
+    attention = {k: v for k, v in SPEC["attention"].items() if k != "layer_pattern"}
+    spec, _, path, count = _fused_graph({**SPEC, "layers": 1, "attention": attention}, tmp_path)
+    assert count == 1
+    length = 8
+    ids = np.random.default_rng(1).integers(0, 256, (1, length)).astype(np.int64)
+    rows = [ids[0]]
+    for key in range(length):  # row key + 1: the token at `key` changed
+        changed = ids[0].copy()
+        changed[key] = (changed[key] + 1) % 256
+        rows.append(changed)
+    batch = np.stack(rows)
+    mask = np.ones_like(batch)
+    feed = {
+        "input_ids": batch,
+        "attention_mask": mask,
+        "position_ids": np.maximum(np.cumsum(mask, axis=1) - 1, 0),
+    }
+    for name in ("key", "value"):
+        feed[f"past_key_values.0.{name}"] = np.zeros(
+            (len(rows), spec.kv_heads, 0, spec.head_dim), np.float32
+        )
+    logits = _session(path).run(None, feed)[0]
+    for key in range(length):
+        for query in range(key + 1, length):
+            same = np.allclose(logits[key + 1, query], logits[0, query], atol=1e-6, rtol=0)
+            assert same == (query - key >= WINDOW), (key, query)
+
+
+def test_export_of_the_knobs_passes_the_gate_and_the_graph_properties(tmp_path: Path):
     from llmspec.exporter.pipeline import export
+    from llmspec.inspect.verify import verify
 
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(SPEC, sort_keys=False))
@@ -129,3 +169,6 @@ def test_export_of_the_knobs_passes_the_gate_and_reports_fused_attention(tmp_pat
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["parity"]["passed"]
     assert manifest["fusions"]["decoder.onnx"]["Attention"] == SPEC["layers"]
+    # decoder causal, left padding, cache == full pass: on the runtime's own feeder
+    report = verify(artifact, examples=4)
+    assert report.passed, report.render()
