@@ -14,7 +14,7 @@ import torch
 from codegen_variants import built, tokens, variant
 
 from codegen.render import ruff_command
-from llmspec.builder import generate_source
+from llmspec.builder import build, generate_source
 
 KNOBS: dict[str, dict[str, Any]] = {
     "window": {"sliding_window": 4},
@@ -119,3 +119,14 @@ def test_knobs_apply_to_both_attentions_of_an_encoder_decoder_and_it_runs() -> N
     with torch.no_grad():
         logits = model(tokens(2, 5), None, tokens(2, 3)).logits
     assert logits.shape == (2, 3, spec.vocabulary.size) and torch.isfinite(logits).all()
+
+
+def test_every_knob_makes_its_tensors_on_the_model_device() -> None:
+    """A forward on meta tensors raises if the window mask or a knob made a CPU tensor."""
+    spec = _spec(KNOBS["all"])
+    with torch.device("meta"):
+        model = build(spec).eval()
+    ids = torch.zeros(2, 5, dtype=torch.long, device="meta")
+    mask = torch.ones(2, 5, dtype=torch.long, device="meta")
+    logits = model(ids, mask).logits
+    assert logits.device.type == "meta" and logits.shape == (2, 5, spec.vocabulary.size)
