@@ -13,6 +13,7 @@ import pytest
 import torch
 from codegen_variants import built, tokens, variant
 
+from codegen.plan import AttentionPlan, PlanError
 from codegen.render import ruff_command
 from llmspec.builder import build, generate_source
 
@@ -130,3 +131,11 @@ def test_every_knob_makes_its_tensors_on_the_model_device() -> None:
     mask = torch.ones(2, 5, dtype=torch.long, device="meta")
     logits = model(ids, mask).logits
     assert logits.device.type == "meta" and logits.shape == (2, 5, spec.vocabulary.size)
+
+
+def test_attention_plans_reject_impossible_knob_combinations() -> None:
+    base = {"grouped": False, "multi_query": False, "bias": False, "dropout": False}
+    with pytest.raises(PlanError, match="explicit scale"):
+        AttentionPlan(scaled=False, explicit_scale=True, **base)
+    with pytest.raises(PlanError, match="needs a local layer"):
+        AttentionPlan(scaled=True, layer_pattern=("global",), **base)
