@@ -84,7 +84,7 @@ def fix(specs_dir: Path = SPECS, golden_dir: Path = GOLDEN) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m golden_files",
+        prog="python tests/codegen/golden_files.py",
         description="Check or regenerate the golden generated-model files.",
     )
     mode = parser.add_mutually_exclusive_group(required=True)
@@ -102,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(report if report.endswith("\n") else report + "\n")
     if reports:
         print(
-            f"{len(reports)} golden file(s) out of date; run: python -m golden_files --fix",
+            f"{len(reports)} golden file(s) out of date; "
+            "run: python tests/codegen/golden_files.py --fix",
             file=sys.stderr,
         )
         return 1
