@@ -147,7 +147,7 @@ def _length_dependent_rope_limit(spec: Any) -> int | None:
     within it."""
     positions = getattr(spec, "positions", None)
     scaling = getattr(positions, "scaling", None)
-    if getattr(scaling, "type", None) in ("dynamic", "longrope"):
+    if scaling is not None and getattr(scaling, "type", None) in ("dynamic", "longrope"):
         return int(scaling.original_max_positions)
     return None
 
