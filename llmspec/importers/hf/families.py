@@ -735,6 +735,10 @@ FAMILIES: dict[str, Callable[[Config, Weights], Imported]] = {
     "t5": import_t5,
     "bart": import_bart,
     "llama": import_llama,
+# Families translated in modules of their own, which use this module's helpers (so imported here,
+# after them)
+from llmspec.importers.hf.gemma import import_gemma, import_gemma2, import_gemma3  # noqa: E402
+
     "roberta": import_roberta,
     "xlm-roberta": import_roberta,
     "distilbert": import_distilbert,
@@ -745,3 +749,6 @@ FAMILIES: dict[str, Callable[[Config, Weights], Imported]] = {
     "qwen3": import_qwen3,
 }
 SUPPORTED_FAMILIES = tuple(FAMILIES)  # the model_type values llmspec imports
+    "gemma": import_gemma,
+    "gemma2": import_gemma2,
+    "gemma3_text": import_gemma3,

@@ -171,6 +171,9 @@ def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
             linear(f"{layer}.mlp.up_proj", spec.feed_forward.d_ff, d)
             linear(f"{layer}.mlp.down_proj", d, spec.feed_forward.d_ff)
             norm(f"{layer}.mlp_norm")
+            if spec.norm.sandwich:  # on each sublayer's output
+                norm(f"{layer}.self_attn_out_norm")
+                norm(f"{layer}.mlp_out_norm")
         if spec.norm.position == "pre":
             norm(f"{stack}.final_norm")
     if not spec.head.tied:

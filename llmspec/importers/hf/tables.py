@@ -57,6 +57,9 @@ __all__ = [
     "DISTILBERT",
     "FUSED_QKV",
     "FUSED_QKV_CONV1D",
+    "GEMMA",
+    "GEMMA2",
+    "GEMMA3",
     "GPT2",
     "LEGACY_NORM_NAMES",
     "LLAMA",
@@ -792,3 +795,33 @@ TABLES: dict[str, WeightTable] = {
     "qwen2": QWEN2,
     "qwen3": QWEN3,
 }
+
+
+# Gemma: Llama's names without biases. Gemma 2 and 3 add sandwich norms (post_attention_layernorm
+# is the attention's output norm there, pre_feedforward_layernorm the feed-forward's input
+# norm); Gemma 3 the QK-norm.
+GEMMA = replace(
+    LLAMA,
+    family="gemma",
+    names={k: v for k, v in LLAMA.names.items() if not (isinstance(v, Rule) and v.part == "bias")},
+)
+GEMMA2 = replace(
+    GEMMA,
+    family="gemma2",
+    names={
+        **{k: v for k, v in GEMMA.names.items() if "post_attention_layernorm" not in k},
+        "layers.{}.post_attention_layernorm.weight": "decoder.layers.{}.self_attn_out_norm.weight",
+        "layers.{}.pre_feedforward_layernorm.weight": "decoder.layers.{}.mlp_norm.weight",
+        "layers.{}.post_feedforward_layernorm.weight": "decoder.layers.{}.mlp_out_norm.weight",
+    },
+)
+GEMMA3 = replace(
+    GEMMA2,
+    family="gemma3_text",
+    names={
+        **GEMMA2.names,
+        "layers.{}.self_attn.q_norm.weight": "decoder.layers.{}.self_attn.q_norm.weight",
+        "layers.{}.self_attn.k_norm.weight": "decoder.layers.{}.self_attn.k_norm.weight",
+    },
+)
+TABLES.update({"gemma": GEMMA, "gemma2": GEMMA2, "gemma3_text": GEMMA3})
