@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from llmspec.importers.hf.rope import rope_parameters_to_hf
 from llmspec.importers.hf.tables import (
     BART,
     BERT,
@@ -43,6 +44,7 @@ from llmspec.importers.hf.tables import (
     T5,
     T5_GATED,
     HFExportError,
+    HFImportError,
     WeightTable,
 )
 from llmspec.spec.sections import ModelSpec
@@ -457,6 +459,19 @@ def _gpt2(spec: ModelSpec, ids: dict[str, int]) -> tuple[dict[str, Any], list[st
 def _llama(spec: ModelSpec, ids: dict[str, int]) -> tuple[dict[str, Any], list[str]]:
     assert spec.positions.type == "rope"
     base = spec.positions.base
+    problems = []
+    rope_parameters: dict[str, Any] = {"rope_type": "default", "rope_theta": base}
+    if spec.positions.rotated(spec.head_dim) != spec.head_dim:
+        problems.append("positions rotate part of each head (llama rotates every channel)")
+    elif spec.positions.local_base is not None:
+        problems.append("positions.local_base is set (llama has no local layers)")
+    else:
+        try:
+            rope_parameters = rope_parameters_to_hf(
+                spec.positions, spec.head_dim, spec.context_length
+            )
+        except HFImportError as err:
+            problems.append(str(err))
     config = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -469,16 +484,16 @@ def _llama(spec: ModelSpec, ids: dict[str, int]) -> tuple[dict[str, Any], list[s
         "hidden_act": GATED_NAMES.get(spec.feed_forward.activation),
         "max_position_embeddings": spec.context_length,
         "rms_norm_eps": spec.norm.eps,
-        # transformers 5 reads rope_parameters, 4 reads rope_theta
+        # transformers 5 reads rope_parameters (with the scaling), 4 reads rope_theta
         "rope_theta": base,
-        "rope_parameters": {"rope_type": "default", "rope_theta": base},
+        "rope_parameters": rope_parameters,
         "attention_bias": spec.bias,
         "mlp_bias": spec.bias,
         "attention_dropout": spec.dropout.attention,
         "tie_word_embeddings": spec.head.tied,
         **_ids(ids, "pad", "bos", "eos"),
     }
-    return config, []
+    return config, problems
 
 
 def _t5(spec: ModelSpec, ids: dict[str, int]) -> tuple[dict[str, Any], list[str]]:

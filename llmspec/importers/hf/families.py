@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from llmspec.importers.hf.config import Config
+from llmspec.importers.hf.rope import positions_from_hf
 from llmspec.importers.hf.tables import (
     BART,
     BERT,
@@ -103,6 +104,9 @@ class Imported:
     needs: tuple[str, ...]  # roles the objective needs
     sentinels: bool = False
     notes: list[str] = field(default_factory=list)
+    # every id that ends generation (eos_token_id's list), set by the importer; the ones
+    # besides eos become generation.stop_tokens
+    stop_ids: list[int] = field(default_factory=list)
 
 
 def _output_head(
@@ -148,7 +152,7 @@ def _special_ids(config: Config, roles: Iterable[str]) -> tuple[dict[str, int], 
         if isinstance(value, list):
             if not value:
                 continue
-            if len(set(value)) > 1:
+            if len(set(value)) > 1 and role != "eos":  # eos: the rest are stop tokens
                 notes.append(
                     f"{role}_token_id {value} is a list; the spec keeps the first, {value[0]}"
                 )
@@ -382,33 +386,35 @@ def import_bart(config: Config, weights: Weights) -> Imported:
     return Imported(spec, out, token_ids, needs=("mask", "pad", "eos"), notes=notes)
 
 
-def _rope_base(config: Config) -> float:
-    """RoPE's base from transformers 5's rope_parameters or 4's rope_theta; refuse scaling."""
-    scaling = config.raw.get("rope_scaling")
-    if scaling is not None:
-        raise HFImportError(
-            f"config.json: rope_scaling = {json.dumps(scaling)} is not supported: the spec's "
-            "rope has no scaling"
-        )
-    parameters = config.raw.get("rope_parameters") or {}
+def _rope_positions(config: Config) -> dict[str, Any]:
+    """The spec's rope ``positions`` of a Llama-like config, read as transformers 5 reads it:
+    its legacy ``rope_scaling`` (Llama 3.1's ``rope_type: llama3``) before ``rope_parameters``,
+    ``rope_theta`` and ``partial_rotary_factor`` filled in from the top level where the dict
+    lacks them. The scaling is :mod:`llmspec.importers.hf.rope`'s (linear, dynamic, llama3,
+    yarn, longrope); what the spec cannot express is refused by name there. Llama-like models
+    rotate every channel, so a partial rotary factor is refused."""
+    raw = config.raw
+    where = "rope_scaling" if raw.get("rope_scaling") else "rope_parameters"
+    parameters = raw.get("rope_scaling") or raw.get("rope_parameters") or {}
     if not isinstance(parameters, dict):
-        raise HFImportError(f"config.json: rope_parameters must be an object, got {parameters!r}")
-    rope_type = parameters.get("rope_type", parameters.get("type", "default"))
-    if rope_type != "default":
-        raise HFImportError(
-            f"config.json: rope_parameters.rope_type = {json.dumps(rope_type)} is not supported: "
-            "the spec's rope has no scaling (only 'default')"
-        )
-    unknown = sorted(set(parameters) - {"rope_type", "type", "rope_theta"})
-    if unknown:
-        raise HFImportError(
-            f"config.json: rope_parameters.{unknown[0]} = {json.dumps(parameters[unknown[0]])} "
-            "is not supported by the spec's rope"
-        )
-    base = parameters.get("rope_theta", config.raw.get("rope_theta", 10000.0))
+        raise HFImportError(f"config.json: {where} must be an object, got {json.dumps(parameters)}")
+    parameters = dict(parameters)
+    parameters.setdefault("rope_theta", raw.get("rope_theta", 10000.0))
+    if raw.get("partial_rotary_factor") is not None:
+        parameters.setdefault("partial_rotary_factor", raw["partial_rotary_factor"])
+    base = parameters["rope_theta"]
     if isinstance(base, bool) or not isinstance(base, int | float) or base <= 1:
         raise HFImportError(f"config.json: rope_theta must be a number > 1, got {base!r}")
-    return float(base)
+    positions = positions_from_hf(
+        parameters, config.integer("max_position_embeddings"), where=where
+    )
+    if "partial" in positions:
+        factor = json.dumps(parameters["partial_rotary_factor"])
+        raise HFImportError(
+            f"config.json: partial_rotary_factor = {factor} is not supported for "
+            f"{config.family}: its attention rotates every channel"
+        )
+    return positions
 
 
 def import_llama(config: Config, weights: Weights) -> Imported:
@@ -419,7 +425,7 @@ def import_llama(config: Config, weights: Weights) -> Imported:
             "switch covers attention and feed-forward together"
         )
     bias = bool(config["attention_bias"])
-    base = _rope_base(config)
+    positions = _rope_positions(config)
     activation = _activation(config, "hidden_act", gated=True)
     d_model = config.integer("hidden_size")
     heads = config.integer("num_attention_heads")
@@ -442,7 +448,7 @@ def import_llama(config: Config, weights: Weights) -> Imported:
         "attention": attention,
         "feed_forward": {"d_ff": config.integer("intermediate_size"), "activation": activation},
         "norm": {"type": "rmsnorm", "position": "pre", "eps": config.number("rms_norm_eps")},
-        "positions": {"type": "rope", "base": base},
+        "positions": positions,
         "bias": bias,
         "head": {"tied": tied},
         "dropout": {"attention": _dropout(config.number("attention_dropout"))},
@@ -668,7 +674,7 @@ def _qwen(config: Config, weights: Weights, table: WeightTable, knobs: dict[str,
     """Qwen2's and Qwen3's shared translation: Llama's layers without the bias switches, the
     family's attention ``knobs`` on top."""
     _full_attention_only(config)
-    base = _rope_base(config)
+    positions = _rope_positions(config)
     d_model = config.integer("hidden_size")
     heads = config.integer("num_attention_heads")
     kv_heads = config.integer("num_key_value_heads") if config["num_key_value_heads"] else heads
@@ -693,7 +699,7 @@ def _qwen(config: Config, weights: Weights, table: WeightTable, knobs: dict[str,
             "activation": _activation(config, "hidden_act", gated=True),
         },
         "norm": {"type": "rmsnorm", "position": "pre", "eps": config.number("rms_norm_eps")},
-        "positions": {"type": "rope", "base": base},
+        "positions": positions,
         "bias": False,
         "head": {"tied": tied},
         "dropout": {"attention": _dropout(config.number("attention_dropout"))},

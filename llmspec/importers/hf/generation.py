@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["NOT_EXPRESSIBLE", "generation_section"]
+from llmspec.importers.hf.tables import HFImportError
+
+__all__ = ["NOT_EXPRESSIBLE", "eos_ids", "generation_section"]
 
 SAMPLING_TOP_K = 50  # transformers' top_k when sampling and the file leaves it unset
 
@@ -52,6 +54,27 @@ NOT_EXPRESSIBLE: dict[str, tuple[Any, ...]] = {
 }
 
 
+def eos_ids(config: dict[str, Any], generation: dict[str, Any]) -> list[int]:
+    """Every id on which transformers' generate stops: generation_config.json's
+    ``eos_token_id`` where the file gives one (transformers then ignores config.json's), else
+    config.json's; an id or a list (Llama 3.1: ``[128001, 128008, 128009]``), in order, each
+    once. The first of config.json's is the spec's eos; the others become
+    ``generation.stop_tokens``."""
+    where, value = "generation_config.json", generation.get("eos_token_id")
+    if value is None:
+        where, value = "config.json", config.get("eos_token_id")
+    if value is None:
+        return []
+    values = value if isinstance(value, list) else [value]
+    for token_id in values:
+        if isinstance(token_id, bool) or not isinstance(token_id, int) or token_id < 0:
+            raise HFImportError(
+                f"{where}: eos_token_id must be a token id or a list of token ids, got "
+                f"{json.dumps(value)}"
+            )
+    return list(dict.fromkeys(values))
+
+
 def _max_new_tokens(config: dict[str, Any], encoder_decoder: bool) -> tuple[int | None, list[str]]:
     """``max_new_tokens``, else an encoder-decoder's ``max_length`` (it counts the decoder's
     start token); a decoder-only ``max_length`` counts the prompt, which the spec's limit does
@@ -75,9 +98,11 @@ def generation_section(
     *,
     encoder_decoder: bool = False,
     context_length: int | None = None,
+    stop_tokens: list[str] | None = None,
 ) -> tuple[dict[str, Any] | None, list[str]]:
     """The spec's generation section from generation_config.json, and what it left out (a
-    limit beyond ``context_length`` too: no request could reach it)."""
+    limit beyond ``context_length`` too: no request could reach it); ``stop_tokens`` are the
+    texts of the ids besides eos that end generation (:func:`eos_ids`)."""
     if not has_eos:
         return None, []
     left_out: list[str] = []
@@ -136,4 +161,6 @@ def generation_section(
         )
     elif limit is not None:
         section["max_new_tokens"] = limit
+    if stop_tokens:
+        section["stop_tokens"] = list(stop_tokens)
     return section, left_out

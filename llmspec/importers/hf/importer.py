@@ -72,7 +72,7 @@ from llmspec.errors import SpecError
 from llmspec.files import publishing
 from llmspec.importers.hf.config import Config, check_architectures
 from llmspec.importers.hf.families import FAMILIES, SUPPORTED_FAMILIES, Imported
-from llmspec.importers.hf.generation import generation_section
+from llmspec.importers.hf.generation import eos_ids, generation_section
 from llmspec.importers.hf.source import TOKENIZER_FILE, Source, read_source
 from llmspec.importers.hf.tables import HFImportError, Weights
 from llmspec.importers.hf.vocabulary import (
@@ -254,6 +254,7 @@ def build_import(source: Source) -> tuple[ModelSpec, str, dict[str, torch.Tensor
     config = Config(source.config, family)
     architecture = check_architectures(config)
     imported = _import_family(config, source.weights)
+    imported.stop_ids = eos_ids(source.config, source.generation)
     size = config.integer("vocab_size")
     if source.tokenizer_json is not None:
         vocabulary = vocabulary_from_tokenizer(source, imported, size)
@@ -265,6 +266,7 @@ def build_import(source: Source) -> tuple[ModelSpec, str, dict[str, torch.Tensor
         has_eos,
         encoder_decoder=imported.spec["architecture"] == "encoder-decoder",
         context_length=imported.spec["context_length"],
+        stop_tokens=vocabulary.stop_tokens,
     )
     data: dict[str, Any] = {
         "name": _spec_name(source.path, family),

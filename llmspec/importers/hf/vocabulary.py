@@ -44,13 +44,15 @@ Either way the written tokenizer is checked against the spec (:func:`check_token
 config gives it.
 
 Roles sharing one id (Llama configs that pad with eos) keep the first of eos, bos, pad, unk,
-mask (bos and eos may share a token); an ``eos_token_id`` list keeps its first id. Both are
-noted in the spec's header comment.
+mask (bos and eos may share a token), noted in the spec's header comment. An ``eos_token_id``
+list (Llama 3.1's ``[128001, 128008, 128009]``) keeps its first id as eos; the others (from
+generation_config.json where it has the key) are the tokens of ``generation.stop_tokens``
+(their texts in tokenizer.json, which must have them; ``<stop_ID>`` in a placeholder).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +107,20 @@ class Vocabulary:
     tokenizer_json: str | None  # text of a tokenizer.json to write, if any
     ids: dict[str, int]  # role -> the id its token must have
     notes: list[str]
+    stop_tokens: list[str] = field(default_factory=list)  # texts of the stop ids besides eos
+
+
+def _stop_ids(imported: Imported, ids: dict[str, int], size: int) -> list[int]:
+    """The ids besides eos that end generation (Llama 3's <|eot_id|>, <|eom_id|>), each
+    within the vocabulary."""
+    stops = [i for i in imported.stop_ids if i != ids.get("eos")]
+    for token_id in stops:
+        if token_id >= size:
+            raise HFImportError(
+                f"generation_config.json / config.json: eos_token_id {token_id} is beyond "
+                f"vocab_size {size}"
+            )
+    return stops
 
 
 def _dedupe_roles(ids: dict[str, int], notes: list[str]) -> dict[str, int]:
@@ -182,7 +198,17 @@ def vocabulary_from_tokenizer(source: Source, imported: Imported, size: int) -> 
     }
     if sentinels:
         section["sentinels"] = sentinels
-    return Vocabulary(section, json_text, ids, notes)
+    stop_tokens = []
+    for token_id in _stop_ids(imported, ids, size):
+        text = tokenizer.id_to_token(token_id)
+        if text is None:
+            raise HFImportError(
+                f"generation_config.json / config.json: eos_token_id {token_id} is not a token "
+                f"of {source.tokenizer_json}; every id that ends generation must be one of its "
+                "tokens (fix eos_token_id or the tokenizer)"
+            )
+        stop_tokens.append(text)
+    return Vocabulary(section, json_text, ids, notes, stop_tokens)
 
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -308,6 +334,10 @@ def placeholder_vocabulary(family: str, imported: Imported, size: int) -> Vocabu
     if "bos" in ids and ids.get("bos") == ids.get("eos"):
         texts["bos"] = texts["eos"]
     taken: dict[int, str] = {token_id: texts[role] for role, token_id in ids.items()}
+    stops = _stop_ids(imported, ids, size)
+    for token_id in stops:  # the placeholder names the other ids that end generation
+        taken.setdefault(token_id, f"<stop_{token_id}>")
+    stop_tokens = [taken[token_id] for token_id in stops]
     top = [i for i in range(size - 1, -1, -1) if i not in taken]
     unnamed = [role for role in imported.needs if role not in texts]
     room = len(top) - len(unnamed) - BYTE_LEVEL_BASE
@@ -339,13 +369,14 @@ def placeholder_vocabulary(family: str, imported: Imported, size: int) -> Vocabu
     builtin.update({size - 1 - k: f"<extra_id_{k}>" for k in range(sentinels)})
     if builtin == taken:
         section["tokenizer"] = {"type": "byte-level"}
-        return Vocabulary(section, None, ids, notes)
+        return Vocabulary(section, None, ids, notes, stop_tokens)
     section["tokenizer"] = {"type": "file", "path": TOKENIZER_FILE}
     notes.append(
         "the source has no tokenizer.json: tokenizer.json is a byte-level placeholder that keeps "
         "the model's special-token ids"
     )
-    return Vocabulary(section, _placeholder_tokenizer(taken, free, size), ids, notes)
+    tokenizer_json = _placeholder_tokenizer(taken, free, size)
+    return Vocabulary(section, tokenizer_json, ids, notes, stop_tokens)
 
 
 def _placeholder_tokenizer(special: dict[int, str], free: list[int], size: int) -> str:

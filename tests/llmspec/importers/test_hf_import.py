@@ -542,12 +542,18 @@ def test_a_malformed_chat_template_is_refused_naming_the_file(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("family", "changes", "message"),
     [
-        ("llama", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "rope_scaling"),
         (
             "llama",
-            {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}},
-            'rope_type = "yarn"',
+            {"rope_scaling": {"rope_type": "su", "factor": 2.0}},
+            'rope_scaling.rope_type = "su" is not supported; supported: default, linear',
         ),
+        (
+            "llama",
+            {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "low_freq_factor": 1}},
+            "rope_parameters.low_freq_factor = 1 is not supported by the spec's yarn rope",
+        ),
+        ("llama", {"partial_rotary_factor": 0.5}, "partial_rotary_factor = 0.5 is not supported"),
+        ("qwen2", {"rope_scaling": {"type": "su"}}, 'rope_scaling.rope_type = "su"'),
         ("llama", {"hidden_act": "relu"}, 'hidden_act = "relu"'),
         ("llama", {"attention_bias": True}, "attention_bias = true with mlp_bias = false"),
         ("gpt2", {"activation_function": "quick_gelu"}, 'activation_function = "quick_gelu"'),
