@@ -9,7 +9,9 @@ defaults (top-k 50 when the file leaves it unset). Settings the spec's chain can
 (:data:`NOT_EXPRESSIBLE`: ``forced_eos_token_id``, a penalty together with beam search,
 ``min_new_tokens``, contrastive search, ...) are left out and listed in the spec's header
 comment: they are decoding defaults, not the model. Models without an eos token get no
-generation section.
+generation section. A context shorter than the spec's default limit (64 new tokens) is the
+limit when the file sets none. The ids of an ``eos_token_id`` list besides eos
+(:func:`eos_ids`) are the section's ``stop_tokens``, by their texts.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from llmspec.importers.hf.tables import HFImportError
 __all__ = ["NOT_EXPRESSIBLE", "eos_ids", "generation_section"]
 
 SAMPLING_TOP_K = 50  # transformers' top_k when sampling and the file leaves it unset
+DEFAULT_MAX_NEW_TOKENS = 64  # the spec's generation.max_new_tokens when a section leaves it out
 
 # generation_config.json keys that change what transformers generates but have no step in the
 # spec's chain, each with the values that leave decoding unchanged. Set to anything else, the
@@ -161,6 +164,8 @@ def generation_section(
         )
     elif limit is not None:
         section["max_new_tokens"] = limit
+    elif context_length is not None and context_length < DEFAULT_MAX_NEW_TOKENS:
+        section["max_new_tokens"] = context_length  # the spec's default would not fit
     if stop_tokens:
         section["stop_tokens"] = list(stop_tokens)
     return section, left_out

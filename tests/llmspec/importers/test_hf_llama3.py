@@ -298,3 +298,60 @@ def test_without_a_tokenizer_the_placeholder_names_each_stop_id(tmp_path: Path) 
 
     tokenizer = Tokenizer.from_file(str(tmp_path / "out" / "tokenizer.json"))
     assert [tokenizer.token_to_id(t) for t in spec.generation.stop_tokens] == [5, 7]
+
+
+# The families that share Llama's rope handling import every scaling rope.py knows, through
+# config.json as transformers 5 writes it (rope_parameters)
+SCALED: dict[str, tuple[str, dict[str, Any], int]] = {
+    "llama-linear": ("llama", {"rope_type": "linear", "factor": 4.0}, MAX_POSITIONS),
+    "mistral-yarn": (
+        "mistral",
+        {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": ORIGINAL},
+        MAX_POSITIONS,
+    ),
+    # dynamic takes its original length from max_position_embeddings: the batch goes beyond
+    "qwen2-dynamic": ("qwen2", {"rope_type": "dynamic", "factor": 4.0}, 20),
+    "qwen3-llama3": ("qwen3", dict(SCALING), MAX_POSITIONS),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(SCALED))
+def test_scaled_rope_of_llama_like_families_imports_with_logits_parity(
+    variant: str, tmp_path: Path
+) -> None:
+    family, scaling, max_positions = SCALED[variant]
+    hf = getattr(hf_tiny, family)(
+        tmp_path / "hf", rope_scaling=dict(scaling), max_position_embeddings=max_positions
+    )
+    assert hf.config.rope_parameters["rope_type"] == scaling["rope_type"]
+    out = import_hf(tmp_path / "hf", tmp_path / "imported")
+    spec = load_spec(out / "spec.yaml")
+    assert spec.positions.type == "rope" and spec.positions.scaling is not None
+    assert spec.positions.scaling.type == scaling["rope_type"]
+    ours = build_module.build(spec, weights=out / "weights.safetensors").eval()
+    plain_config = type(hf.config)(**hf.config.to_dict())
+    theta = hf.config.rope_parameters["rope_theta"]
+    plain_config.rope_parameters = {"rope_type": "default", "rope_theta": theta}
+    plain = type(hf)(plain_config).eval()
+    plain.load_state_dict(hf.state_dict())
+    ids, mask, positions = _left_padded([30, 23])
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        mine = ours(ids, mask, positions).logits
+        unscaled = plain(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+    real = mask.bool()
+    diff = _max_diff(mine[real], theirs[real])
+    print(f"{variant}: logits max |diff| {diff:.2e}")
+    assert diff < TOLERANCE
+    assert _max_diff(unscaled[real], theirs[real]) > 1e-2  # the scaling matters here
+
+
+def test_a_context_shorter_than_the_default_limit_bounds_max_new_tokens() -> None:
+    """A source with no generation limit and a context under the spec's default 64 new tokens
+    (a dynamic-rope model's max_position_embeddings) imports with the context as its limit."""
+    from llmspec.importers.hf.generation import generation_section
+
+    section, left_out = generation_section({}, True, context_length=20)
+    assert section is not None and section["max_new_tokens"] == 20 and not left_out
+    section, _ = generation_section({}, True, context_length=128)
+    assert section is not None and "max_new_tokens" not in section
