@@ -310,6 +310,41 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "final_logit_softcapping": None,
         "attn_logit_softcapping": None,
     },
+    "gpt_neox": {
+        "vocab_size": 50432,
+        "hidden_size": 6144,
+        "num_hidden_layers": 44,
+        "num_attention_heads": 64,
+        "intermediate_size": 24576,
+        "hidden_act": "gelu",
+        "attention_dropout": 0.0,
+        "hidden_dropout": 0.0,
+        "max_position_embeddings": 2048,
+        "layer_norm_eps": 1e-5,
+        "bos_token_id": 0,
+        "eos_token_id": 2,
+        "tie_word_embeddings": False,
+        "use_parallel_residual": True,
+        "attention_bias": True,
+    },
+    "phi3": {
+        "vocab_size": 32064,
+        "hidden_size": 3072,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": None,
+        "resid_pdrop": 0.0,
+        "attention_dropout": 0.0,
+        "hidden_act": "silu",
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 32000,
+        "pad_token_id": 32000,
+        "sliding_window": None,
+    },
 }
 
 ARCHITECTURES = {
@@ -329,6 +364,8 @@ ARCHITECTURES = {
     "gemma": ("GemmaModel", "GemmaForCausalLM"),
     "gemma2": ("Gemma2Model", "Gemma2ForCausalLM"),
     "gemma3_text": ("Gemma3TextModel", "Gemma3ForCausalLM"),
+    "gpt_neox": ("GPTNeoXModel", "GPTNeoXForCausalLM"),
+    "phi3": ("Phi3Model", "Phi3ForCausalLM"),
 }
 
 

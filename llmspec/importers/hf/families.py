@@ -735,16 +735,17 @@ def import_mt5(config: Config, weights: Weights) -> Imported:
     return import_t5(Config({**config.raw, "scale_decoder_outputs": False}, config.family), weights)
 
 
+# Families translated in modules of their own, which use this module's helpers (so imported here,
+# after them)
+from llmspec.importers.hf.gemma import import_gemma, import_gemma2, import_gemma3  # noqa: E402
+from llmspec.importers.hf.neox_phi import import_gpt_neox, import_phi3  # noqa: E402
+
 FAMILIES: dict[str, Callable[[Config, Weights], Imported]] = {
     "bert": import_bert,
     "gpt2": import_gpt2,
     "t5": import_t5,
     "bart": import_bart,
     "llama": import_llama,
-# Families translated in modules of their own, which use this module's helpers (so imported here,
-# after them)
-from llmspec.importers.hf.gemma import import_gemma, import_gemma2, import_gemma3  # noqa: E402
-
     "roberta": import_roberta,
     "xlm-roberta": import_roberta,
     "distilbert": import_distilbert,
@@ -753,8 +754,10 @@ from llmspec.importers.hf.gemma import import_gemma, import_gemma2, import_gemma
     "mt5": import_mt5,
     "qwen2": import_qwen2,
     "qwen3": import_qwen3,
-}
-SUPPORTED_FAMILIES = tuple(FAMILIES)  # the model_type values llmspec imports
     "gemma": import_gemma,
     "gemma2": import_gemma2,
     "gemma3_text": import_gemma3,
+    "gpt_neox": import_gpt_neox,
+    "phi3": import_phi3,
+}
+SUPPORTED_FAMILIES = tuple(FAMILIES)  # the model_type values llmspec imports

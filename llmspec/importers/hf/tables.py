@@ -82,7 +82,11 @@ __all__ = [
     "WeightTable",
     "Weights",
     "from_hf",
+    "gpt_neox_table",
     "layer_pattern",
+    "per_head_fused_qkv",
+    "phi3_table",
+    "row_split",
     "to_hf",
 ]
 
@@ -825,3 +829,105 @@ GEMMA3 = replace(
     },
 )
 TABLES.update({"gemma": GEMMA, "gemma2": GEMMA2, "gemma3_text": GEMMA3})
+
+
+# GPT-NeoX's query_key_value holds each head's q, k and v together: rows laid out
+# (heads, 3, head_dim), so its split needs the head count; Phi-3's qkv_proj is q, k, v one after
+# the other (rows heads * head_dim, then kv_heads * head_dim twice) and its gate_up_proj the
+# gate, then the up projection. Their tables are made for a config's head counts.
+
+
+def per_head_fused_qkv(heads: int) -> Transform:
+    """GPT-NeoX's fused q, k, v (weight or bias), rows laid out (heads, 3, head_dim)."""
+
+    def to_ours(tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        parts = tensor.reshape(heads, 3, -1, *tensor.shape[1:])
+        return tuple(parts[:, i].reshape(-1, *tensor.shape[1:]).clone() for i in range(3))
+
+    def back(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        rest = tensors[0].shape[1:]
+        stacked = torch.stack([t.reshape(heads, -1, *rest) for t in tensors], dim=1)
+        return stacked.reshape(-1, *rest).contiguous()
+
+    return Transform(f"per-head fused q, k, v split ({heads} heads)", to_ours, back)
+
+
+def row_split(*rows: int) -> Transform:
+    """Consecutive row blocks of ``rows`` (Phi-3's qkv_proj and gate_up_proj)."""
+
+    def to_ours(tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if tensor.shape[0] != sum(rows):
+            raise HFImportError(
+                f"a fused tensor of {tensor.shape[0]} rows cannot be split into {list(rows)}"
+            )
+        return tuple(part.clone() for part in tensor.split(list(rows), dim=0))
+
+    return Transform(f"row split {list(rows)}", to_ours, _join, rank=2)
+
+
+def gpt_neox_table(heads: int) -> WeightTable:
+    """GPT-NeoX's (Pythia's) names for a model of ``heads`` attention heads."""
+    qkv = per_head_fused_qkv(heads)
+    layer = "layers.{}."
+    ours = "decoder.layers.{}."
+    return WeightTable(
+        family="gpt_neox",
+        prefix="gpt_neox.",
+        unprefixed=("embed_out.",),
+        names={
+            "embed_in.weight": "embed_tokens.weight",
+            **{
+                f"{layer}{hf}.{p}": f"{ours}{mine}.{p}"
+                for hf, mine in (
+                    ("input_layernorm", "self_attn_norm"),
+                    ("post_attention_layernorm", "mlp_norm"),
+                    ("attention.dense", "self_attn.o_proj"),
+                    ("mlp.dense_h_to_4h", "mlp.up_proj"),
+                    ("mlp.dense_4h_to_h", "mlp.down_proj"),
+                )
+                for p in ("weight", "bias")
+            },
+            **{
+                f"{layer}attention.query_key_value.{p}": Rule(
+                    tuple(f"{ours}self_attn.{proj}.{p}" for proj in QKV), qkv
+                )
+                for p in ("weight", "bias")
+            },
+            "final_layer_norm.weight": "decoder.final_norm.weight",
+            "final_layer_norm.bias": "decoder.final_norm.bias",
+        },
+        # the checkpoints' name (transformers 5's state_dict says lm_head, saving embed_out)
+        head="embed_out.weight",
+        unused={
+            "layers.{}.attention.bias": "the causal mask, a buffer of older transformers",
+            "layers.{}.attention.masked_bias": "the masked score, a buffer of older transformers",
+            "layers.{}.attention.rotary_emb.inv_freq": "RoPE's frequencies, from the config",
+        },
+    )
+
+
+def phi3_table(q_rows: int, kv_rows: int, d_ff: int) -> WeightTable:
+    """Phi-3's names for q rows ``heads * head_dim``, k and v rows ``kv_heads * head_dim``."""
+    attn = "decoder.layers.{}.self_attn."
+    mlp = "decoder.layers.{}.mlp."
+    return WeightTable(
+        family="phi3",
+        prefix="model.",
+        unprefixed=("lm_head.",),
+        names={
+            "embed_tokens.weight": "embed_tokens.weight",
+            "layers.{}.input_layernorm.weight": "decoder.layers.{}.self_attn_norm.weight",
+            "layers.{}.self_attn.qkv_proj.weight": Rule(
+                tuple(f"{attn}{p}.weight" for p in QKV), row_split(q_rows, kv_rows, kv_rows)
+            ),
+            "layers.{}.self_attn.o_proj.weight": f"{attn}o_proj.weight",
+            "layers.{}.post_attention_layernorm.weight": "decoder.layers.{}.mlp_norm.weight",
+            "layers.{}.mlp.gate_up_proj.weight": Rule(
+                (f"{mlp}gate_proj.weight", f"{mlp}up_proj.weight"), row_split(d_ff, d_ff)
+            ),
+            "layers.{}.mlp.down_proj.weight": f"{mlp}down_proj.weight",
+            "norm.weight": "decoder.final_norm.weight",
+        },
+        head="lm_head.weight",
+        unused={"layers.{}.self_attn.rotary_emb.inv_freq": "RoPE's frequencies, from the config"},
+    )
