@@ -24,6 +24,15 @@ mistral    MistralModel, MistralForCausalLM           as llama (no binding slidi
 mt5        MT5Model, MT5ForConditionalGeneration      as T5 v1.1, never rescaled
 qwen2      Qwen2Model, Qwen2ForCausalLM               as llama, biases on q, k, v only
 qwen3      Qwen3Model, Qwen3ForCausalLM               as llama, RMSNorm on queries and keys
+gemma      GemmaModel, GemmaForCausalLM               as llama, (1 + weight) RMSNorm, scaled
+                                                      embeddings
+gemma2     Gemma2Model, Gemma2ForCausalLM             as gemma, sandwich norms, soft-capping,
+                                                      local/global layers, score scale
+gemma3_    Gemma3TextModel, Gemma3ForCausalLM         as gemma2, QK-norm, local layers' rope
+text                                                  base
+gpt_neox   GPTNeoXModel, GPTNeoXForCausalLM           decoder-only, LayerNorm, parallel
+                                                      residual, partial rotary, causal-lm
+phi3       Phi3Model, Phi3ForCausalLM                 as llama, fused qkv and gate/up, longrope
 =========  ========================================  ==========================================
 
 and writes ``OUT_DIR/spec.yaml`` (a validated spec, normalized by

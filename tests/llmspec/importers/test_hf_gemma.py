@@ -263,3 +263,47 @@ def test_gemma_onnx_runtime_greedy_tokens_are_transformers(family: str, tmp_path
         assert result.tokens[row] == theirs[0, ids.shape[1] :].tolist()
     print(f"{family} fusions: {manifest['fusions']}")
     assert manifest["fusions"]["decoder.onnx"]["Attention"] == hf.config.num_hidden_layers
+
+
+def test_a_transformers_4_gemma2_config_imports_with_parity(tmp_path: Path) -> None:
+    """A config.json without layer_types (alternating from a local layer) and with rope_theta."""
+    gemma2(tmp_path / "hf", num_hidden_layers=4)
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    del config["layer_types"], config["rope_parameters"]
+    config["rope_theta"] = 500.0
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    hf = transformers.Gemma2ForCausalLM.from_pretrained(
+        tmp_path / "hf", attn_implementation="eager"
+    ).eval()
+    ours = _import_and_build(tmp_path / "hf", tmp_path)
+    spec = load_spec(tmp_path / "imported" / "spec.yaml")
+    assert spec.attention.layer_pattern == ["local", "global"] and spec.positions.base == 500
+    ids, mask, positions = _left_padded([11, 5], hf_tiny.VOCAB, pad=hf_tiny.VOCAB - 1)
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        mine = ours(ids, mask, positions).logits
+    _close(mine[mask.bool()], theirs[mask.bool()], "gemma2 transformers-4 config logits")
+
+
+def test_a_transformers_4_gemma3_config_imports_with_parity(tmp_path: Path) -> None:
+    """rope_theta, rope_local_base_freq and sliding_window_pattern instead of rope_parameters
+    and layer_types (Gemma 3's published config.json)."""
+    gemma3(tmp_path / "hf", num_hidden_layers=5, layer_types=["full_attention"] * 5)
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    del config["layer_types"], config["rope_parameters"]
+    config.pop("_sliding_window_pattern", None)
+    config.update(rope_theta=100000.0, rope_local_base_freq=500.0, sliding_window_pattern=3)
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    hf = transformers.Gemma3ForCausalLM.from_pretrained(
+        tmp_path / "hf", attn_implementation="eager"
+    ).eval()
+    ours = _import_and_build(tmp_path / "hf", tmp_path)
+    spec = load_spec(tmp_path / "imported" / "spec.yaml")
+    assert spec.attention.layer_pattern == ["local", "local", "global"]
+    assert spec.positions.base == 100000.0 and spec.positions.local_base == 500.0
+    assert hf.config.layer_types[:3] == ["sliding_attention", "sliding_attention", "full_attention"]
+    ids, mask, positions = _left_padded([11, 5], hf_tiny.VOCAB, pad=hf_tiny.VOCAB - 1)
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        mine = ours(ids, mask, positions).logits
+    _close(mine[mask.bool()], theirs[mask.bool()], "gemma3 transformers-4 config logits")

@@ -283,3 +283,24 @@ def test_a_pythia_state_dict_naming_the_output_projection_lm_head_imports_it(
     out = import_hf(tmp_path / "hf", tmp_path / "imported")
     imported = load_file(out / "weights.safetensors")
     assert torch.equal(imported["lm_head.weight"], hf.lm_head.weight.detach())
+
+
+def test_a_transformers_4_pythia_config_imports_with_parity(tmp_path: Path) -> None:
+    """Pythia's published config.json: rotary_pct and rotary_emb_base, no rope_parameters."""
+    gpt_neox(tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    del config["rope_parameters"]
+    config.update(rotary_pct=0.25, rotary_emb_base=500)
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    hf = transformers.GPTNeoXForCausalLM.from_pretrained(
+        tmp_path / "hf", attn_implementation="eager"
+    ).eval()
+    assert hf.config.rope_parameters["partial_rotary_factor"] == 0.25  # read as we read it
+    ours = _import_and_build(tmp_path / "hf", tmp_path)
+    spec = load_spec(tmp_path / "imported" / "spec.yaml")
+    assert spec.positions.base == 500 and spec.positions.rotated(spec.head_dim) == 2
+    ids, mask, positions = _left_padded([9, 4], VOCAB, pad=VOCAB - 1)
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        mine = ours(ids, mask, positions).logits
+    _close(mine[mask.bool()], theirs[mask.bool()], "pythia transformers-4 config logits")
