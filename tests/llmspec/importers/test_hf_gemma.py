@@ -110,6 +110,9 @@ VARIANTS: dict[str, Callable[[Path], Any]] = {
         d, attn_logit_softcapping=None, final_logit_softcapping=None, query_pre_attn_scalar=8
     ),
     "gemma3-qk-norm-local-base-pattern": lambda d: gemma3(d),
+    "gemma3-every-layer-local-base-only": lambda d: gemma3(
+        d, layer_types=["sliding_attention"] * 4
+    ),
     "gemma3-linear-scaled-global-attn-softcap-ignored": lambda d: gemma3(
         d,
         rope_parameters={
@@ -307,3 +310,21 @@ def test_a_transformers_4_gemma3_config_imports_with_parity(tmp_path: Path) -> N
         theirs = hf(input_ids=ids, attention_mask=mask, position_ids=positions).logits
         mine = ours(ids, mask, positions).logits
     _close(mine[mask.bool()], theirs[mask.bool()], "gemma3 transformers-4 config logits")
+
+
+def test_gemma_legacy_hidden_act_gelu_is_tanh_gelu_as_transformers_reads_it(
+    tmp_path: Path,
+) -> None:
+    gemma(tmp_path / "hf")
+    _edit_config(tmp_path / "hf", hidden_act="gelu")
+    hf = transformers.GemmaForCausalLM.from_pretrained(
+        tmp_path / "hf", attn_implementation="eager"
+    ).eval()
+    assert hf.config.hidden_act == "gelu_pytorch_tanh"
+    ours = _import_and_build(tmp_path / "hf", tmp_path)
+    assert load_spec(tmp_path / "imported" / "spec.yaml").feed_forward.activation == "geglu-tanh"
+    ids, mask, positions = _left_padded([7, 3], hf_tiny.VOCAB, pad=hf_tiny.VOCAB - 1)
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        mine = ours(ids, mask, positions).logits
+    _close(mine[mask.bool()], theirs[mask.bool()], "gemma hidden_act gelu logits")
