@@ -10,7 +10,7 @@ What runs (issue 5, "Performance"):
 * **ours**: ``runtime.load(artifact, device="cpu", threads=T).generate(...)``, greedy and
   ``top_p=0.9,sample``, batch 1 and 8, prompt 128 random token ids, 128 new tokens;
 * **transformers**: ``GPT2LMHeadModel.generate`` (its KV cache, default attention) with the
-  same weights copied in (``llmspec.importers.hf.tables.to_hf`` with the import's GPT-2 table:
+  same weights copied in (``llmspec.importers.hf.mapping.to_hf`` with the import's GPT-2 table:
   Conv1D
   weights are ``[in, out]``, q/k/v fused into ``c_attn``);
 * **torch (ours)**: the generated PyTorch model (``llmspec.builder``) in a plain greedy loop
@@ -192,7 +192,8 @@ def hf_model(weights: dict[str, Any], threads: int) -> Any:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from llmspec.importers.hf.tables import GPT2, to_hf
+    from llmspec.importers.hf.mapping import to_hf
+    from llmspec.importers.hf.tables import GPT2
 
     torch.set_num_threads(threads)
     config = GPT2Config(

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from llmspec.importers.hf.tables import HFImportError
+from llmspec.importers.hf.mapping import HFImportError
 
 __all__ = ["ARCHITECTURES", "DEFAULTS", "Config", "check_architectures"]
 

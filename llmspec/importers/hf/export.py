@@ -43,7 +43,7 @@ from llmspec.importers.hf.config import Config
 from llmspec.importers.hf.export_config import HFConfig, hf_config
 from llmspec.importers.hf.families import FAMILIES
 from llmspec.importers.hf.importer import _unshared, expected_shapes
-from llmspec.importers.hf.tables import HFExportError, HFImportError, Weights, to_hf
+from llmspec.importers.hf.mapping import HFExportError, HFImportError, Weights, to_hf
 from llmspec.sources import NoSpecInDirectory, resolve_source
 from llmspec.spec.sections import ModelSpec
 from llmspec.tokenizer import TokenizerMismatch, check_fits, stop_token_ids

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from llmspec.importers.hf.mapping import HFExportError, HFImportError, WeightTable
 from llmspec.importers.hf.rope import rope_parameters_to_hf
 from llmspec.importers.hf.tables import (
     BART,
@@ -43,9 +44,6 @@ from llmspec.importers.hf.tables import (
     ROBERTA,
     T5,
     T5_GATED,
-    HFExportError,
-    HFImportError,
-    WeightTable,
 )
 from llmspec.spec.sections import ModelSpec
 

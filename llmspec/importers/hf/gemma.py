@@ -23,22 +23,15 @@ import json
 from typing import Any
 
 from llmspec.importers.hf.config import Config
-from llmspec.importers.hf.families import (
-    Imported,
-    _activation,
-    _dropout,
-    _output_head,
-    _special_ids,
-)
+from llmspec.importers.hf.mapping import HFImportError, Weights, WeightTable, from_hf
 from llmspec.importers.hf.rope import positions_from_hf
-from llmspec.importers.hf.tables import (
-    GEMMA,
-    GEMMA2,
-    GEMMA3,
-    HFImportError,
-    Weights,
-    WeightTable,
-    from_hf,
+from llmspec.importers.hf.tables import GEMMA, GEMMA2, GEMMA3
+from llmspec.importers.hf.translation import (
+    Imported,
+    dropout,
+    output_head,
+    spec_activation,
+    special_ids,
 )
 
 __all__ = ["import_gemma", "import_gemma2", "import_gemma3"]
@@ -132,7 +125,7 @@ def _gemma(
     head_dim = config.integer("head_dim") if config["head_dim"] else d_model // heads
     layers = config.integer("num_hidden_layers")
     out = from_hf(weights, table, {"decoder": layers})
-    tied = _output_head(weights, out, table.head, config)
+    tied = output_head(weights, out, table.head, config)
     attention: dict[str, Any] = {"heads": heads, **attention_knobs}
     if kv_heads != heads:
         attention["kv_heads"] = kv_heads
@@ -162,7 +155,7 @@ def _gemma(
     head: dict[str, Any] = {"tied": tied}
     if config["final_logit_softcapping"] is not None:
         head["softcap"] = float(config.number("final_logit_softcapping"))
-    token_ids, id_notes = _special_ids(config, ("pad", "bos", "eos", "unk"))
+    token_ids, id_notes = special_ids(config, ("pad", "bos", "eos", "unk"))
     notes.extend(id_notes)
     if config[activation_key] == "gelu" and activation_key == "hidden_act":
         notes.append(
@@ -185,14 +178,14 @@ def _gemma(
         "attention": attention,
         "feed_forward": {
             "d_ff": config.integer("intermediate_size"),
-            "activation": _activation(config, activation_key, gated=True),
+            "activation": spec_activation(config, activation_key, gated=True),
         },
         "norm": norm,
         "positions": positions,
         "bias": False,
         "embeddings": {"scale": True},
         "head": head,
-        "dropout": {"attention": _dropout(config.number("attention_dropout"))},
+        "dropout": {"attention": dropout(config.number("attention_dropout"))},
         "objective": {"type": "causal-lm"},
     }
     return Imported(spec, out, token_ids, needs=(), notes=notes)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from llmspec.importers.hf.tables import HFImportError
+from llmspec.importers.hf.mapping import HFImportError
 
 __all__ = ["NOT_EXPRESSIBLE", "eos_ids", "generation_section"]
 

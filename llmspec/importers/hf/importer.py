@@ -80,10 +80,11 @@ from pydantic import ValidationError
 from llmspec.errors import SpecError
 from llmspec.files import publishing
 from llmspec.importers.hf.config import Config, check_architectures
-from llmspec.importers.hf.families import FAMILIES, SUPPORTED_FAMILIES, Imported
+from llmspec.importers.hf.families import FAMILIES, SUPPORTED_FAMILIES
 from llmspec.importers.hf.generation import eos_ids, generation_section
+from llmspec.importers.hf.mapping import HFImportError, Weights
 from llmspec.importers.hf.source import TOKENIZER_FILE, Source, read_source
-from llmspec.importers.hf.tables import HFImportError, Weights
+from llmspec.importers.hf.translation import Imported
 from llmspec.importers.hf.vocabulary import (
     check_tokenizer,
     decoder_start_role,
@@ -242,7 +243,7 @@ def weights_from_hf(
 ) -> dict[str, torch.Tensor]:
     """Our tensors for a Hugging Face model's ``state`` (its ``state_dict()`` or its weight
     files' tensors) and ``config`` (config.json's content): the weights half of
-    :func:`import_hf`; :func:`llmspec.importers.hf.tables.to_hf` is its inverse.
+    :func:`import_hf`; :func:`llmspec.importers.hf.mapping.to_hf` is its inverse.
 
     Raises :class:`HFImportError` (naming the option or the weight, ``where`` for the weights)
     for a config the spec cannot express, a missing weight, or one with no place in the spec.

@@ -20,20 +20,15 @@ import json
 from typing import Any
 
 from llmspec.importers.hf.config import Config
-from llmspec.importers.hf.families import (
-    Imported,
-    _activation,
-    _dropout,
-    _output_head,
-    _special_ids,
-)
+from llmspec.importers.hf.mapping import HFImportError, Weights, from_hf
 from llmspec.importers.hf.rope import positions_from_hf
-from llmspec.importers.hf.tables import (
-    HFImportError,
-    Weights,
-    from_hf,
-    gpt_neox_table,
-    phi3_table,
+from llmspec.importers.hf.tables import gpt_neox_table, phi3_table
+from llmspec.importers.hf.translation import (
+    Imported,
+    dropout,
+    output_head,
+    spec_activation,
+    special_ids,
 )
 
 __all__ = ["import_gpt_neox", "import_phi3"]
@@ -80,10 +75,10 @@ def import_gpt_neox(config: Config, weights: Weights) -> Imported:
         # a state dict of transformers 5's model, which calls embed_out lm_head
         weights.tensors[table.head] = weights.tensors.pop("lm_head.weight")
     out = from_hf(weights, table, {"decoder": layers})
-    tied = _output_head(weights, out, table.head, config)
+    tied = output_head(weights, out, table.head, config)
     max_positions = config.integer("max_position_embeddings")
     positions = positions_from_hf(_rope_parameters(config, 0.25), max_positions)
-    token_ids, notes = _special_ids(config, ("pad", "bos", "eos", "unk"))
+    token_ids, notes = special_ids(config, ("pad", "bos", "eos", "unk"))
     spec: dict[str, Any] = {
         "architecture": "decoder-only",
         "context_length": max_positions,
@@ -92,15 +87,15 @@ def import_gpt_neox(config: Config, weights: Weights) -> Imported:
         "attention": {"heads": heads},
         "feed_forward": {
             "d_ff": config.integer("intermediate_size"),
-            "activation": _activation(config, "hidden_act", gated=False),
+            "activation": spec_activation(config, "hidden_act", gated=False),
         },
         "norm": {"type": "layernorm", "position": "pre", "eps": config.number("layer_norm_eps")},
         "positions": positions,
         "bias": True,
         "head": {"tied": tied},
         "dropout": {
-            "hidden": _dropout(config.number("hidden_dropout")),
-            "attention": _dropout(config.number("attention_dropout")),
+            "hidden": dropout(config.number("hidden_dropout")),
+            "attention": dropout(config.number("attention_dropout")),
         },
         "objective": {"type": "causal-lm"},
     }
@@ -118,7 +113,7 @@ def import_phi3(config: Config, weights: Weights) -> Imported:
     d_ff = config.integer("intermediate_size")
     table = phi3_table(heads * head_dim, kv_heads * head_dim, d_ff)
     out = from_hf(weights, table, {"decoder": layers})
-    tied = _output_head(weights, out, table.head, config)
+    tied = output_head(weights, out, table.head, config)
     max_positions = config.integer("max_position_embeddings")
     positions = positions_from_hf(_rope_parameters(config, 1.0), max_positions)
     attention: dict[str, Any] = {"heads": heads}
@@ -126,7 +121,7 @@ def import_phi3(config: Config, weights: Weights) -> Imported:
         attention["kv_heads"] = kv_heads
     if head_dim * heads != d_model:
         attention["head_dim"] = head_dim
-    token_ids, notes = _special_ids(config, ("pad", "bos", "eos", "unk"))
+    token_ids, notes = special_ids(config, ("pad", "bos", "eos", "unk"))
     window = config["sliding_window"]
     if window is not None and (
         isinstance(window, bool) or not isinstance(window, int) or window < 1
@@ -147,14 +142,17 @@ def import_phi3(config: Config, weights: Weights) -> Imported:
         "d_model": d_model,
         "layers": layers,
         "attention": attention,
-        "feed_forward": {"d_ff": d_ff, "activation": _activation(config, "hidden_act", gated=True)},
+        "feed_forward": {
+            "d_ff": d_ff,
+            "activation": spec_activation(config, "hidden_act", gated=True),
+        },
         "norm": {"type": "rmsnorm", "position": "pre", "eps": config.number("rms_norm_eps")},
         "positions": positions,
         "bias": False,
         "head": {"tied": tied},
         "dropout": {
-            "hidden": _dropout(config.number("resid_pdrop")),
-            "attention": _dropout(config.number("attention_dropout")),
+            "hidden": dropout(config.number("resid_pdrop")),
+            "attention": dropout(config.number("attention_dropout")),
         },
         "objective": {"type": "causal-lm"},
     }

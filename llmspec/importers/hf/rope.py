@@ -6,7 +6,7 @@ the older ``rope_theta`` / ``rope_scaling`` / ``partial_rotary_factor`` fields b
 ``rope_theta``, ``partial_rotary_factor`` and the type's numbers. :func:`positions_from_hf`
 turns such a dict (and, for Gemma 3, the local layers' one) into the spec's ``positions``
 section; :func:`rope_parameters_to_hf` gives the dict back. Whatever the spec's rope cannot
-express is refused by name (:class:`~llmspec.importers.hf.tables.HFImportError`), never
+express is refused by name (:class:`~llmspec.importers.hf.mapping.HFImportError`), never
 dropped.
 
 Names that differ: transformers' ``original_max_position_embeddings`` is the spec's
@@ -22,7 +22,7 @@ import json
 import math
 from typing import Any
 
-from llmspec.importers.hf.tables import HFImportError
+from llmspec.importers.hf.mapping import HFImportError
 
 # The keys of each rope type's dict that the spec expresses (besides rope_type, rope_theta and
 # partial_rotary_factor), transformers' name -> the spec's.

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from llmspec.importers.hf.families import SUPPORTED_FAMILIES
-from llmspec.importers.hf.tables import HFImportError, Weights
+from llmspec.importers.hf.mapping import HFImportError, Weights
 from runtime.artifact import CHAT_TEMPLATE_LIMIT
 from runtime.reading import MiB, UnreadableFile, read_json, read_text
 

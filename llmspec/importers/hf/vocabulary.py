@@ -58,9 +58,9 @@ from typing import Any
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-from llmspec.importers.hf.families import Imported
+from llmspec.importers.hf.mapping import HFImportError
 from llmspec.importers.hf.source import MAX_JSON_BYTES, TOKENIZER_FILE, Source
-from llmspec.importers.hf.tables import HFImportError
+from llmspec.importers.hf.translation import Imported
 from llmspec.spec.sections import BYTE_LEVEL_BASE, ModelSpec
 from llmspec.tokenizer import (
     MAX_TOKENIZER_BYTES,

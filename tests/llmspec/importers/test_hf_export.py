@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from llmspec.cli import main
 from llmspec.importers.hf.export import export_hf, generation_config
 from llmspec.importers.hf.importer import import_hf
-from llmspec.importers.hf.tables import HFExportError
+from llmspec.importers.hf.mapping import HFExportError
 from llmspec.spec.loading import dump_spec, load_spec
 from llmspec.spec.sections import ModelSpec
 
@@ -514,7 +514,7 @@ def test_fp16_weights_export_as_fp16_and_load_so(tmp_path: Path) -> None:
 
 def test_the_exports_activation_names_are_the_imports_read_backwards() -> None:
     from llmspec.importers.hf.export_config import GATED_NAMES, PLAIN_NAMES, T5_PROJ
-    from llmspec.importers.hf.families import GATED_ACTIVATIONS, PLAIN_ACTIVATIONS
+    from llmspec.importers.hf.translation import GATED_ACTIVATIONS, PLAIN_ACTIVATIONS
 
     assert all(PLAIN_ACTIVATIONS[hf] == ours for ours, hf in PLAIN_NAMES.items())
     assert all(GATED_ACTIVATIONS[hf] == ours for ours, hf in GATED_NAMES.items())

@@ -28,7 +28,8 @@ from test_hf_parity import (
 )
 
 from llmspec.importers.hf.importer import import_hf
-from llmspec.importers.hf.tables import TABLES, HFImportError, Weights, from_hf, to_hf
+from llmspec.importers.hf.mapping import HFImportError, Weights, from_hf, to_hf
+from llmspec.importers.hf.tables import TABLES
 from llmspec.spec.loading import load_spec
 
 transformers = pytest.importorskip("transformers")

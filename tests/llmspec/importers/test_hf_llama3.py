@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from llmspec.importers.hf.importer import import_hf
-from llmspec.importers.hf.tables import HFImportError
+from llmspec.importers.hf.mapping import HFImportError
 from llmspec.spec.loading import load_spec
 
 transformers = pytest.importorskip("transformers")

@@ -29,15 +29,8 @@ from test_hf_parity import (
 )
 
 from llmspec.importers.hf.importer import import_hf
-from llmspec.importers.hf.tables import (
-    HFImportError,
-    Weights,
-    from_hf,
-    gpt_neox_table,
-    per_head_fused_qkv,
-    phi3_table,
-    to_hf,
-)
+from llmspec.importers.hf.mapping import HFImportError, Weights, from_hf, to_hf
+from llmspec.importers.hf.tables import gpt_neox_table, per_head_fused_qkv, phi3_table
 from llmspec.spec.loading import load_spec
 
 transformers = pytest.importorskip("transformers")

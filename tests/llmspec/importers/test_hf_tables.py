@@ -19,18 +19,18 @@ import torch
 from safetensors.torch import load_file
 
 from llmspec.importers.hf.importer import HFImportError, weights_from_hf
-from llmspec.importers.hf.tables import (
+from llmspec.importers.hf.mapping import (
     CONV1D,
     FUSED_QKV,
     FUSED_QKV_CONV1D,
     ROW,
-    TABLES,
     HFExportError,
     Rule,
     Transform,
     WeightTable,
     to_hf,
 )
+from llmspec.importers.hf.tables import TABLES
 
 pytest.importorskip("transformers")
 

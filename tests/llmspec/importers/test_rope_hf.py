@@ -8,12 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from llmspec.importers.hf.mapping import HFImportError
 from llmspec.importers.hf.rope import (
     local_rope_parameters_to_hf,
     positions_from_hf,
     rope_parameters_to_hf,
 )
-from llmspec.importers.hf.tables import HFImportError
 from llmspec.spec.sections import RopePositions
 from tests.llmspec.test_rope_parity import (
     CASES,
