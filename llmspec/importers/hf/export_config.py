@@ -32,6 +32,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from llmspec.importers.hf.export_modern import (
+    MODERN_FIXED,
+    MODERN_TRANSLATIONS,
+    modern_family,
+    modern_table,
+)
 from llmspec.importers.hf.mapping import HFExportError, HFImportError, WeightTable
 from llmspec.importers.hf.rope import rope_parameters_to_hf
 from llmspec.importers.hf.tables import (
@@ -210,6 +216,7 @@ FIXED: dict[str, dict[str, Any]] = {
         "head.rescale": False,
         "objective.type": "denoising",
     },
+    **MODERN_FIXED,  # qwen2, qwen3, mistral, gemma, gemma2, gemma3_text, gpt_neox
 }
 
 
@@ -261,7 +268,7 @@ def _shown(value: Any) -> str:
 # The families that may hold a spec, by its architecture and positions, in order of preference
 CANDIDATES: dict[str, dict[str, tuple[str, ...]]] = {
     "encoder-only": {"learned": ("bert", "roberta", "distilbert")},
-    "decoder-only": {"learned": ("gpt2", "opt"), "rope": ("llama",)},
+    "decoder-only": {"learned": ("gpt2", "opt"), "rope": ("llama", *MODERN_TRANSLATIONS)},
     "encoder-decoder": {"relative": ("t5",), "learned": ("bart",)},
 }
 
@@ -276,6 +283,8 @@ def candidates(spec: ModelSpec) -> tuple[str, ...]:
             f"positions.type {positions} cannot be exported to Hugging Face: no {spec.architecture}"
             f" family llmspec exports has it; the families and their positions: {offers}"
         )
+    if spec.architecture == "decoder-only" and positions == "rope":  # the family its knobs name
+        return (modern_family(spec) or "llama",)
     return choices[positions]
 
 
@@ -561,6 +570,7 @@ TRANSLATIONS: dict[str, Translation] = {
     "llama": _llama,
     "t5": _t5,
     "bart": _bart,
+    **MODERN_TRANSLATIONS,
 }
 
 
@@ -588,6 +598,8 @@ def hf_config(spec: ModelSpec, ids: dict[str, int]) -> HFConfig:
 def _table(spec: ModelSpec, family: str) -> WeightTable:
     if family == "t5":
         return T5_GATED if spec.gated else T5
+    if family in MODERN_TRANSLATIONS:
+        return modern_table(spec, family)
     tables = {
         "bert": BERT,
         "roberta": ROBERTA,

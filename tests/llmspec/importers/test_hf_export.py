@@ -557,7 +557,8 @@ def test_alibi_positions_are_refused_naming_the_families(tmp_path: Path) -> None
     spec = _spec_with(load_spec(ROOT / "specs" / "tiny-decoder.yaml"), positions={"type": "alibi"})
     assert _refusal(spec, tmp_path) == (
         "positions.type alibi cannot be exported to Hugging Face: no decoder-only family "
-        "llmspec exports has it; the families and their positions: gpt2/opt (learned), llama (rope)"
+        "llmspec exports has it; the families and their positions: gpt2/opt (learned), "
+        "llama/qwen2/qwen3/mistral/gemma/gemma2/gemma3_text/gpt_neox (rope)"
     )
 
 
