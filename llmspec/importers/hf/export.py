@@ -336,9 +336,11 @@ def export_hf(
     output: str | os.PathLike[str],
     *,
     force: bool = False,
+    family: str | None = None,
 ) -> ExportedHF:
     """Export ``source`` (a spec, spec file, run or import directory) to the Hugging Face
-    directory ``output``; return what was written.
+    directory ``output``, as the Hugging Face ``family`` (a ``model_type``) when given, else as
+    the family the spec's architecture, positions and knobs name; return what was written.
 
     Raises :class:`HFExportError` (one line) for a spec no Hugging Face family holds, naming
     each field that differs, for weights that do not fit the spec, and when ``output`` exists
@@ -357,7 +359,7 @@ def export_hf(
         ids = check_fits(tokenizer, spec)
     except TokenizerMismatch as err:
         raise HFExportError(str(err)) from None
-    hf = hf_config(spec, ids)
+    hf = hf_config(spec, ids, family)
     tensors = _our_tensors(spec, src.weights)
     hf.config["dtype"] = _dtype(tensors, src.weights)
     state = hf_state_dict(tensors, hf)

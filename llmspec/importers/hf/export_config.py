@@ -288,6 +288,23 @@ def candidates(spec: ModelSpec) -> tuple[str, ...]:
     return choices[positions]
 
 
+def _asked(spec: ModelSpec, family: str) -> tuple[str, ...]:
+    """``family`` as the only candidate, if it has the spec's architecture and positions."""
+    if family not in TRANSLATIONS:
+        raise HFExportError(
+            f"family {family!r} is not one llmspec exports to Hugging Face; supported: "
+            f"{', '.join(sorted(TRANSLATIONS))}"
+        )
+    fitting = CANDIDATES[spec.architecture].get(spec.positions.type, ())
+    if family not in fitting:
+        raise HFExportError(
+            f"spec {spec.name!r} cannot be exported to Hugging Face as {family}: a "
+            f"{spec.architecture} model with {spec.positions.type} positions is one of "
+            f"{', '.join(fitting) or 'no family llmspec exports'}"
+        )
+    return (family,)
+
+
 @dataclass
 class HFConfig:
     """A spec's Hugging Face config: family, weight table and config.json's content."""
@@ -574,12 +591,12 @@ TRANSLATIONS: dict[str, Translation] = {
 }
 
 
-def hf_config(spec: ModelSpec, ids: dict[str, int]) -> HFConfig:
+def hf_config(spec: ModelSpec, ids: dict[str, int], family: str | None = None) -> HFConfig:
     """The Hugging Face family, weight table and config.json for ``spec``, whose special tokens
-    have the ids ``ids`` (role -> id): the first of its :func:`candidates` that holds it.
-    Raises :class:`HFExportError` naming every field in which the spec differs from the
-    closest family."""
-    among = candidates(spec)
+    have the ids ``ids`` (role -> id): the first of its :func:`candidates` that holds it, or
+    ``family`` when given. Raises :class:`HFExportError` naming every field in which the spec
+    differs from the closest family."""
+    among = candidates(spec) if family is None else _asked(spec, family)
     tried: list[tuple[str, list[str]]] = []
     for family in among:
         differences = _fixed_differences(spec, family)

@@ -11,8 +11,9 @@ families; a knob the family lacks is refused by name by the read-back in
 :mod:`llmspec.importers.hf.export`.
 
 Decisions: Phi-3's layers are Llama's (Mistral's with a window) with q/k/v and gate/up fused,
-so a spec imported from Phi-3 goes out as Llama or Mistral (the spec does not say which of
-these transformers classes it came from; the logits are the same). Gemma 2/3's
+and the spec does not say which of these transformers classes it came from (the logits are the
+same), so a spec imported from Phi-3 goes out as Llama or Mistral unless Phi-3 is asked for
+(``export_hf(..., family="phi3")``, ``llmspec export-hf --family phi3``). Gemma 2/3's
 ``query_pre_attn_scalar`` is written as the integer whose ``** -0.5`` is the spec's scale where
 there is one, else as ``scale ** -2``.
 """
@@ -32,6 +33,7 @@ from llmspec.importers.hf.tables import (
     QWEN2,
     QWEN3,
     gpt_neox_table,
+    phi3_table,
 )
 from llmspec.spec.sections import ModelSpec
 
@@ -68,6 +70,7 @@ MODERN_FIXED: dict[str, dict[str, Any]] = {
     "qwen2": {**_LLAMA_LIKE, "attention.qkv_bias": True},
     "qwen3": {**_LLAMA_LIKE, "attention.qk_norm": "rmsnorm"},
     "mistral": {**_LLAMA_LIKE, "attention.layer_pattern": None},
+    "phi3": {**_LLAMA_LIKE, "attention.layer_pattern": None},
     "gemma": {**_GEMMA, "norm.sandwich": False},
     "gemma2": {**_GEMMA, "norm.sandwich": True},
     "gemma3_text": {**_GEMMA, "norm.sandwich": True, "attention.qk_norm": "rmsnorm"},
@@ -175,6 +178,30 @@ def _mistral(spec: ModelSpec, ids: dict[str, int]) -> tuple[dict[str, Any], list
         "sliding_window": spec.attention.sliding_window,
     }
     del config["attention_bias"]  # Mistral has no bias switch
+    return config, problems
+
+
+def _phi3(spec: ModelSpec, ids: dict[str, int]) -> tuple[dict[str, Any], list[str]]:
+    problems: list[str] = []
+    assert spec.positions.type == "rope"
+    if spec.positions.local_base is not None:
+        problems.append("positions.local_base is set (phi3 has one rope base)")
+    rope = _rope(spec, "phi3", problems)
+    config = {
+        "architectures": ["Phi3ForCausalLM"],
+        **_llama_like(spec, ids, "phi3"),
+        "hidden_act": _GATED.get(spec.feed_forward.activation),
+        "rope_theta": rope["rope_theta"],
+        "rope_parameters": rope,
+        "partial_rotary_factor": rope.get("partial_rotary_factor", 1.0),
+        "original_max_position_embeddings": rope.get(
+            "original_max_position_embeddings", spec.context_length
+        ),
+        "sliding_window": spec.attention.sliding_window,
+        "resid_pdrop": spec.dropout.hidden,
+        "embd_pdrop": spec.dropout.hidden,
+    }
+    del config["attention_bias"]  # Phi-3 has no bias switch
     return config, problems
 
 
@@ -292,6 +319,7 @@ MODERN_TRANSLATIONS: dict[str, Translation] = {
     "gemma2": lambda spec, ids: _gemma(spec, ids, "gemma2"),
     "gemma3_text": lambda spec, ids: _gemma(spec, ids, "gemma3_text"),
     "gpt_neox": _gpt_neox,
+    "phi3": _phi3,  # only when asked for (modern_family never names it)
 }
 
 
@@ -299,6 +327,11 @@ def modern_table(spec: ModelSpec, family: str) -> WeightTable:
     """The weight table of ``family`` (one of :data:`MODERN_TRANSLATIONS`) for ``spec``."""
     if family == "gpt_neox":
         return gpt_neox_table(spec.attention.heads)
+    if family == "phi3":
+        head_dim = spec.head_dim
+        return phi3_table(
+            spec.attention.heads * head_dim, spec.kv_heads * head_dim, spec.feed_forward.d_ff
+        )
     tables = {
         "qwen2": QWEN2,
         "qwen3": QWEN3,

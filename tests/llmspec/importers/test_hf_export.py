@@ -558,7 +558,7 @@ def test_alibi_positions_are_refused_naming_the_families(tmp_path: Path) -> None
     assert _refusal(spec, tmp_path) == (
         "positions.type alibi cannot be exported to Hugging Face: no decoder-only family "
         "llmspec exports has it; the families and their positions: gpt2/opt (learned), "
-        "llama/qwen2/qwen3/mistral/gemma/gemma2/gemma3_text/gpt_neox (rope)"
+        "llama/qwen2/qwen3/mistral/gemma/gemma2/gemma3_text/gpt_neox/phi3 (rope)"
     )
 
 

@@ -23,6 +23,7 @@ from test_hf_export import _byte_tokenizer, _close, _padded, _save_tokenizer
 from test_hf_gemma import gemma, gemma2, gemma3
 from test_hf_neox_phi import LONGROPE, gpt_neox, phi3
 
+from llmspec.cli import main
 from llmspec.importers.hf.export import export_hf
 from llmspec.importers.hf.export_config import GATED_NAMES, PLAIN_NAMES, hf_config
 from llmspec.importers.hf.export_modern import _GATED, _PLAIN
@@ -32,6 +33,7 @@ from llmspec.spec.loading import dump_spec, load_spec
 from llmspec.spec.sections import ModelSpec
 
 transformers = pytest.importorskip("transformers")
+build_module = pytest.importorskip("llmspec.builder")
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -90,7 +92,18 @@ SOURCES: dict[str, tuple[str, Callable[[Path], Any]]] = {
         "llama",
         _with_tokenizer(lambda d: phi3(d, rope_parameters={**LONGROPE})),
     ),
+    "phi3-fused-asked-for": ("phi3", _with_tokenizer(phi3)),
+    "phi3-mha-window-5-asked-for": (
+        "phi3",
+        _with_tokenizer(lambda d: phi3(d, num_key_value_heads=4, sliding_window=5)),
+    ),
+    "phi3-longrope-asked-for": (
+        "phi3",
+        _with_tokenizer(lambda d: phi3(d, rope_parameters={**LONGROPE})),
+    ),
 }
+# sources exported with export_hf(..., family=...): the spec does not name Phi-3
+ASKED = {name: "phi3" for name in SOURCES if name.endswith("-asked-for")}
 
 
 @pytest.fixture(scope="module", params=sorted(SOURCES))
@@ -100,7 +113,7 @@ def round_trip(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     root = tmp_path_factory.mktemp(request.param)
     source = make(root / "hf")
     imported = import_hf(root / "hf", root / "imported")
-    exported = export_hf(imported, root / "exported")
+    exported = export_hf(imported, root / "exported", family=ASKED.get(request.param))
     assert exported.family == family
     return family, source, imported, root / "exported"
 
@@ -184,3 +197,58 @@ def test_a_qwen2_spec_with_a_window_is_refused_naming_the_window(tmp_path: Path)
         export_hf(spec, tmp_path / "hf")
     assert "as the qwen2 family it differs in attention.sliding_window is 4" in str(err.value)
     assert not (tmp_path / "hf").exists()
+
+
+def _tiny_decoder(**changes: dict[str, Any]) -> ModelSpec:
+    data = load_spec(ROOT / "specs" / "tiny-decoder.yaml").model_dump(mode="json")
+    for section, values in changes.items():
+        data[section] = {**data[section], **values}
+    return ModelSpec.model_validate(data)
+
+
+def test_a_gemma_spec_with_a_score_scale_is_refused_naming_it(tmp_path: Path) -> None:
+    """Gemma (1) scales scores by 1/sqrt(head_dim) only; the read-back names the scale."""
+    spec = _tiny_decoder(
+        norm={"unit_offset": True}, embeddings={"scale": True}, attention={"scale": 0.25}
+    )
+    assert hf_config(spec, {}).family == "gemma"
+    with pytest.raises(HFExportError) as err:
+        export_hf(spec, tmp_path / "hf")
+    assert "as the gemma family it differs in attention.scale is 0.25" in str(err.value)
+
+
+def test_a_family_that_cannot_hold_the_spec_is_refused_when_asked_for(tmp_path: Path) -> None:
+    spec = _tiny_decoder()
+    with pytest.raises(HFExportError) as err:
+        export_hf(spec, tmp_path / "hf", family="bert")
+    assert str(err.value).startswith(
+        "spec 'tiny-decoder' cannot be exported to Hugging Face as bert: a decoder-only model "
+        "with rope positions is one of llama, qwen2,"
+    )
+    with pytest.raises(HFExportError) as err:
+        export_hf(spec, tmp_path / "hf", family="phi4")
+    assert "family 'phi4' is not one llmspec exports to Hugging Face; supported: " in str(err.value)
+    with pytest.raises(HFExportError) as err:  # the family's fixed choices still hold
+        export_hf(spec, tmp_path / "hf", family="gemma")
+    assert "norm.unit_offset is false (gemma has true)" in str(err.value)
+    assert not (tmp_path / "hf").exists()
+
+
+def test_the_cli_family_option_writes_phi3_with_its_fused_weights(tmp_path: Path) -> None:
+    spec = ROOT / "specs" / "tiny-decoder.yaml"
+    out = tmp_path / "hf"
+    assert main(["export-hf", str(spec), "-o", str(out), "--family", "phi3"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["model_type"], config["architectures"]) == ("phi3", ["Phi3ForCausalLM"])
+    names = load_file(out / "model.safetensors").keys()
+    assert any(name.endswith("self_attn.qkv_proj.weight") for name in names)
+    assert any(name.endswith("mlp.gate_up_proj.weight") for name in names)
+    model = _load(out)
+    tokens, mask = _padded([6, 3], 260, 0, left=True)
+    torch.manual_seed(build_module.INIT_SEED)  # the bare spec's initial weights, as exported
+    ours = build_module.build(load_spec(spec)).eval()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        mine = ours(tokens, mask, positions).logits[mask.bool()]
+        theirs = model(input_ids=tokens, attention_mask=mask, position_ids=positions).logits
+    _close(theirs[mask.bool()], mine, "tiny-decoder as phi3")
