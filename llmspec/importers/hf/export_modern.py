@@ -248,7 +248,9 @@ def _gemma(spec: ModelSpec, ids: dict[str, int], family: str) -> tuple[dict[str,
     config["hidden_activation"] = activation
     config["query_pre_attn_scalar"] = _query_scalar(spec, problems)
     config["final_logit_softcapping"] = spec.head.softcap
-    config["sliding_window"] = spec.attention.sliding_window
+    # transformers builds Gemma 2/3's sliding mask even with no local layer: a window that
+    # never binds, which the import reads back as none (no layer is local)
+    config["sliding_window"] = spec.attention.sliding_window or spec.context_length
     config["layer_types"] = _layer_types(spec)
     local = "sliding_attention" in config["layer_types"]
     if family == "gemma2":

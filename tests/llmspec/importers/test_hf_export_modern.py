@@ -58,6 +58,12 @@ def _with_tokenizer(make: Callable[[Path], Any]) -> Callable[[Path], Any]:
 # source -> (the family it exports as, its maker)
 SOURCES: dict[str, tuple[str, Callable[[Path], Any]]] = {
     "qwen2-qkv-bias-tied": ("qwen2", _with_tokenizer(hf_tiny.qwen2)),
+    "qwen2-mha-untied": (
+        "qwen2",
+        _with_tokenizer(
+            lambda d: hf_tiny.qwen2(d, num_key_value_heads=4, tie_word_embeddings=False)
+        ),
+    ),
     "qwen3-qk-norm-tied": ("qwen3", _with_tokenizer(hf_tiny.qwen3)),
     "mistral-window-5": (
         "mistral",
@@ -65,6 +71,18 @@ SOURCES: dict[str, tuple[str, Callable[[Path], Any]]] = {
     ),
     "gemma-gqa-tied": ("gemma", _with_tokenizer(gemma)),
     "gemma2-window4-softcaps-scale": ("gemma2", _with_tokenizer(gemma2)),
+    "gemma2-no-window-no-softcaps-usual-scale": (
+        "gemma2",
+        _with_tokenizer(
+            lambda d: gemma2(
+                d,
+                layer_types=["full_attention"] * 3,
+                attn_logit_softcapping=None,
+                final_logit_softcapping=None,
+                query_pre_attn_scalar=8,
+            )
+        ),
+    ),
     "gemma3-qk-norm-local-base-pattern": ("gemma3_text", _with_tokenizer(gemma3)),
     "gemma3-every-layer-local": (
         "gemma3_text",
