@@ -270,3 +270,29 @@ def test_the_cli_family_option_writes_phi3_with_its_fused_weights(tmp_path: Path
         mine = ours(tokens, mask, positions).logits[mask.bool()]
         theirs = model(input_ids=tokens, attention_mask=mask, position_ids=positions).logits
     _close(theirs[mask.bool()], mine, "tiny-decoder as phi3")
+
+
+# real-size specs in specs/ -> (the family asked for, the family written, transformers' count
+# of the published model's parameters)
+REAL_SIZE: dict[str, tuple[str | None, str, int]] = {
+    "llama-3.2-1b": (None, "llama", 1_235_814_400),
+    "qwen2.5-0.5b": (None, "qwen2", 494_032_768),
+    "qwen3-0.6b": (None, "qwen3", 596_049_920),
+    "mistral-7b-v0.1": (None, "mistral", 7_241_732_096),
+    "gemma-2-2b": (None, "gemma2", 2_614_341_888),
+    "phi-3-mini-4k": ("phi3", "phi3", 3_821_079_552),
+    "pythia-160m": (None, "gpt_neox", 162_322_944),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REAL_SIZE))
+def test_a_real_size_specs_config_builds_the_published_models_parameters(name: str) -> None:
+    """The written config.json, built by transformers (on the meta device: shapes only), has
+    the published model's parameter count."""
+    asked, family, count = REAL_SIZE[name]
+    written = hf_config(load_spec(ROOT / "specs" / f"{name}.yaml"), {}, asked)
+    assert written.family == family
+    config = transformers.AutoConfig.for_model(**written.config)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    assert sum(p.numel() for p in model.parameters()) == count
