@@ -2,9 +2,11 @@
 
 :func:`hf_config` picks the Hugging Face family that holds a spec: its architecture and
 positions name the candidates (:data:`CANDIDATES`: encoder-only BERT, RoBERTa or DistilBERT;
-decoder-only GPT-2 or OPT with learned positions, Llama with RoPE; encoder-decoder T5 with
-relative buckets, BART with learned positions), and the first whose fixed choices fit is
-taken. It writes that family's config.json, the inverse of its import translation in
+decoder-only GPT-2 or OPT with learned positions, with RoPE the family its knobs name
+(:mod:`llmspec.importers.hf.export_modern`: Qwen2, Qwen3, Mistral, the Gemmas, GPT-NeoX; else
+Llama); encoder-decoder T5 with relative buckets, BART with learned positions), and the first
+whose fixed choices fit is taken; ``family`` names one instead (Phi-3 only so). It writes
+that family's config.json, the inverse of its import translation in
 :mod:`llmspec.importers.hf.families`. What a family fixes (GPT-2 is pre-norm LayerNorm with
 biases, BERT post-norm with an embedding norm, ...) is a table, :data:`FIXED`; values that
 depend on another field (BERT's MLM head, T5's rescaled output, RoBERTa's positions counted

@@ -84,6 +84,18 @@ SOURCES: dict[str, tuple[str, Callable[[Path], Any]]] = {
         ),
     ),
     "gemma3-qk-norm-local-base-pattern": ("gemma3_text", _with_tokenizer(gemma3)),
+    "gemma3-linear-scaled-global": (
+        "gemma3_text",
+        _with_tokenizer(
+            lambda d: gemma3(
+                d,
+                rope_parameters={
+                    "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6},
+                    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                },
+            )
+        ),
+    ),
     "gemma3-every-layer-local": (
         "gemma3_text",
         _with_tokenizer(lambda d: gemma3(d, layer_types=["sliding_attention"] * 4)),
