@@ -2,7 +2,9 @@
 
 Every value the generated file needs that is not written in the spec as-is (class names,
 which init, which stacks, the config fields and their comments, the docstring) is computed
-here, in one place; the templates only lay the plan out.
+here, in one place; the templates only lay the plan out. The module is long because it is
+that one place: every knob of the spec has its config fields and its docstring phrase here,
+next to the others they combine with.
 """
 
 from __future__ import annotations

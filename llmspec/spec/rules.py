@@ -4,7 +4,9 @@ Each rule names the top-level fields it reads, so that rules whose inputs are va
 (and are reported) when other sections have field errors: :func:`cross_field_problems` is called
 by :class:`~llmspec.spec.sections.ModelSpec`'s validator and, with the valid fields only, by
 :func:`llmspec.spec.loading.load_spec` next to the field errors. A rule takes the spec (or a
-namespace of its valid sections) and returns ``(path, message)`` pairs.
+namespace of its valid sections) and returns ``(path, message)`` pairs. The rules are one list
+(:data:`RULES`, in registration order) so that their problems are reported in a stable order;
+hence one module, however many knobs the spec grows.
 """
 
 from __future__ import annotations
