@@ -28,6 +28,7 @@ from llmspec.importers.hf.rope import positions_from_hf
 from llmspec.importers.hf.tables import GEMMA, GEMMA2, GEMMA3
 from llmspec.importers.hf.translation import (
     Imported,
+    decoder_attention,
     dropout,
     output_head,
     spec_activation,
@@ -120,17 +121,11 @@ def _gemma(
     """The translation the three Gemmas share; ``kinds`` is each layer's kind (Gemma 2/3)."""
     _refuse_common(config)
     d_model = config.integer("hidden_size")
-    heads = config.integer("num_attention_heads")
-    kv_heads = config.integer("num_key_value_heads") if config["num_key_value_heads"] else heads
-    head_dim = config.integer("head_dim") if config["head_dim"] else d_model // heads
+    attention = decoder_attention(config, attention_knobs)
+    head_dim = attention.get("head_dim", d_model // attention["heads"])
     layers = config.integer("num_hidden_layers")
     out = from_hf(weights, table, {"decoder": layers})
     tied = output_head(weights, out, table.head, config)
-    attention: dict[str, Any] = {"heads": heads, **attention_knobs}
-    if kv_heads != heads:
-        attention["kv_heads"] = kv_heads
-    if head_dim * heads != d_model:
-        attention["head_dim"] = head_dim
     scalar = config["query_pre_attn_scalar"]
     if scalar is not None:
         if isinstance(scalar, bool) or not isinstance(scalar, int | float) or scalar <= 0:

@@ -15,6 +15,7 @@ from llmspec.importers.hf.tables import (
 )
 from llmspec.importers.hf.translation import (
     Imported,
+    decoder_attention,
     dropout,
     output_head,
     rope_positions,
@@ -34,17 +35,10 @@ def import_llama(config: Config, weights: Weights) -> Imported:
     positions = rope_positions(config)
     activation = spec_activation(config, "hidden_act", gated=True)
     d_model = config.integer("hidden_size")
-    heads = config.integer("num_attention_heads")
-    kv_heads = config.integer("num_key_value_heads") if config["num_key_value_heads"] else heads
-    head_dim = config.integer("head_dim") if config["head_dim"] else d_model // heads
+    attention = decoder_attention(config)
     layers = config.integer("num_hidden_layers")
     out = from_hf(weights, LLAMA, {"decoder": layers}, ["bias"] if bias else [])
     tied = output_head(weights, out, LLAMA.head, config)
-    attention: dict[str, Any] = {"heads": heads}
-    if kv_heads != heads:
-        attention["kv_heads"] = kv_heads
-    if head_dim * heads != d_model:
-        attention["head_dim"] = head_dim
     token_ids, notes = special_ids(config, ("pad", "bos", "eos", "unk"))
     spec = {
         "architecture": "decoder-only",
@@ -116,17 +110,10 @@ def _qwen(config: Config, weights: Weights, table: WeightTable, knobs: dict[str,
     _full_attention_only(config)
     positions = rope_positions(config)
     d_model = config.integer("hidden_size")
-    heads = config.integer("num_attention_heads")
-    kv_heads = config.integer("num_key_value_heads") if config["num_key_value_heads"] else heads
-    head_dim = config.integer("head_dim") if config["head_dim"] else d_model // heads
+    attention = decoder_attention(config, knobs)
     layers = config.integer("num_hidden_layers")
     out = from_hf(weights, table, {"decoder": layers})
     tied = output_head(weights, out, table.head, config)
-    attention: dict[str, Any] = {"heads": heads, **knobs}
-    if kv_heads != heads:
-        attention["kv_heads"] = kv_heads
-    if head_dim * heads != d_model:
-        attention["head_dim"] = head_dim
     token_ids, notes = special_ids(config, ("pad", "bos", "eos", "unk"))
     spec = {
         "architecture": "decoder-only",

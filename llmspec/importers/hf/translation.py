@@ -4,7 +4,7 @@ dropout, special token ids, rope positions, and :class:`Imported`, what a transl
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,3 +149,19 @@ def rope_positions(config: Config) -> dict[str, Any]:
             f"{config.family}: its attention rotates every channel"
         )
     return positions
+
+
+def decoder_attention(config: Config, knobs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The spec's attention section of a Llama-like config: ``heads``, with ``kv_heads`` and
+    ``head_dim`` only where they differ from plain multi-head attention over ``hidden_size``
+    (``num_key_value_heads``, ``head_dim``), the family's ``knobs`` beside them."""
+    d_model = config.integer("hidden_size")
+    heads = config.integer("num_attention_heads")
+    kv_heads = config.integer("num_key_value_heads") if config["num_key_value_heads"] else heads
+    head_dim = config.integer("head_dim") if config["head_dim"] else d_model // heads
+    attention: dict[str, Any] = {"heads": heads, **(knobs or {})}
+    if kv_heads != heads:
+        attention["kv_heads"] = kv_heads
+    if head_dim * heads != d_model:
+        attention["head_dim"] = head_dim
+    return attention
