@@ -16,7 +16,6 @@ layer (a window as long as the context is left out, as Mistral's).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from llmspec.importers.hf.config import Config
@@ -27,6 +26,7 @@ from llmspec.importers.hf.translation import (
     Imported,
     dropout,
     output_head,
+    rope_parameters,
     spec_activation,
     special_ids,
 )
@@ -35,23 +35,10 @@ __all__ = ["import_gpt_neox", "import_phi3"]
 
 
 def _rope_parameters(config: Config, partial_default: float) -> dict[str, Any]:
-    """The standardized rope_parameters dict, as transformers 5 builds it from a config of
-    either version: a legacy ``rope_scaling`` first, then ``rope_parameters``, with
-    ``rope_theta``, ``partial_rotary_factor`` (GPT-NeoX: ``rotary_pct``) and
-    ``original_max_position_embeddings`` from the top level where the dict lacks them."""
-    raw = config.raw
-    where = "rope_scaling" if raw.get("rope_scaling") else "rope_parameters"
-    parameters = raw.get("rope_scaling") or raw.get("rope_parameters") or {}
-    if not isinstance(parameters, dict):
-        raise HFImportError(f"config.json: {where} must be an object, got {json.dumps(parameters)}")
-    parameters = dict(parameters)
-    parameters.setdefault("rope_type", parameters.get("type", "default"))
-    parameters.setdefault("rope_theta", raw.get("rope_theta", raw.get("rotary_emb_base", 10000.0)))
-    partial = raw.get("partial_rotary_factor", raw.get("rotary_pct", partial_default))
-    parameters.setdefault("partial_rotary_factor", partial)
-    original = raw.get("original_max_position_embeddings")
-    if original is not None and parameters["rope_type"] in ("longrope", "yarn", "llama3"):
-        parameters.setdefault("original_max_position_embeddings", original)
+    """The standardized rope parameters (:func:`~llmspec.importers.hf.translation.rope_parameters`)
+    with the family's rotated fraction where the config gives none."""
+    parameters, _ = rope_parameters(config)
+    parameters.setdefault("partial_rotary_factor", partial_default)
     return parameters
 
 

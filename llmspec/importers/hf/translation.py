@@ -120,6 +120,30 @@ def special_ids(config: Config, roles: Iterable[str]) -> tuple[dict[str, int], l
     return ids, notes
 
 
+def rope_parameters(config: Config) -> tuple[dict[str, Any], str]:
+    """The standardized rope parameters of a config of either transformers version, and the
+    key they came from: a legacy ``rope_scaling`` (Llama 3.1's ``rope_type: llama3``) before
+    ``rope_parameters``, with ``rope_type``, ``rope_theta`` (GPT-NeoX: ``rotary_emb_base``),
+    ``partial_rotary_factor`` (GPT-NeoX: ``rotary_pct``, only where the config gives one) and
+    ``original_max_position_embeddings`` (Phi-3) filled in from the top level where the dict
+    lacks them, as transformers 5's standardization does."""
+    raw = config.raw
+    where = "rope_scaling" if raw.get("rope_scaling") else "rope_parameters"
+    parameters = raw.get("rope_scaling") or raw.get("rope_parameters") or {}
+    if not isinstance(parameters, dict):
+        raise HFImportError(f"config.json: {where} must be an object, got {json.dumps(parameters)}")
+    parameters = dict(parameters)
+    parameters.setdefault("rope_type", parameters.get("type", "default"))
+    parameters.setdefault("rope_theta", raw.get("rope_theta", raw.get("rotary_emb_base", 10000.0)))
+    partial = raw.get("partial_rotary_factor", raw.get("rotary_pct"))
+    if partial is not None:
+        parameters.setdefault("partial_rotary_factor", partial)
+    original = raw.get("original_max_position_embeddings")
+    if original is not None and parameters["rope_type"] in ("longrope", "yarn", "llama3"):
+        parameters.setdefault("original_max_position_embeddings", original)
+    return parameters, where
+
+
 def rope_positions(config: Config) -> dict[str, Any]:
     """The spec's rope ``positions`` of a Llama-like config, read as transformers 5 reads it:
     its legacy ``rope_scaling`` (Llama 3.1's ``rope_type: llama3``) before ``rope_parameters``,
@@ -127,15 +151,7 @@ def rope_positions(config: Config) -> dict[str, Any]:
     lacks them. The scaling is :mod:`llmspec.importers.hf.rope`'s (linear, dynamic, llama3,
     yarn, longrope); what the spec cannot express is refused by name there. Llama-like models
     rotate every channel, so a partial rotary factor is refused."""
-    raw = config.raw
-    where = "rope_scaling" if raw.get("rope_scaling") else "rope_parameters"
-    parameters = raw.get("rope_scaling") or raw.get("rope_parameters") or {}
-    if not isinstance(parameters, dict):
-        raise HFImportError(f"config.json: {where} must be an object, got {json.dumps(parameters)}")
-    parameters = dict(parameters)
-    parameters.setdefault("rope_theta", raw.get("rope_theta", 10000.0))
-    if raw.get("partial_rotary_factor") is not None:
-        parameters.setdefault("partial_rotary_factor", raw["partial_rotary_factor"])
+    parameters, where = rope_parameters(config)
     base = parameters["rope_theta"]
     if isinstance(base, bool) or not isinstance(base, int | float) or base <= 1:
         raise HFImportError(f"config.json: rope_theta must be a number > 1, got {base!r}")
