@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from runtime.results import TokenLogprob
+
 if TYPE_CHECKING:
     from runtime.sampling import DecodingState
 
@@ -37,6 +39,32 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = shifted - shifted.max(axis=-1, keepdims=True)
     normalizer = np.exp(np.maximum(shifted, -700.0)).sum(axis=-1, keepdims=True)
     return shifted - np.log(normalizer)
+
+
+def token_logprobs(logits: np.ndarray, tokens: np.ndarray, top: int = 0) -> list[TokenLogprob]:
+    """Each row's chosen token's log-probability under ``logits`` ``[batch, vocab]`` (the
+    model's raw logits, see :class:`runtime.results.TokenLogprob`) and the ``top`` most likely
+    tokens of the row, most likely first (equal ones by lower id)."""
+    logprobs = log_softmax(logits)
+    rows = np.arange(len(logprobs))
+    chosen = logprobs[rows, np.asarray(tokens, dtype=np.int64)]
+    top = min(top, logprobs.shape[-1])
+    if top > 0:
+        # argpartition, then a stable sort of the few on (-logprob, id)
+        part = np.argpartition(-logprobs, top - 1, axis=-1)[:, :top]
+        best = []
+        for row in rows.tolist():
+            ids = part[row]
+            order = np.lexsort((ids, -logprobs[row, ids]))
+            best.append(tuple((int(i), float(logprobs[row, i])) for i in ids[order]))
+    else:
+        best = [()] * len(rows)
+    return [
+        TokenLogprob(int(token), float(value), alternatives)
+        for token, value, alternatives in zip(
+            np.asarray(tokens).tolist(), chosen.tolist(), best, strict=True
+        )
+    ]
 
 
 def active_rows(state: DecodingState) -> list[int]:

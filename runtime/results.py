@@ -75,6 +75,22 @@ class GenerationResult:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability and the most likely alternatives at its step.
+
+    Log-probabilities are the model's own: ``log_softmax`` of the logits the graph returned,
+    before the decoding chain's processors (temperature, top-k, penalties, a grammar), as
+    vLLM's default and Hugging Face's ``output_scores`` raw logits are. So they describe the
+    model, not the chain, stay finite for every token, and are the same for any chain. ``top``
+    holds the requested number of most likely tokens, most likely first (ties by lower id);
+    the chosen token is among them only if it is that likely."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class StreamEvent:
     """One generated token of one row: ``text`` is what it adds to the row's text (possibly
     ``""`` while the characters are incomplete or could begin a stop string, and possibly more
