@@ -183,6 +183,11 @@ HEAVY_OR_OPTIONAL = {
     "hypothesis",
     "tokenizers",
     "ruff",
+    "starlette",  # the server's web stack and its test clients (llmspec[serve], dev)
+    "uvicorn",
+    "prometheus_client",
+    "openai",
+    "httpx",
 }
 # Function-level imports that break an import cycle, each with its reason.
 CYCLES = {

@@ -48,6 +48,10 @@ VERBS: dict[str, tuple[str, str]] = {
         "export_hf",
         "write a spec, run or import as a Hugging Face model directory (transformers loads it)",
     ),
+    "serve": (
+        "serve",
+        "serve an artifact over an OpenAI-compatible HTTP API (needs llmspec[serve])",
+    ),
 }
 
 

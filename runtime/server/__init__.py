@@ -1,0 +1,44 @@
+"""An OpenAI-compatible HTTP server over any artifact: ``llmspec serve`` and :func:`serve`.
+
+Needs the ``serve`` extra (``pip install 'llmspec[serve]'``: starlette, uvicorn,
+prometheus-client, jinja2 for chat templates); ``import runtime`` never imports this package.
+The app is :func:`runtime.server.app.create_app` (routes, streaming, errors); requests are
+:mod:`runtime.server.protocol`, chat templates :mod:`runtime.server.chat`, sampling fields to
+a chain :mod:`runtime.server.sampling`, metrics :mod:`runtime.server.metrics`. Generation runs on
+:class:`runtime.batching.Engine` (continuous batching).
+
+Scale out with replicas behind any HTTP load balancer (DESIGN.md): one process serves one
+artifact. SIGTERM (and Ctrl-C) stop accepting connections, let the open responses (streams
+included) finish, drain the engine and exit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from runtime.model import load
+from runtime.server.app import create_app
+
+__all__ = ["create_app", "serve"]
+
+
+def serve(
+    model: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    max_batch: int = 16,
+    max_queue: int = 64,
+    log_level: str = "info",
+) -> None:
+    """Serve ``model`` (a loaded artifact, or an artifact's path, loaded on the default
+    device) on ``host:port`` until SIGTERM or SIGINT; see :func:`create_app` for the rest."""
+    if isinstance(model, str | Path):
+        model = load(model)
+    app = create_app(model, api_key=api_key, max_batch=max_batch, max_queue=max_queue)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on")
+    uvicorn.Server(config).run()
