@@ -327,11 +327,13 @@ class Seq2SeqGraphs(_CachedGraph):
         mask: np.ndarray | None = None,
         cache: Cache | None = None,
         host: tuple[str, ...] = (fmt.LOGITS,),
+        position_ids: np.ndarray | None = None,
     ) -> tuple[np.ndarray, Cache]:
         """Run decoder tokens ``ids`` ``[batch, n]`` after the ``cache`` (None: empty).
         ``mask`` ``[batch, past + n]`` (default all ones) covers the cached and new tokens; the
-        positions are ``past .. past + n - 1``. Returns the logits ``[batch, n, vocab]`` and
-        the cache after the new tokens."""
+        positions are ``past .. past + n - 1`` unless ``position_ids`` ``[batch, n]`` are given
+        (rows whose cache is left padded, as continuous batching makes them). Returns the
+        logits ``[batch, n, vocab]`` and the cache after the new tokens."""
         batch, length = ids.shape
         if cache is None:
             cache = self.empty_cache(batch)
@@ -344,7 +346,9 @@ class Seq2SeqGraphs(_CachedGraph):
             fmt.ATTENTION_MASK: mask,
             fmt.POSITION_IDS: np.broadcast_to(
                 np.arange(done, done + length, dtype=np.int64), (batch, length)
-            ).copy(),
+            ).copy()
+            if position_ids is None
+            else position_ids,
         }
         out = self.graph.run(self._feeds(inputs), {**encoded.cross, **cache}, host=host)
         return out[fmt.LOGITS], self._cache_out(out)
@@ -356,14 +360,18 @@ class Seq2SeqGraphs(_CachedGraph):
         mask: np.ndarray,
         cache: Cache,
         alive: np.ndarray | None = None,
+        padded: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, Cache]:
         """Feed one decoder token per row after ``cache``, whose tokens ``mask`` ``[batch,
-        past]`` covers (``alive`` False masks a finished row's token out). Returns the logits
-        ``[batch, vocab]``, the mask with the new column and the new cache."""
+        past]`` covers (``alive`` False masks a finished row's token out). ``padded``: the
+        rows' caches are left padded to a common width (continuous batching), so each row's
+        position is the count of its real tokens, not the width. Returns the logits ``[batch,
+        vocab]``, the mask with the new column and the new cache."""
+        position_ids = mask.sum(axis=1, keepdims=True) if padded else None
         column = np.ones(len(mask), dtype=np.int64) if alive is None else alive.astype(np.int64)
         mask = np.concatenate([mask, column[:, None]], axis=1)
         ids = np.ascontiguousarray(np.asarray(tokens).reshape(-1, 1), dtype=np.int64)
-        logits, cache = self.decode(ids, encoded, mask, cache)
+        logits, cache = self.decode(ids, encoded, mask, cache, position_ids=position_ids)
         return logits[:, -1, :], mask, cache
 
 

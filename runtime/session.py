@@ -234,6 +234,18 @@ class Graph:
             for name, value in zip(self.outputs, values, strict=True)
         }
 
+    def to_host(self, value: Any) -> np.ndarray:
+        """A cache value (from :meth:`run` or :meth:`empty`) as a numpy array (a copy from the
+        device under IOBinding)."""
+        return value if isinstance(value, np.ndarray) else value.numpy()
+
+    def to_device(self, array: np.ndarray) -> Any:
+        """A host array placed where this graph's cache lives (itself on the CPU)."""
+        array = np.ascontiguousarray(array)
+        if self.bind is None:
+            return array
+        return ort.OrtValue.ortvalue_from_numpy(array, self.bind, 0)
+
     def reorder(self, value: Any, rows: np.ndarray) -> Any:
         """A cache value (from :meth:`run` or :meth:`empty`) with its batch rows taken in the
         order ``rows`` (beam search; repeating prompts for beams).
