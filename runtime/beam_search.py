@@ -9,7 +9,10 @@ the generated tokens including the eos; the best ``beams`` other continuations l
 is done when it holds ``beams`` finished hypotheses and either ``early_stopping`` is True or no
 live beam can still beat the worst of them (the best live score divided by its current length
 ** length_penalty, HF's heuristic). After the last step the live beams join the finished ones
-(HF's ``finalize``) and :meth:`BeamSearcher.best` returns the best hypothesis of each row.
+(HF's ``finalize``) and :meth:`BeamSearcher.best` returns the best hypothesis of each row;
+:meth:`BeamSearcher.best_hypotheses` adds its score, its summed log-probability and, for each
+of its tokens, the model row whose log-probabilities it was chosen from (HF's
+``beam_indices``), with which a loop finds each token's log-probability after the reorders.
 
 How a generation loop uses it::
 
@@ -36,12 +39,29 @@ the request's processor states with the same rows (``DecodingState.reorder(rows)
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import NamedTuple
 
 import numpy as np
 
 from runtime.decoding import BeamSearch, DecodingError
 
-__all__ = ["BeamSearcher"]
+__all__ = ["BeamSearcher", "Hypothesis"]
+
+
+class Hypothesis(NamedTuple):
+    """A batch row's best hypothesis: its generated token ids, its score (the summed
+    log-probability divided by ``length ** length_penalty``), the summed log-probability
+    itself, and ``rows[i]``: the model row (``b * beams + j``) at step ``i`` whose
+    log-probabilities ``tokens[i]`` was chosen from."""
+
+    tokens: list[int]
+    score: float
+    logprob: float
+    rows: list[int]
+
+
+# A finished hypothesis: (score, tokens, model rows, summed log-probability).
+_Finished = tuple[float, tuple[int, ...], tuple[int, ...], float]
 
 
 class BeamSearcher:
@@ -90,8 +110,10 @@ class BeamSearcher:
         self._scores = np.full((batch, self.beams), -np.inf)  # summed log-probs of live beams
         self._scores[:, 0] = 0.0
         self._tokens = np.zeros((batch * self.beams, 0), dtype=np.int64)  # live beams' tokens
-        # Finished hypotheses per batch row, best first: (score, tokens).
-        self._finished: list[list[tuple[float, tuple[int, ...]]]] = [[] for _ in range(batch)]
+        # the model row each live beam's token came from, at each step
+        self._origins = np.zeros((batch * self.beams, 0), dtype=np.int64)
+        # Finished hypotheses per batch row, best first.
+        self._finished: list[list[_Finished]] = [[] for _ in range(batch)]
         self._done = np.zeros(batch, dtype=bool)
 
     @classmethod
@@ -160,7 +182,9 @@ class BeamSearcher:
                 if token in self._finishing:
                     if rank < self.beams and score > -np.inf:
                         hypothesis = (*self._tokens[base + beam].tolist(), token)
-                        self._add(b, score / length**self.length_penalty, hypothesis)
+                        origins = (*self._origins[base + beam].tolist(), base + beam)
+                        normalized = score / length**self.length_penalty
+                        self._add(b, (normalized, hypothesis, origins, score))
                     continue
                 rows[base + slot], tokens[base + slot] = base + beam, token
                 scores[b, slot] = score
@@ -171,6 +195,7 @@ class BeamSearcher:
                 rows[base + dead], tokens[base + dead] = base, self.pad_id
             self._done[b] = self._is_done(b, float(scores[b, 0]), length)
         self._tokens = np.concatenate([self._tokens[rows], tokens[:, None]], axis=1)
+        self._origins = np.concatenate([self._origins[rows], rows[:, None]], axis=1)
         self._scores = np.where(self._done[:, None], self._scores, scores)
         self.steps = length
         return rows, tokens
@@ -180,6 +205,11 @@ class BeamSearcher:
         ``eos_id`` (or a stop id) if it finished with it. Live beams of rows that are not done
         count as finished at their current length (HF's ``finalize``); calling it does not
         change the search. A row with no hypothesis (no step taken) gets ``[]``."""
+        return [hypothesis.tokens for hypothesis in self.best_hypotheses()]
+
+    def best_hypotheses(self) -> list[Hypothesis]:
+        """The best hypothesis of each batch row (as :meth:`best` picks it) with its score,
+        summed log-probability and origin rows (see :class:`Hypothesis`)."""
         results = []
         for b in range(self.batch):
             candidates = list(self._finished[b])
@@ -187,19 +217,27 @@ class BeamSearcher:
                 for j in range(self.beams):
                     score = float(self._scores[b, j])
                     if score > -np.inf:
-                        hypothesis = tuple(self._tokens[b * self.beams + j].tolist())
-                        candidates.append((score / self.steps**self.length_penalty, hypothesis))
-            best = max(candidates, key=lambda item: item[0], default=(0.0, ()))
-            results.append(list(best[1]))
+                        row = b * self.beams + j
+                        candidates.append(
+                            (
+                                score / self.steps**self.length_penalty,
+                                tuple(self._tokens[row].tolist()),
+                                tuple(self._origins[row].tolist()),
+                                score,
+                            )
+                        )
+            best = max(candidates, key=lambda item: item[0], default=(0.0, (), (), 0.0))
+            results.append(Hypothesis(list(best[1]), best[0], best[3], list(best[2])))
         return results
 
-    def _add(self, b: int, score: float, hypothesis: tuple[int, ...]) -> None:
+    def _add(self, b: int, hypothesis: _Finished) -> None:
         """Keep a finished hypothesis if it is among the row's ``beams`` best."""
         finished = self._finished[b]
+        score = hypothesis[0]
         if len(finished) == self.beams and score <= finished[-1][0]:
             return
-        position = next((i for i, (s, _) in enumerate(finished) if score > s), len(finished))
-        finished.insert(position, (score, hypothesis))
+        position = next((i for i, item in enumerate(finished) if score > item[0]), len(finished))
+        finished.insert(position, hypothesis)
         del finished[self.beams :]
 
     def _is_done(self, b: int, best_live: float, length: int) -> bool:

@@ -30,11 +30,12 @@ import numpy as np
 from runtime.beam_search import BeamSearcher
 from runtime.decoding import BeamSearch, DecodingChain, DecodingError
 from runtime.errors import LlmspecError, RuntimeInputError
-from runtime.logits import log_softmax
+from runtime.logits import log_softmax, token_logprobs
 from runtime.memory import machine_memory
 from runtime.reading import MiB, UnreadableFile, read_json
-from runtime.results import FinishReason, GenerationResult, StreamEvent, Timing
+from runtime.results import FinishReason, GenerationResult, StreamEvent, Timing, TokenLogprob
 from runtime.sampling import SamplerChain
+from runtime.structured import Constraint
 
 if TYPE_CHECKING:
     from runtime.model import GenerativeModel
@@ -163,6 +164,29 @@ class Request:
     seed: int | None
     stop: tuple[str, ...]
     stream: bool
+    logprobs: int | None = None  # top alternatives per token; None: no logprobs
+    constraint: Constraint | None = None
+
+
+# OpenAI's bound on top_logprobs (and vLLM's default max_logprobs).
+MAX_LOGPROBS = 20
+
+
+def checked_logprobs(logprobs: Any) -> int | None:
+    """``logprobs`` checked: None, or the number of top alternatives, 0 to
+    :data:`MAX_LOGPROBS`."""
+    if logprobs is None:
+        return None
+    if (
+        isinstance(logprobs, bool)
+        or not isinstance(logprobs, int | np.integer)
+        or not 0 <= logprobs <= MAX_LOGPROBS
+    ):
+        raise RuntimeInputError(
+            f"logprobs must be None or a whole number of top alternatives from 0 to "
+            f"{MAX_LOGPROBS}, got {logprobs!r}"
+        )
+    return int(logprobs)
 
 
 def _prompt_list(model: GenerativeModel, prompts: Prompts) -> list[list[int]]:
@@ -205,6 +229,8 @@ def checked_request(
     seed: int | None,
     stop: str | Sequence[str] | None,
     stream: bool,
+    logprobs: int | None = None,
+    constraint: Constraint | None = None,
 ) -> Request:
     """``generate``'s arguments (see :meth:`runtime.model.GenerativeModel.generate`) checked
     against ``model`` and the machine's memory, as a :class:`Request`. Raises
@@ -249,11 +275,30 @@ def checked_request(
             "beam_search cannot stream: its best hypothesis is known only at the end; "
             "use stream=False or a sampling chain"
         )
+    top = checked_logprobs(logprobs)
+    if constraint is not None:
+        if not isinstance(constraint, Constraint):
+            raise RuntimeInputError(
+                f"constraint must be a runtime.structured.Constraint (from "
+                f"model.constraint(json_schema=..., regex=... or grammar=...)), got "
+                f"{type(constraint).__name__}"
+            )
+        constraint.check_model(model)
+        if beam is not None:
+            raise RuntimeInputError(
+                "a constraint (structured output) cannot be used with beam_search; use a "
+                "sampling chain (e.g. greedy or 'temperature=0.7,sample')"
+            )
     _check_memory(model, ids, int(max_new_tokens), beam.beams if beam is not None else 1)
     sampler = None
     if beam is None:
-        sampler = model._default_sampler if parsed is model.chain else SamplerChain(parsed)
-    return Request(ids, int(max_new_tokens), sampler, beam, seed, stops, stream)
+        if constraint is not None:
+            sampler = SamplerChain(parsed, constraint=constraint)
+        elif parsed is model.chain:
+            sampler = model._default_sampler
+        else:
+            sampler = SamplerChain(parsed)
+    return Request(ids, int(max_new_tokens), sampler, beam, seed, stops, stream, top, constraint)
 
 
 def _check_memory(
@@ -326,6 +371,9 @@ class Run:
         self.tokens: list[list[int]] = [[] for _ in range(rows)]
         self.reasons: list[FinishReason] = ["length"] * rows
         self.texts: list[RowText] | None = None
+        self.logprobs: list[list[TokenLogprob]] | None = (
+            None if request.logprobs is None else [[] for _ in range(rows)]
+        )
         self.clock = _Clock()
         self.first_token = 0.0
         self.steps = 0
@@ -349,8 +397,12 @@ class Run:
         )
         stepper = model._stepper(request.prompts)
         logits = stepper.first(1)
+        top = request.logprobs
         for step in range(request.max_new_tokens):
+            # the model's raw log-probabilities, before select changes the logits in place
+            raw = None if top is None else np.array(logits, dtype=np.float32)
             tokens = request.sampler.select(logits, state)
+            chosen = None if top is None or raw is None else token_logprobs(raw, tokens, top)
             state.append(tokens)
             if step == 0:
                 self.first_token = self.clock.now()
@@ -361,6 +413,10 @@ class Run:
             for row in np.flatnonzero(~state.finished).tolist():
                 token = int(tokens[row])
                 self.tokens[row].append(token)
+                entry = None
+                if chosen is not None and self.logprobs is not None:
+                    entry = chosen[row]
+                    self.logprobs[row].append(entry)
                 reason: FinishReason | None = None
                 if token in self.stop_ids:
                     reason = "eos"
@@ -377,7 +433,8 @@ class Run:
                     text = self.texts[row]
                     if reason is not None:
                         text.flush()
-                    events.append(StreamEvent(row, token, text.release(reason is not None), reason))
+                    released = text.release(reason is not None)
+                    events.append(StreamEvent(row, token, released, reason, entry))
             if finished:
                 state.finish(np.asarray(finished, dtype=np.int64))
             if events:
@@ -405,8 +462,12 @@ class Run:
         stepper = model._stepper(request.prompts)
         logits = stepper.first(beams)
         identity = np.arange(rows * beams)
+        history: list[_BeamStep] = []  # each step's log-probs of the tokens that can be chosen
         for step in range(request.max_new_tokens):
-            order, tokens = searcher.step(log_softmax(logits))
+            logprobs = log_softmax(logits)
+            order, tokens = searcher.step(logprobs)
+            if request.logprobs is not None:
+                history.append(_BeamStep(logprobs, order, tokens, self.stop_ids, request.logprobs))
             if step == 0:
                 self.first_token = self.clock.now()
             self.steps = step + 1
@@ -416,9 +477,15 @@ class Run:
                 stepper.reorder(order)
             alive = np.repeat(~searcher.rows_done, beams)
             logits = stepper.next(tokens, alive)
-        for row, best in enumerate(searcher.best()):
-            self.tokens[row] = best
-            self.reasons[row] = "eos" if best and best[-1] in self.stop_ids else "length"
+        for row, best in enumerate(searcher.best_hypotheses()):
+            self.tokens[row] = best.tokens
+            ends = bool(best.tokens) and best.tokens[-1] in self.stop_ids
+            self.reasons[row] = "eos" if ends else "length"
+            if self.logprobs is not None:
+                self.logprobs[row] = [
+                    history[step].entry(origin, token)
+                    for step, (origin, token) in enumerate(zip(best.rows, best.tokens, strict=True))
+                ]
         yield from ()
 
     def result(self) -> GenerationResult:
@@ -448,7 +515,41 @@ class Run:
             finish_reasons=self.reasons,
             prompt_tokens=self.request.prompts,
             timing=timing,
+            logprobs=self.logprobs,
         )
+
+
+class _BeamStep:
+    """What one beam search step keeps for logprobs: the top alternatives of every model row
+    and the log-probabilities of the tokens a hypothesis can have taken there (the live beams'
+    new tokens and the stop tokens), so that the best hypothesis' tokens find theirs by the
+    model row they came from, whatever the reorders since."""
+
+    def __init__(
+        self,
+        logprobs: np.ndarray,
+        order: np.ndarray,
+        tokens: np.ndarray,
+        stop_ids: frozenset[int],
+        top: int,
+    ) -> None:
+        self.values: dict[tuple[int, int], float] = {}
+        for origin, token in zip(order.tolist(), tokens.tolist(), strict=True):
+            self.values[(origin, token)] = float(logprobs[origin, token])
+        for stop in stop_ids:
+            if stop < logprobs.shape[1]:
+                for origin, value in enumerate(logprobs[:, stop].tolist()):
+                    self.values[(origin, stop)] = float(value)
+        self.top: list[tuple[tuple[int, float], ...]] = [()] * len(logprobs)
+        count = min(top, logprobs.shape[1])
+        if count > 0:  # as token_logprobs orders them: most likely first, then by lower id
+            part = np.argpartition(-logprobs, count - 1, axis=-1)[:, :count]
+            for row, ids in enumerate(part):
+                ids = ids[np.lexsort((ids, -logprobs[row, ids]))]
+                self.top[row] = tuple((int(i), float(logprobs[row, i])) for i in ids)
+
+    def entry(self, origin: int, token: int) -> TokenLogprob:
+        return TokenLogprob(token, self.values[(origin, token)], self.top[origin])
 
 
 # ----------------------------------------------------------------------------------------

@@ -67,6 +67,7 @@ from runtime.results import GenerationResult, GenerationStream
 from runtime.sampling import SamplerChain
 from runtime.session import Graph, resolve_device, session_options
 from runtime.steppers import DecoderStepper, Seq2SeqStepper
+from runtime.structured import Constraint, constraint_for
 from runtime.tokenizer import ArtifactTokenizer
 
 POOLINGS = ("mean", "cls")
@@ -291,6 +292,18 @@ class GenerativeModel(_Model):
     def _chain(self, chain: Chain | None) -> DecodingChain:
         return self.chain if chain is None else DecodingChain.coerce(chain)
 
+    def constraint(
+        self, *, json_schema: Any = None, regex: str | None = None, grammar: str | None = None
+    ) -> Constraint:
+        """Structured output for this model: exactly one of ``json_schema`` (a JSON Schema,
+        a dict or its JSON text), ``regex`` (the whole output matches it) or ``grammar`` (a
+        Lark grammar's text), compiled for this model's tokenizer and cached (see
+        :mod:`runtime.structured`). Pass it to :meth:`generate` (``constraint=``) or to
+        ``SamplerChain(chain, constraint=...)``. Raises :class:`RuntimeInputError` naming the
+        argument and the reason for an invalid one, and for a model without an eos token.
+        Needs ``pip install 'llmspec[structured]'``."""
+        return constraint_for(self, json_schema=json_schema, regex=regex, grammar=grammar)
+
     @overload
     def generate(
         self,
@@ -300,6 +313,9 @@ class GenerativeModel(_Model):
         seed: int | None = None,
         stop: str | Sequence[str] | None = None,
         stream: Literal[False] = False,
+        *,
+        logprobs: int | None = None,
+        constraint: Constraint | None = None,
     ) -> GenerationResult: ...
 
     @overload
@@ -312,6 +328,8 @@ class GenerativeModel(_Model):
         stop: str | Sequence[str] | None = None,
         *,
         stream: Literal[True],
+        logprobs: int | None = None,
+        constraint: Constraint | None = None,
     ) -> GenerationStream: ...
 
     def generate(
@@ -322,6 +340,9 @@ class GenerativeModel(_Model):
         seed: int | None = None,
         stop: str | Sequence[str] | None = None,
         stream: bool = False,
+        *,
+        logprobs: int | None = None,
+        constraint: Constraint | None = None,
     ) -> GenerationResult | GenerationStream:
         """Generate a continuation of each prompt.
 
@@ -342,6 +363,16 @@ class GenerativeModel(_Model):
                 search.)
             stream: return a :class:`GenerationStream` of :class:`StreamEvent` s, produced as
                 the tokens are; its ``result`` holds the whole result once exhausted.
+            logprobs: None (default, no cost): none; ``k`` from 0 to 20 (OpenAI's bound):
+                each generated token's :class:`runtime.results.TokenLogprob` with its ``k``
+                most likely alternatives, in ``result.logprobs`` (one list per row, aligned
+                with ``result.tokens``) and on each stream event. They are the model's raw
+                log-probabilities (``log_softmax`` of the graph's logits, before the chain's
+                processors and any constraint), as vLLM's default. With beam search: those of
+                the best hypothesis' tokens, taken where each token was chosen.
+            constraint: structured output, a :class:`runtime.structured.Constraint` from
+                :meth:`constraint`: applied before the chain's processors, so every row that
+                ends with eos is a complete match. Not with beam search.
 
         Returns a :class:`GenerationResult` (or a stream). Raises :class:`RuntimeInputError`
         or :class:`DecodingError` (both ValueErrors) for bad input, before any graph runs (a
@@ -354,7 +385,9 @@ class GenerativeModel(_Model):
         prompt sampled alone gets other tokens than in a batch. Greedy decoding and beam
         search give every row the tokens it gets alone.
         """
-        request = checked_request(self, prompts, max_new_tokens, chain, seed, stop, stream)
+        request = checked_request(
+            self, prompts, max_new_tokens, chain, seed, stop, stream, logprobs, constraint
+        )
         run = Run(self, request)
         events = run.beam_events() if request.beam is not None else run.events()
         if stream:

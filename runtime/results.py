@@ -4,7 +4,10 @@
   (``"eos"``: eos or another stop token of generation.json, ``"stop"``: a stop string, or
   ``"length"``), and the request's :class:`Timing`.
 * :class:`StreamEvent`: one per row and step while streaming: the token, the text it adds and,
-  on the row's last event, its finish reason. A :class:`GenerationStream` yields them and,
+  on the row's last event, its finish reason.
+* :class:`TokenLogprob`: when a request asks for ``logprobs``, each generated token's
+  log-probability and the most likely alternatives (in the result, one list per row aligned
+  with its tokens; in a stream, on each event). A :class:`GenerationStream` yields them and,
   once exhausted, holds the :class:`GenerationResult`.
 
 Decisions: the generated token ids include the eos (or stop) token and the tokens that formed
@@ -54,6 +57,8 @@ class GenerationResult:
     finish_reasons: list[FinishReason]
     prompt_tokens: list[list[int]]
     timing: Timing
+    # One list per row, aligned with ``tokens``, when the request asked for logprobs; else None.
+    logprobs: list[list[TokenLogprob]] | None = None
 
     @property
     def text(self) -> str:
@@ -63,13 +68,19 @@ class GenerationResult:
         return self.texts[0]
 
     def to_json(self) -> dict[str, Any]:
+        """The result as JSON-ready data; each row has ``logprobs`` (see
+        :meth:`TokenLogprob.to_json`) when the request asked for them."""
+        results = [
+            {"text": text, "tokens": tokens, "finish_reason": reason, "prompt_tokens": prompt}
+            for text, tokens, reason, prompt in zip(
+                self.texts, self.tokens, self.finish_reasons, self.prompt_tokens, strict=True
+            )
+        ]
+        if self.logprobs is not None:
+            for row, entries in zip(results, self.logprobs, strict=True):
+                row["logprobs"] = [entry.to_json() for entry in entries]
         return {
-            "results": [
-                {"text": text, "tokens": tokens, "finish_reason": reason, "prompt_tokens": prompt}
-                for text, tokens, reason, prompt in zip(
-                    self.texts, self.tokens, self.finish_reasons, self.prompt_tokens, strict=True
-                )
-            ],
+            "results": results,
             "timing": {**asdict(self.timing), "tokens_per_second": self.timing.tokens_per_second},
         }
 
@@ -89,18 +100,28 @@ class TokenLogprob:
     logprob: float
     top: tuple[tuple[int, float], ...] = ()
 
+    def to_json(self) -> dict[str, Any]:
+        """``{"token": id, "logprob": x, "top": [[id, x], ...]}``."""
+        return {
+            "token": self.token,
+            "logprob": self.logprob,
+            "top": [[token, value] for token, value in self.top],
+        }
+
 
 @dataclass(frozen=True)
 class StreamEvent:
     """One generated token of one row: ``text`` is what it adds to the row's text (possibly
     ``""`` while the characters are incomplete or could begin a stop string, and possibly more
     than this token's text when held-back text is released); ``finish_reason`` is set on the
-    row's last event."""
+    row's last event; ``logprob`` is the token's :class:`TokenLogprob` when the request asked
+    for logprobs."""
 
     row: int
     token: int
     text: str
     finish_reason: FinishReason | None = None
+    logprob: TokenLogprob | None = None
 
 
 class GenerationStream(Iterator[StreamEvent]):

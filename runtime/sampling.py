@@ -34,6 +34,12 @@ penalty) is one class and its state, with no shared state class to edit.
 
 Built-in steps find their implementation in one table here (``_IMPLEMENTATIONS``); plugin
 steps (see :mod:`runtime.decoding`, "Plugins") are their own implementation.
+
+Structured output: ``SamplerChain(chain, constraint=model.constraint(json_schema=...))`` runs
+the constraint (a :class:`runtime.structured.Constraint`, a stateful processor of this
+protocol) FIRST, before temperature, top-k and the rest, so that every filter and the selector
+see only the tokens the grammar allows. A chain with a constraint is made per request (the
+constraint is the request's); the constraint itself is shared and holds no request's state.
 """
 
 from __future__ import annotations
@@ -346,7 +352,7 @@ class SamplerChain:
     :class:`runtime.beam_search.BeamSearcher`.
     """
 
-    def __init__(self, chain: DecodingChain | str | Sequence[Any]) -> None:
+    def __init__(self, chain: DecodingChain | str | Sequence[Any], constraint: Any = None) -> None:
         chain = DecodingChain.coerce(chain)
         if isinstance(chain.steps[0], BeamSearch):
             raise DecodingError(
@@ -354,9 +360,22 @@ class SamplerChain:
                 "use runtime.beam_search.BeamSearcher.from_config"
             )
         self.chain = chain
+        self.constraint = constraint
         *processors, selector = (implementation(step) for step in chain.steps)
+        if constraint is not None:
+            if not all(callable(getattr(constraint, m, None)) for m in ("start", "process")):
+                raise DecodingError(
+                    f"constraint {constraint!r} is not a logits processor (start and process); "
+                    "make one with model.constraint(json_schema=..., regex=... or grammar=...)"
+                )
+            processors.insert(0, constraint)
         self.processors: tuple[LogitsProcessor, ...] = tuple(processors)  # type: ignore[arg-type]
         self.selector: TokenSelector = selector  # type: ignore[assignment]
+        # what an error after each processor names it by
+        self._steps: tuple[Any, ...] = (
+            *(() if constraint is None else (constraint,)),
+            *chain.steps[:-1],
+        )
 
     def start(
         self,
@@ -380,7 +399,7 @@ class SamplerChain:
         with NaN, +inf or no finite logit, naming the row."""
         logits = _checked(logits, state)
         _check_rows(logits, state, None)
-        for step, processor in zip(self.chain.steps, self.processors, strict=False):
+        for step, processor in zip(self._steps, self.processors, strict=True):
             logits = processor.process(logits, state, state.state_of(processor))
             # After each step, so that the next one sees valid rows and the error names it.
             _check_rows(logits, state, step)
@@ -402,6 +421,8 @@ class SamplerChain:
         return tokens
 
     def __repr__(self) -> str:
+        if self.constraint is not None:
+            return f"SamplerChain({str(self.chain)!r}, constraint={self.constraint!r})"
         return f"SamplerChain({str(self.chain)!r})"
 
 

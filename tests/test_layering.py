@@ -188,6 +188,7 @@ HEAVY_OR_OPTIONAL = {
     "prometheus_client",
     "openai",
     "httpx",
+    "llguidance",
 }
 # Function-level imports that break an import cycle, each with its reason.
 CYCLES = {
