@@ -16,6 +16,7 @@ __all__ = [
     "build",
     "dump_spec",
     "export",
+    "finetune",
     "generate_source",
     "load_spec",
     "spec_sha256",
@@ -30,6 +31,7 @@ _LAZY = {
     "generate_source": "llmspec.builder",
     "export": "llmspec.exporter.pipeline",
     "train": "llmspec.trainer.loop",
+    "finetune": "llmspec.trainer.finetune",
 }
 
 

@@ -189,6 +189,7 @@ HEAVY_OR_OPTIONAL = {
     "openai",
     "httpx",
     "llguidance",
+    "peft",  # LoRA fine-tuning (llmspec[finetune])
 }
 # Function-level imports that break an import cycle, each with its reason.
 CYCLES = {

@@ -40,6 +40,10 @@ VERBS: dict[str, tuple[str, str]] = {
     "sign": ("sign", "sign an artifact's manifest (and so every file) with Ed25519"),
     "keygen": ("keygen", "make an Ed25519 key pair for llmspec sign and verify --key"),
     "train": ("train", "train a spec (or a run directory) with its objective"),
+    "finetune": (
+        "finetune",
+        "fine-tune a model on instruction data (JSONL) with LoRA adapters",
+    ),
     "import-hf": (
         "import_hf",
         "convert a local Hugging Face model directory into spec.yaml + weights.safetensors",
