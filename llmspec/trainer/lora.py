@@ -80,16 +80,13 @@ def parse_lora(text: str) -> LoraSettings:
             if key == "targets":
                 values[key] = [value] if value else []
                 continue
+            if key not in ("r", "alpha", "dropout"):
+                raise TrainError(
+                    f"--lora: unknown key {key!r}; the keys are r, alpha, dropout, targets; "
+                    + LORA_HELP
+                )
             try:
-                if key in ("r", "alpha"):
-                    values[key] = int(value)
-                elif key == "dropout":
-                    values[key] = float(value)
-                else:
-                    raise TrainError(
-                        f"--lora: unknown key {key!r}; the keys are r, alpha, dropout, targets; "
-                        + LORA_HELP
-                    )
+                values[key] = float(value) if key == "dropout" else int(value)
             except ValueError:
                 raise TrainError(
                     f"--lora {key}={value!r} is not a number (r and alpha are whole "
