@@ -11,6 +11,10 @@ from llmspec.cli.arguments import add_device_arguments, non_negative
 from llmspec.cli.inference import load, usage
 from llmspec.errors import EXIT_OK
 from llmspec.prompts import few_shot_prompts
+from runtime.reading import MiB, read_json, read_text
+
+# A schema or grammar file is a few KiB; a bound on what is read.
+MAX_GRAMMAR_BYTES = 16 * MiB
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +43,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--stream", action="store_true", help="print tokens as they come (JSON lines with --json)"
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--logprobs",
+        type=non_negative,
+        metavar="N",
+        help="show each token's log-probability and its N most likely alternatives (0 to 20; "
+        "the model's raw log-probabilities, before the chain)",
+    )
+    structured = parser.add_argument_group(
+        "structured output (one of; needs llmspec[structured])"
+    ).add_mutually_exclusive_group()
+    structured.add_argument(
+        "--json-schema", metavar="FILE", help="the output is JSON valid under this JSON Schema"
+    )
+    structured.add_argument(
+        "--regex", metavar="PATTERN", help="the whole output matches this regular expression"
+    )
+    structured.add_argument(
+        "--grammar", metavar="FILE", help="the output follows this Lark grammar (a .lark file)"
+    )
     shots = parser.add_argument_group("in-context learning (see llmspec.prompts)")
     shots.add_argument(
         "--examples", metavar="FILE", help="JSONL examples with 'input' and 'output' keys"
@@ -78,6 +101,8 @@ def _generate(args: argparse.Namespace) -> int:
         "chain": args.chain,
         "seed": args.seed,
         "stop": args.stop,
+        "logprobs": args.logprobs,
+        "constraint": _constraint(model, args),
     }
     if args.stream:
         stream = model.generate(prompts, stream=True, **options)
@@ -85,6 +110,8 @@ def _generate(args: argparse.Namespace) -> int:
             if args.json:
                 line = {"type": "token", "row": event.row, "token": event.token}
                 line.update(text=event.text, finish_reason=event.finish_reason)
+                if event.logprob is not None:
+                    line["logprob"] = event.logprob.to_json()
                 print(json.dumps(line), flush=True)
             else:
                 sys.stdout.write(event.text)
@@ -94,6 +121,8 @@ def _generate(args: argparse.Namespace) -> int:
             print(json.dumps({"type": "result", **_result_json(model, prompts, result)}))
         else:
             sys.stdout.write("\n")
+            if result.logprobs is not None:
+                _print_logprobs(model, result.logprobs[0])
             _summary(model, result)
         return EXIT_OK
     result = model.generate(prompts, **options)
@@ -104,8 +133,37 @@ def _generate(args: argparse.Namespace) -> int:
         if len(result.texts) > 1:
             print(f"==> prompt {row} <==")
         print(text)
+        if result.logprobs is not None:
+            _print_logprobs(model, result.logprobs[row])
     _summary(model, result)
     return EXIT_OK
+
+
+def _constraint(model: Any, args: argparse.Namespace) -> Any:
+    """The structured-output constraint the flags ask for, or None."""
+    if args.json_schema is not None:
+        schema = read_json(args.json_schema, MAX_GRAMMAR_BYTES, "JSON schema")
+        return model.constraint(json_schema=schema)
+    if args.regex is not None:
+        return model.constraint(regex=args.regex)
+    if args.grammar is not None:
+        return model.constraint(grammar=read_text(args.grammar, MAX_GRAMMAR_BYTES, "grammar"))
+    return None
+
+
+def _token_text(model: Any, token: int) -> str:
+    return json.dumps(model.tokenizer.decode([token], skip_special_tokens=False))
+
+
+def _print_logprobs(model: Any, entries: list[Any]) -> None:
+    """One line per token: its text, log-probability and the top alternatives."""
+    for entry in entries:
+        line = f"  {_token_text(model, entry.token):>14} {entry.logprob:9.4f}"
+        if entry.top:
+            line += "  top: " + ", ".join(
+                f"{_token_text(model, token)} {value:.4f}" for token, value in entry.top
+            )
+        print(line)
 
 
 def _result_json(model: Any, prompts: list[str], result: Any) -> dict[str, Any]:
