@@ -371,7 +371,7 @@ def prepare(contestant: str, precision: str, device: str, key: str, setup_s: flo
         return Entry(contestant, precision, Path(sys.executable), HF, hf_footprint(precision))
     if contestant == "ours":
         key = f"{key} {compiler_digest()}"
-        cli = [sys.executable, "-m", "llmspec.cli"]
+        cli = [sys.executable, "-m", "llmspec"]
         imported = PEERS / "ours" / "import"
         command = [*cli, "import-hf", str(HF), "-o", str(imported), "--force"]
         made_from(imported, key, lambda: run_logged(command, log, "llmspec import-hf", 600))
