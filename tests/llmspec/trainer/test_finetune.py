@@ -5,6 +5,10 @@ curve, a killed run resumes exactly, and the memory estimate matches a measured 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,6 +133,41 @@ def test_fitting_options_follow_the_plain_loss_curve(
         SPECS / "tiny-decoder.yaml", [data], tmp_path / "run", steps=3, **SMALL, **how
     )
     assert losses(run) == pytest.approx(plain_curve, rel=1e-5)
+
+
+def test_two_processes_under_fsdp_follow_one_and_resume_on_one(
+    plain_curve: list[float], data: Path, tmp_path: Path
+):
+    """torchrun with gloo on CPU (the one slow test here: two processes start torch)."""
+    run = tmp_path / "fsdp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += [
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "llmspec",
+        "finetune",
+        str(SPECS / "tiny-decoder.yaml"),
+    ]
+    command += ["--data", str(data), "-o", str(run), "--quiet", "--strategy", "fsdp"]
+    command += ["--steps", "3", "--batch-size", "4", "--seq-len", "64", "--lr", "0.02"]
+    command += ["--warmup", "0", "--checkpoint-every", "2"]
+    done = subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert losses(run) == pytest.approx(plain_curve, abs=1e-4)
+    # as a kill after the checkpoint of step 2 leaves it; resumed by one process
+    shutil.rmtree(run / "checkpoints" / "step-00000003")
+    (run / "weights.safetensors").unlink()
+    llmspec.finetune(SPECS / "tiny-decoder.yaml", [data], run, resume=True, progress=False)
+    assert losses(run) == pytest.approx(plain_curve, abs=1e-4)
+    assert (run / "weights.safetensors").is_file()
 
 
 def test_a_killed_run_resumes_to_the_same_losses(
