@@ -17,8 +17,10 @@ constraint=...)`` builds that chain. Beam search does not take a constraint.
 
 Engine: llguidance (``pip install 'llmspec[structured]'``), chosen by measurement (see
 bench/README.md, "Structured output"): it reads the artifact's tokenizer.json as it is, compiles
-JSON Schema, regular expressions and Lark grammars, and computes a step's mask in tens of
-microseconds at a 150k vocabulary. It is imported only when a constraint is made. JSON is
+JSON Schema, regular expressions and Lark grammars in milliseconds (30-100x faster than
+xgrammar at 128k-152k tokens, which matters when every request brings its schema), and computes
+a step's mask in ~50-70 us at the median (~0.4 ms mean) at those sizes. It is imported only
+when a constraint is made. JSON is
 compact (no whitespace between tokens, ``,`` and ``:`` separators), so a schema with bounded
 strings, numbers and arrays has a bounded output; a schema's ``x-guidance`` options can ask
 for other separators.
