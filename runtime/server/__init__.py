@@ -14,7 +14,12 @@ included) finish, drain the engine and exit.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -41,4 +46,31 @@ def serve(
         model = load(model)
     app = create_app(model, api_key=api_key, max_batch=max_batch, max_queue=max_queue)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on")
-    uvicorn.Server(config).run()
+    _Server(config).run()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, whose graceful shutdown on SIGTERM ends :meth:`run` normally (so
+    ``llmspec serve`` exits 0) instead of raising the signal again once done, as uvicorn does
+    (the process would die of it); SIGINT still ends in KeyboardInterrupt (exit 130)."""
+
+    interrupted = False
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in signals}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if self.interrupted:
+            raise KeyboardInterrupt
+
+    def _on_signal(self, sig: int, frame: FrameType | None) -> None:
+        self.interrupted = self.interrupted or sig == signal.SIGINT
+        self.handle_exit(sig, frame)

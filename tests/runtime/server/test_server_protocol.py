@@ -207,3 +207,16 @@ def test_a_template_that_does_not_compile_is_refused_with_its_line():
 
     with pytest.raises(ChatTemplateError, match=r"does not compile: .*\(line 2\)"):
         ChatTemplate("ok\n{% for %}")
+
+
+def test_import_runtime_loads_no_part_of_the_server_or_its_web_stack():
+    import subprocess
+    import sys
+
+    web = ("runtime.server", "starlette", "uvicorn", "prometheus_client", "jinja2")
+    code = (
+        "import sys, runtime, runtime.batching, runtime.model\n"
+        f"print(' '.join(m for m in {web!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
