@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 from runtime.artifact import ArtifactError
 from runtime.decoding import DecodingChain, DecodingError
 from runtime.errors import RuntimeInputError
-from runtime.results import GenerationResult, GenerationStream, StreamEvent, Timing
+from runtime.results import GenerationResult, GenerationStream, StreamEvent, Timing, TokenLogprob
 
 if TYPE_CHECKING:
     from runtime.model import DecoderModel, EncoderModel, MaskCandidate, Seq2SeqModel, load
     from runtime.session import DeviceError, DeviceFallbackWarning
+    from runtime.structured import Constraint
 
 # The names that need ONNX Runtime are imported on first use, so that the compiler's use of
 # runtime's light modules (runtime.reading, runtime.memory, ...) does not load ONNX Runtime
@@ -33,6 +34,7 @@ _LAZY = {
     "load": "runtime.model",
     "DeviceError": "runtime.session",
     "DeviceFallbackWarning": "runtime.session",
+    "Constraint": "runtime.structured",
 }
 
 
@@ -44,6 +46,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "ArtifactError",
+    "Constraint",
     "DecoderModel",
     "DecodingChain",
     "DecodingError",
@@ -57,5 +60,6 @@ __all__ = [
     "Seq2SeqModel",
     "StreamEvent",
     "Timing",
+    "TokenLogprob",
     "load",
 ]
