@@ -67,6 +67,7 @@ from runtime.server.protocol import (
 from runtime.server.sampling import decoding_chain
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
+CLIENT_GONE = 499  # nginx's "client closed request": the status counted for an abandoned request
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -467,8 +468,8 @@ async def _completions(server: Server, request: Request, arrived: float) -> Resp
             generation,
             _completion_chunks(server, generation, header, prepared, body.include_usage),
         )
-    async for _ in generation.events():
-        pass
+    if not await _complete(generation, request):
+        return Response(status_code=CLIENT_GONE)
     choices = [
         {
             "index": c.index,
@@ -558,8 +559,8 @@ async def _chat(server: Server, request: Request, arrived: float) -> Response:
     if body.stream:
         chunks = _chat_chunks(server, generation, header, prepared, body.include_usage)
         return _stream(generation, chunks)
-    async for _ in generation.events():
-        pass
+    if not await _complete(generation, request):
+        return Response(status_code=CLIENT_GONE)
     choices = [
         {
             "index": c.index,
@@ -617,6 +618,35 @@ def _chat_logprobs(server: Server, entries: list[TokenLogprob]) -> list[dict[str
         {**item(e.token, e.logprob), "top_logprobs": [item(t, v) for t, v in e.top]}
         for e in entries
     ]
+
+
+async def _complete(generation: Generation, request: Request) -> bool:
+    """Wait for every choice of a non-streaming request; returns whether they finished. A
+    client that goes away meanwhile cancels the request (its rows leave the batch at the
+    engine's next step): False. Raises :class:`ApiError` when the engine failed a choice."""
+
+    async def consume() -> None:
+        async for _ in generation.events():
+            pass
+
+    async def disconnected() -> None:
+        # the body is read: what the server receives next is the disconnect
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    work, watch = asyncio.ensure_future(consume()), asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not work.done():
+            work.cancel()
+            generation.cancel()
+            generation.server.metrics.cancelled.inc()
+    if not work.done() or work.cancelled():
+        return False
+    work.result()  # the engine's failure, if any
+    return True
 
 
 def _stream(generation: Generation, chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:

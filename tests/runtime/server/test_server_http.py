@@ -5,6 +5,7 @@ disconnecting client's row freed, metrics, and a soak of mixed requests each ans
 from __future__ import annotations
 
 import json
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -151,6 +152,23 @@ def test_a_client_that_disconnects_mid_stream_frees_its_row(gpt_server):
     _wait_until(lambda: _idle(engine), "the row was freed")
     assert engine.stats.tokens - before < LONG  # it stopped early
     assert metrics.cancelled._value.get() == cancelled + 1
+
+
+def test_a_client_that_disconnects_before_a_whole_answer_frees_its_row(gpt_server):
+    engine = gpt_server.engine
+    _wait_until(lambda: _idle(engine), "the engine is idle")
+    before = engine.stats.tokens
+    body = json.dumps({"prompt": "hi", "max_tokens": LONG, "logit_bias": NO_EOS}).encode()
+    host, port = gpt_server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as connection:  # raw HTTP/1.1
+        head = (
+            f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        connection.sendall(head.encode() + body)
+        _wait_until(lambda: engine.stats.tokens - before >= 8, "a few tokens were generated")
+    _wait_until(lambda: _idle(engine), "the row was freed")  # the client went away
+    assert engine.stats.tokens - before < LONG
 
 
 def test_metrics_count_requests_tokens_and_latencies_in_prometheus_text(http, gpt_server):
