@@ -19,6 +19,7 @@ import json
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 MODULES = (
     "json",
@@ -87,7 +88,7 @@ def compare(base: str, tuned: str, held_out: str, count: int) -> None:
     from runtime.decoding import DecodingChain, Greedy
 
     greedy = DecodingChain((Greedy(),))
-    models = {"before": runtime.load(base), "after": runtime.load(tuned)}
+    models: dict[str, Any] = {"before": runtime.load(base), "after": runtime.load(tuned)}
     lines = Path(held_out).read_text().splitlines()[:count]
     for line in lines:
         record = json.loads(line)

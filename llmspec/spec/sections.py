@@ -540,6 +540,43 @@ class Generation(Section):
 
 
 # ----------------------------------------------------------------------------------------
+# Fine-tuning
+
+
+def _one_prompt_slot(template: str) -> str:
+    if template.count("{prompt}") != 1:
+        raise ValueError("must hold {prompt} exactly once, where the instruction goes")
+    return template
+
+
+class Lora(Section):
+    r: PositiveInt = Field(default=8, description="the adapters' rank")
+    alpha: PositiveInt = Field(default=16, description="the update is scaled by alpha / r")
+    dropout: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="dropout on the adapters' input"
+    )
+    targets: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        min_length=1,
+        description="the linear layers that get adapters, by module name (q_proj, v_proj, "
+        "o_proj, gate_proj, ...) or dotted tail (cross_attn.q_proj)",
+    )
+
+
+class Finetune(Section):
+    """How ``llmspec finetune`` adapts the model unless its flags say otherwise."""
+
+    method: Literal["lora"] = "lora"
+    lora: Lora = Field(default_factory=Lora)
+    template: Annotated[str, AfterValidator(_one_prompt_slot)] | None = Field(
+        default=None,
+        description="the plain prompt template, {prompt} where the instruction goes (default "
+        "Alpaca's '### Instruction:\\n{prompt}\\n\\n### Response:\\n'); the response and eos "
+        "follow it. Used instead of a model directory's chat_template.jinja",
+    )
+
+
+# ----------------------------------------------------------------------------------------
 # The spec
 
 
@@ -571,6 +608,9 @@ class ModelSpec(Section):
     objective: Objective
     precision: Precision = Field(default_factory=Precision)
     generation: Generation | None = None
+    finetune: Annotated[Finetune | None, ADDED] = Field(
+        default=None, description="defaults for llmspec finetune (LoRA)"
+    )
 
     @model_validator(mode="after")
     def _cross_field_rules(self, info: Any) -> ModelSpec:

@@ -97,6 +97,7 @@ from llmspec.trainer.checkpoints import (
 from llmspec.trainer.cluster import Cluster, wrap_model
 from llmspec.trainer.instructions import (
     CHAT_TEMPLATE_FILE,
+    PLAIN_PROMPT,
     ChatTemplate,
     Renderer,
     collate,
@@ -237,7 +238,8 @@ def finetune(
         data: JSONL instruction files (see :mod:`llmspec.trainer.instructions`).
         out_dir: the run directory; it must not exist yet (or be empty), unless ``resume``.
         lora: :class:`LoraSettings` or its text ``r=16,alpha=32,targets=q_proj,v_proj``
-            (default r=8, alpha=16, targets q_proj, v_proj).
+            (default: the spec's ``finetune.lora``, else r=8, alpha=16, targets q_proj,
+            v_proj).
         eval_data: JSONL files of held-out examples (default: 5 % of ``data``'s).
         steps, batch_size, accumulate, seq_len, lr, warmup, eval_every, checkpoint_every,
             seed, checkpointing, bf16: see :class:`FinetuneSettings` and the module docstring.
@@ -364,9 +366,14 @@ class _Finetune:
                 )
             record = {}
             settings = _settings(given, None)
-        lora = lora or LoraSettings()
         source = run_source(model)
         spec = source.spec
+        tuning = spec.finetune
+        if lora is None and tuning is not None:
+            lora = LoraSettings(
+                tuning.lora.r, tuning.lora.alpha, tuning.lora.dropout, tuple(tuning.lora.targets)
+            )
+        lora = lora or LoraSettings()
         if spec.architecture == "encoder-only":
             raise TrainError(
                 f"{spec.name} is encoder-only (masked-lm): it does not generate; fine-tune a "
@@ -388,13 +395,17 @@ class _Finetune:
         )
         template = None
         ids = TokenIds.from_tokenizer(spec, source.tokenizer)
-        if source_dir is not None and (source_dir / CHAT_TEMPLATE_FILE).is_file():
+        # the spec's plain template first, then the model directory's chat template
+        own = tuning.template if tuning is not None else None
+        plain = own or PLAIN_PROMPT
+        chat = source_dir / CHAT_TEMPLATE_FILE if source_dir is not None else None
+        if own is None and chat is not None and chat.is_file():
             named = spec.vocabulary.special_tokens.present()
-            template = ChatTemplate.read(
-                source_dir / CHAT_TEMPLATE_FILE, named.get("bos", ""), named.get("eos", "")
-            )
+            template = ChatTemplate.read(chat, named.get("bos", ""), named.get("eos", ""))
         encoder_decoder = spec.architecture == "encoder-decoder"
-        renderer = Renderer(source.tokenizer, ids, encoder_decoder, settings.seq_len, template)
+        renderer = Renderer(
+            source.tokenizer, ids, encoder_decoder, settings.seq_len, template, plain
+        )
         conversations = [c for path in data for c in read_conversations(path)]
         examples, dropped = renderer.examples(conversations)
         if eval_data:

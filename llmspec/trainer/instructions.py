@@ -23,7 +23,8 @@ or not (everything else):
   adds to rendering ``messages[:i]`` with the generation prompt, so the template's own end of
   turn (``<|im_end|>``, ``</s>``) is trained; a template that does not render conversations
   incrementally is refused;
-* otherwise with the **plain template** :data:`PLAIN_PROMPT` (Alpaca's)::
+* otherwise with the **plain template**: the spec's ``finetune.template`` (which also takes
+  precedence over a chat template), else :data:`PLAIN_PROMPT` (Alpaca's)::
 
       ### Instruction:
       {prompt}
@@ -178,16 +179,17 @@ def read_conversations(path: str | os.PathLike[str]) -> list[list[Message]]:
 Segment = tuple[str, bool]  # (text, trained)
 
 
-def plain_segments(messages: Sequence[Message]) -> list[Segment]:
-    """The conversation in the plain template; the eos after each response is added by the
-    tokenizing step (a marker segment ``("", True)`` stands for it)."""
+def plain_segments(messages: Sequence[Message], prompt: str = PLAIN_PROMPT) -> list[Segment]:
+    """The conversation in the plain template ``prompt`` (``{prompt}`` where the instruction
+    goes); the eos after each response is added by the tokenizing step (a marker segment
+    ``("", True)`` stands for it)."""
     out: list[Segment] = []
     for message in messages:
         role, content = message["role"], message["content"]
         if role == "system":
             out.append((content + "\n\n", False))
         elif role == "user":
-            out.append((PLAIN_PROMPT.format(prompt=content), False))
+            out.append((prompt.replace("{prompt}", content), False))
         else:
             out += [(content, True), ("", True)]  # the response, then eos
     return out
@@ -276,11 +278,12 @@ class Renderer:
     encoder_decoder: bool
     seq_len: int
     template: ChatTemplate | None = None
+    plain: str = PLAIN_PROMPT  # the plain template, when there is no chat template
 
     def segments(self, messages: Sequence[Message]) -> list[Segment]:
         if self.template is not None:
             return self.template.segments(messages)
-        return plain_segments(messages)
+        return plain_segments(messages, self.plain)
 
     def _tokens(self, segments: Sequence[Segment]) -> tuple[list[int], list[bool]]:
         tokens: list[int] = []

@@ -109,6 +109,24 @@ def test_an_unknown_target_is_refused_listing_the_linear_layers(data: Path, tmp_
     assert "gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj" in err
 
 
+def test_the_spec_finetune_section_sets_the_adapter_and_a_spec_object_can_resume(
+    data: Path, tmp_path: Path
+):
+    spec = llmspec.load_spec(SPECS / "tiny-gpt.yaml")
+    section = {"lora": {"r": 2, "alpha": 4, "targets": ["o_proj"]}, "template": "Q: {prompt}\nA: "}
+    tuned = type(spec).model_validate({**spec.model_dump(), "finetune": section})
+    run = llmspec.finetune(tuned, [data], tmp_path / "run", steps=2, checkpoint_every=1, **SMALL)
+    record = json.loads((run / "run.json").read_text())
+    assert record["lora"] == {"r": 2, "alpha": 4, "dropout": 0.0, "targets": ["o_proj"]}
+    assert llmspec.load_spec(run / "base.yaml") == tuned
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 2 and config["target_modules"] == ["o_proj"]
+    # the spec is the base: the run resumes from base.yaml (here: nothing left to do)
+    (run / "weights.safetensors").unlink()
+    llmspec.finetune(tuned, [data], run, resume=True, progress=False)
+    assert (run / "weights.safetensors").is_file()
+
+
 def test_an_encoder_only_model_is_refused(data: Path, tmp_path: Path, capsys):
     argv = ["finetune", str(SPECS / "tiny-encoder.yaml"), "--data", str(data)]
     assert main([*argv, "-o", str(tmp_path / "run"), "--quiet"]) == 1

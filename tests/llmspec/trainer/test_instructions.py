@@ -63,6 +63,14 @@ def test_plain_template_trains_exactly_the_response_and_eos():
     assert trained_text(r, example) == [*response, r.ids.eos]
 
 
+def test_a_plain_template_from_the_spec_frames_the_prompt():
+    r = renderer("tiny-decoder")
+    r = Renderer(r.tokenizer, r.ids, False, 256, None, "Q: {prompt}\nA: ")
+    example = r.example([{"role": "user", "content": "{x}"}, {"role": "assistant", "content": "y"}])
+    assert example is not None
+    assert r.tokenizer.decode(list(example["input_ids"][:-1])) == "Q: {x}\nA: y"
+
+
 def test_encoder_decoder_examples_put_the_prompt_in_the_encoder():
     r = renderer("tiny-bart")
     example = r.example([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])
