@@ -74,10 +74,11 @@ def _engine() -> Any:
     return llguidance
 
 
-def _short(message: str) -> str:
+def _short(message: str, most: int = MAX_MESSAGE_LINES) -> str:
     lines = [line.rstrip() for line in str(message).strip().splitlines() if line.strip()]
-    shown = "\n".join(lines[:MAX_MESSAGE_LINES])
-    return shown + ("\n..." if len(lines) > MAX_MESSAGE_LINES else "")
+    shown = "\n".join(lines[:most])
+    more = "\n..." if most > 1 else " (...)"
+    return shown + (more if len(lines) > most else "")
 
 
 class Constraint:
@@ -140,7 +141,7 @@ class Constraint:
         for row in active_rows(request):
             matcher = state.matchers[row]
             if matcher.is_error():
-                raise DecodingError(f"row {row}: {self!r} failed: {_short(matcher.get_error())}")
+                raise DecodingError(f"row {row}: {self!r} failed: {_short(matcher.get_error(), 1)}")
             if matcher.is_stopped():  # complete: only a stop token may follow
                 keep = np.zeros(self.vocab_size, dtype=bool)
                 keep[self._stops] = True
@@ -169,7 +170,7 @@ class ConstraintState:
             if not matcher.consume_token(token):
                 raise DecodingError(
                     f"row {row}: token {token} does not follow the constraint "
-                    f"({_short(matcher.get_error())})"
+                    f"({_short(matcher.get_error(), 1)})"
                 )
 
     def reorder(self, rows: np.ndarray) -> None:
@@ -251,7 +252,11 @@ def _grammar(kind: str, value: Any) -> tuple[str, str]:
                 value = json.loads(value)
             except json.JSONDecodeError as err:
                 raise RuntimeInputError(f"json_schema is not valid JSON: {err}") from None
-        if not isinstance(value, dict | bool):
+        if value is True:  # the schema every value satisfies
+            value = {}
+        if value is False:
+            raise RuntimeInputError("json_schema is false, which no value satisfies")
+        if not isinstance(value, dict):
             raise RuntimeInputError(
                 f"json_schema must be a JSON Schema object (a dict or its JSON text), got "
                 f"{type(value).__name__}"

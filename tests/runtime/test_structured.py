@@ -214,6 +214,9 @@ def test_the_same_constraint_is_compiled_once_per_model(gpt):
         ({"json_schema": {"type": "foo"}}, r"json_schema is invalid: .*foo"),
         ({"json_schema": "{not json"}, r"json_schema is not valid JSON"),
         ({"json_schema": ["a"]}, r"json_schema must be a JSON Schema object"),
+        ({"json_schema": False}, r"json_schema is false, which no value satisfies"),
+        ({"json_schema": {"not": {}}}, r"json_schema is invalid: .*not"),
+        ({"json_schema": {"type": "integer", "minimum": 5, "maximum": 1}}, r"Unsatisfiable"),
         ({"json_schema": {"type": "string", "pattern": "(("}}, r"json_schema is invalid"),
         ({"regex": "(("}, r"(?s)regex is invalid: .*unclosed group"),
         ({"regex": ""}, r"regex must be a regular expression"),
@@ -243,6 +246,21 @@ def test_constraints_are_refused_where_they_cannot_work(gpt, varied_artifact):
     with pytest.raises(DecodingError, match="is not a logits processor"):
         SamplerChain("greedy", constraint=object())
     assert isinstance(constraint, Constraint)
+
+
+def test_a_regex_too_large_for_the_lexer_ends_in_our_error(gpt):
+    # compiles (the lexer is built lazily), then fails on the first token: one line, our type
+    constraint = gpt.constraint(regex="a{1000000}")
+    with pytest.raises(DecodingError, match=r"row 0: .*too many expressions") as caught:
+        gpt.generate("x", max_new_tokens=5, chain="greedy", constraint=constraint)
+    assert "\n" not in str(caught.value)
+
+
+def test_json_schema_true_allows_any_json(gpt):
+    result = gpt.generate(
+        "x", max_new_tokens=30, chain="greedy", constraint=gpt.constraint(json_schema=True)
+    )
+    assert result.finish_reasons == ["length"] or json.loads(result.text) is not None
 
 
 def _generate(capsys: Any, *argv: str) -> tuple[int, str, str]:
