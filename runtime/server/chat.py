@@ -29,12 +29,12 @@ class ChatTemplateError(ValueError, LlmspecError):
     """An artifact's chat template does not compile."""
 
 
-class TemplateRefusal(Exception):
+class _TemplateRefusal(Exception):
     """What ``raise_exception(message)`` in a template raises."""
 
 
 def _raise_exception(message: str) -> None:
-    raise TemplateRefusal(message)
+    raise _TemplateRefusal(message)
 
 
 def _strftime_now(format: str) -> str:
@@ -86,7 +86,7 @@ class ChatTemplate:
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
             )
-        except TemplateRefusal as err:
+        except _TemplateRefusal as err:
             raise ApiError(
                 f"messages: the model's chat template refuses them: {err}",
                 param="messages",

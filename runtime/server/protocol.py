@@ -23,6 +23,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from runtime.errors import LlmspecError
+
 # OpenAI's bounds, where it has them.
 MAX_N = 16  # choices per request: each is a row of the batch
 MAX_STOP = 4
@@ -54,9 +56,9 @@ UNSUPPORTED = frozenset(
 )
 
 
-class ApiError(Exception):
-    """An error answered in OpenAI's shape: ``status``, ``message``, ``param`` (the field),
-    ``type`` and ``code``; ``headers`` such as Retry-After."""
+class ApiError(LlmspecError):
+    """A request refused, answered in OpenAI's shape: ``status``, ``message``, ``param`` (the
+    field), ``type`` and ``code``; ``headers`` such as Retry-After."""
 
     def __init__(
         self,
