@@ -55,6 +55,7 @@ from runtime.errors import LlmspecError, RuntimeInputError
 from runtime.generation import RowText
 from runtime.graphs import Cache, Encoded, left_padded, positions, right_padded
 from runtime.logits import token_logprobs
+from runtime.memory import machine_memory
 from runtime.results import TokenLogprob
 from runtime.sampling import DecodingState, SamplerChain
 
@@ -146,7 +147,10 @@ class Ticket:
         if event.finish_reason is not None:
             self.done.set()
         if self._on_event is not None:
-            self._on_event(event)
+            try:
+                self._on_event(event)
+            except Exception:  # the consumer is gone or broken: stop making its tokens
+                self.cancelled = True
         else:
             assert self._events is not None
             self._events.put(event)
@@ -230,6 +234,7 @@ class Engine:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise RuntimeInputError(f"{name} must be a whole number >= {least}, got {value!r}")
+        _check_memory(model, max_batch)
         self.model = model
         self.seq2seq = isinstance(model, Seq2SeqModel)
         self.feeder: Any = model.feeder
@@ -612,6 +617,22 @@ class Engine:
         while self._waiting:
             self._waiting.popleft()._emit(EngineEvent(None, "", "cancelled"))
         self._group = self._running = None
+
+
+def _check_memory(model: GenerativeModel, max_batch: int) -> None:
+    """Refuse a ``max_batch`` whose rows' KV caches at the context window cannot fit the
+    machine's memory (the batch may grow that large; nothing is allocated up front)."""
+    memory = machine_memory()
+    window = model.context_length
+    need = model.request_bytes([[0]] * max_batch, max(0, window - 1), 1)
+    if memory is None or need <= memory.total:
+        return
+    gib = 1 << 30
+    raise RuntimeInputError(
+        f"max_batch {max_batch} needs up to {need / gib:.1f} GiB for the KV caches of that many "
+        f"rows at the context window of {window} tokens, more than the "
+        f"{memory.total / gib:.1f} GiB of memory of this machine; lower max_batch"
+    )
 
 
 __all__ = [

@@ -259,3 +259,25 @@ def test_an_encoder_only_model_is_refused_by_name(tiny_artifact):
     model = runtime.load(tiny_artifact("tiny-encoder"), device="cpu")
     with pytest.raises(RuntimeInputError, match="encoder-only|not one"):
         Engine(model)
+
+
+def test_a_max_batch_whose_caches_cannot_fit_memory_is_refused(models):
+    with pytest.raises(RuntimeInputError, match="max_batch 1000000000 needs up to .* GiB"):
+        Engine(models("tiny-gpt"), max_batch=10**9)
+
+
+def test_a_consumer_whose_callback_fails_is_cancelled_and_the_others_go_on(models):
+    model = models("tiny-gpt")
+    chain = SamplerChain("greedy")
+
+    def broken(event: EngineEvent) -> None:
+        raise ConnectionError("the client went away")
+
+    with Engine(model, max_batch=4) as engine:
+        budget = model.context_length - len(engine.encode(PROMPTS[0]))
+        gone = engine.submit(EngineRequest(engine.encode(PROMPTS[0]), budget, chain), broken)
+        other = _collect(engine.submit(EngineRequest(engine.encode(PROMPTS[2]), 12, chain)))
+        assert gone.done.wait(TIMEOUT)
+    assert gone.cancelled
+    reference = model.generate(PROMPTS[2], max_new_tokens=12, chain="greedy")
+    assert [e.token for e in other] == reference.tokens[0]
