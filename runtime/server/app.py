@@ -362,6 +362,12 @@ async def _prepare(
     engine = server.engine
     model = server.model
     assert engine is not None
+    if body.stream_options is not None and not body.stream:
+        raise ApiError(
+            "stream_options: only allowed with stream: true (it sets what a stream sends)",
+            param="stream_options",
+            code="invalid_value",
+        )
     chain = decoding_chain(body, model.vocab_size)
     constraint = await _constraint(model, body)
     try:

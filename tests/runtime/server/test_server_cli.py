@@ -86,6 +86,17 @@ def test_serve_reports_a_missing_artifact_in_one_line(tmp_path, capsys):
     assert "Traceback" not in error
 
 
+def test_serve_without_its_extra_says_how_to_install_it(tiny_artifact, monkeypatch, capsys):
+    for name in [
+        m for m in sys.modules if m == "runtime.server" or m.startswith("runtime.server.")
+    ]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if not installed
+    assert main(["serve", str(tiny_artifact("tiny-gpt")), "--device", "cpu"]) == 1
+    error = capsys.readouterr().err
+    assert "uvicorn is missing" in error and "pip install 'llmspec[serve]'" in error
+
+
 @pytest.mark.parametrize("option", ["--max-batch=0", "--max-queue=-1", "--port=x"])
 def test_serve_refuses_bad_options_as_usage_errors(option, tmp_path):
     with pytest.raises(SystemExit) as caught:

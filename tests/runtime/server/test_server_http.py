@@ -66,6 +66,12 @@ def _idle(engine) -> bool:
             "context window",
         ),
         (
+            "/v1/completions",
+            {"prompt": "hi", "stream_options": {"include_usage": True}},
+            "stream_options",
+            "stream: true",
+        ),
+        (
             "/v1/chat/completions",
             {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2},
             "top_logprobs",
