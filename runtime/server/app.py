@@ -34,6 +34,7 @@ import base64
 import contextlib
 import hmac
 import json
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -66,6 +67,7 @@ from runtime.server.protocol import (
 )
 from runtime.server.sampling import decoding_chain
 
+_log = logging.getLogger("llmspec.server")
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
 CLIENT_GONE = 499  # nginx's "client closed request": the status counted for an abandoned request
 Handler = Callable[[Request], Awaitable[Response]]
@@ -181,20 +183,32 @@ async def _http_error(request: Request, err: HTTPException) -> Response:
 
 async def _answer(server: Server, endpoint: str, request: Request, handler: Any) -> Response:
     """Run ``handler`` with the API key checked; any :class:`ApiError` becomes its JSON
-    answer; count the request."""
+    answer, a refusal of the runtime a 400, a failure of ours a 500 (its traceback logged, not
+    sent); count the request."""
     arrived = time.perf_counter()
     try:
         _authorize(server, request)
         response = await handler(server, request, arrived)
     except ApiError as err:
-        response = JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+        response = _error(err)
+    except (RuntimeInputError, DecodingError) as err:
+        response = _error(ApiError(str(err), code="invalid_value"))
     except ArtifactError as err:  # the deployment's fault (its tokenizer failed), not the request's
-        error = ApiError(str(err), status=500, type="server_error", code="artifact_error")
-        response = JSONResponse(error.body(), status_code=500)
+        response = _error(
+            ApiError(str(err), status=500, type="server_error", code="artifact_error")
+        )
+    except Exception:
+        _log.exception("%s failed", request.url.path)
+        message = "the server failed on this request; its log has the details"
+        response = _error(ApiError(message, status=500, type="server_error", code="internal_error"))
     server.metrics.requests.labels(endpoint, str(response.status_code)).inc()
     if not isinstance(response, StreamingResponse):
         server.metrics.request_duration.observe(time.perf_counter() - arrived)
     return response
+
+
+def _error(err: ApiError) -> Response:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
 def _authorize(server: Server, request: Request) -> None:

@@ -5,6 +5,7 @@ disconnecting client's row freed, metrics, and a soak of mixed requests each ans
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -101,6 +102,30 @@ def test_a_family_asked_for_what_it_cannot_do_is_a_400(http, gpt_server, encoder
     assert "encoder-only" in error["message"]
     error = _error(http.post(gpt_server.url + "/v1/embeddings", json={"input": "x"}))
     assert "encoder-only model" in error["message"]
+
+
+def test_an_artifact_whose_tokenizer_fails_answers_500_and_the_server_goes_on(
+    http, serve, tmp_path, chat_artifact
+):
+    import runtime
+    from runtime import artifact as fmt
+
+    root = tmp_path / "artifact"
+    shutil.copytree(chat_artifact("tiny-gpt"), root)
+    tokenizer = json.loads((root / fmt.TOKENIZER).read_text())
+    # a Replace whose regex matches the empty string: the tokenizers library panics on any text
+    tokenizer["normalizer"] = {"type": "Replace", "pattern": {"Regex": "x*"}, "content": "y"}
+    (root / fmt.TOKENIZER).write_text(json.dumps(tokenizer))
+    manifest = json.loads((root / fmt.MANIFEST).read_text())
+    info = fmt.file_info(root / fmt.TOKENIZER)
+    manifest["files"][fmt.TOKENIZER] = {"size": info.size, "sha256": info.sha256}
+    (root / fmt.MANIFEST).write_text(json.dumps(manifest))
+    served = serve(runtime.load(root, device="cpu"))
+    url = served.url + "/v1/completions"
+    error = _error(http.post(url, json={"prompt": "hi", "max_tokens": 2}), 500)
+    assert error["type"] == "server_error" and "tokenizer.json" in error["message"]
+    # token ids need no tokenizing: the server still answers them
+    assert http.post(url, json={"prompt": [5, 6], "max_tokens": 2}).status_code == 200
 
 
 def test_a_missing_or_wrong_api_key_is_a_401_and_the_right_one_passes(http, serve, gpt):
