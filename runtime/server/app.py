@@ -451,6 +451,20 @@ def _encode(engine: Engine, text: str, special: bool, param: str) -> list[int]:
         raise ApiError(f"{param}: {err}", param=param, code="invalid_value") from None
 
 
+def _token_ids(server: Server, ids: list[int], param: str) -> list[int]:
+    """A prompt given as token ids, each checked against the vocabulary."""
+    vocab = server.model.vocab_size
+    for position, token in enumerate(ids):
+        if token >= vocab:  # the protocol refused negative ones
+            raise ApiError(
+                f"{param}: token id {token} at position {position} is outside the vocabulary "
+                f"[0, {vocab})",
+                param=param,
+                code="invalid_value",
+            )
+    return list(ids)
+
+
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {
         "prompt_tokens": prompt_tokens,
@@ -467,10 +481,12 @@ async def _completions(server: Server, request: Request, arrived: float) -> Resp
     if isinstance(prompt, str):
         prompts = [_encode(engine, prompt, True, "prompt")]
     elif all(isinstance(item, int) for item in prompt):
-        prompts = [list(prompt)]  # token ids
+        prompts = [_token_ids(server, prompt, "prompt")]
     else:  # texts, or lists of token ids
         prompts = [
-            _encode(engine, item, True, f"prompt.{i}") if isinstance(item, str) else list(item)
+            _encode(engine, item, True, f"prompt.{i}")
+            if isinstance(item, str)
+            else _token_ids(server, item, f"prompt.{i}")
             for i, item in enumerate(prompt)
         ]
     prepared = await _prepare(

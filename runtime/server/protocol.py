@@ -283,20 +283,49 @@ def parse(model: type[_Request], body: bytes) -> Any:
     try:
         return model.model_validate_json(body)
     except ValidationError as err:
-        raise _api_error(model, err) from None
+        raise _api_error(model, err, body) from None
 
 
-def _api_error(model: type[_Request], err: ValidationError) -> ApiError:
-    first = err.errors(include_url=False)[0]
+def _location(loc: tuple[Any, ...], data: Any) -> list[str]:
+    """The part of an error's location that is a path in the request (``messages.0.role``),
+    without the names pydantic inserts for the members of a union (``prompt.str``): followed
+    through ``data`` as far as it goes."""
+    path: list[str] = []
+    for part in loc:
+        if (isinstance(data, dict) and part in data) or (
+            isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)
+        ):
+            data = data[part]
+        else:
+            break
+        path.append(str(part))
+    return path
+
+
+# What the union-typed fields take, for a value that is none of it.
+FORMS = {
+    "prompt": "a string, a list of strings, a list of token ids or a list of such lists",
+    "stop": "a non-empty string or a list of up to 4 of them",
+    "content": 'a string or a list of text parts ({"type": "text", "text": "..."})',
+    "input": "a string or a list of strings",
+}
+
+
+def _api_error(model: type[_Request], err: ValidationError, body: bytes) -> ApiError:
+    errors = err.errors(include_url=False)
+    first = errors[0]
     kind = first["type"]
-    location = [str(part) for part in first["loc"]]
-    param = ".".join(location) or None
     if kind == "json_invalid":
         detail = first["ctx"].get("error", "") if first.get("ctx") else ""
         return ApiError(
             f"the request body is not valid JSON ({detail}); send a JSON object",
             code="invalid_json",
         )
+    data = json.loads(body)
+    location = _location(first["loc"], data)
+    if kind == "missing":  # the path to its object, then its name
+        location = [*_location(first["loc"][:-1], data), str(first["loc"][-1])]
+    param = ".".join(location) or None
     if kind == "model_type" or (kind == "dict_type" and not location):
         return ApiError("the request body must be a JSON object", code="invalid_type")
     if kind == "extra_forbidden":
@@ -319,6 +348,9 @@ def _api_error(model: type[_Request], err: ValidationError) -> ApiError:
     given = json.dumps(first.get("input"))[:80] if "input" in first else ""
     shown = f" (got {given})" if given else ""
     message = first["msg"].removeprefix("Value error, ")
+    union = len({str(e["loc"]) for e in errors if _location(e["loc"], data) == location}) > 1
+    if union and location and location[-1] in FORMS:  # each member said what it wanted
+        message = f"must be {FORMS[location[-1]]}"
     return ApiError(f"{param}: {message}{shown}", param=param, code="invalid_value")
 
 

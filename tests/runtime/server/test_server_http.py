@@ -51,6 +51,8 @@ def _idle(engine) -> bool:
         ("/v1/completions", {"prompt": "hi", "max_tokens": [4]}, "max_tokens", "integer"),
         ("/v1/completions", {"prompt": "hi", "max_tokens": 1023}, "max_tokens", "context window"),
         ("/v1/completions", {"prompt": [5, 999]}, "prompt", "outside the vocabulary"),
+        ("/v1/completions", {"prompt": [[5], [999]]}, "prompt.1", "id 999 at position 0"),
+        ("/v1/completions", {"prompt": ["ok", [5]]}, "prompt", "list of token ids"),
         ("/v1/completions", {"prompt": "hi", "logit_bias": {"999": 5}}, "logit_bias", "outside"),
         ("/v1/chat/completions", {"messages": []}, "messages", "empty"),
         ("/v1/chat/completions", {"messages": [{"role": "user"}], "n": "2"}, "n", "integer"),

@@ -81,7 +81,7 @@ def _refusal(model, body) -> ApiError:
             "json_schema",
         ),
         (EmbeddingRequest, {"input": []}, "input", "empty"),
-        (EmbeddingRequest, {"input": [1, 2]}, "input", "valid string"),
+        (EmbeddingRequest, {"input": [1, 2]}, "input", "a string or a list of strings"),
     ],
 )
 def test_a_bad_request_is_a_400_naming_its_field(model, body, param, words):
