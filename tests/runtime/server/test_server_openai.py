@@ -222,3 +222,34 @@ def test_a_json_schema_response_format_gives_json_that_validates(served):
     for choice in answer.choices:
         assert choice.finish_reason == "stop"
         jsonschema.validate(json.loads(choice.message.content), schema)
+
+
+def test_a_json_object_response_format_gives_a_json_object(served):
+    model, _, client = served["tiny-gpt"]
+    close = model.tokenizer.token_to_id("}")
+    answer = client.chat.completions.create(
+        model=model.manifest.name,
+        messages=[{"role": "user", "content": "An object."}],
+        max_tokens=16,
+        temperature=0,
+        logit_bias={str(close): 100},  # among the tokens the grammar allows, "}" first
+        response_format={"type": "json_object"},
+    )
+    choice = answer.choices[0]
+    assert choice.finish_reason == "stop"
+    assert json.loads(choice.message.content) == {}  # without the constraint: "}}}}..."
+
+
+def test_a_model_without_a_chat_template_gets_a_400_saying_how_to_give_it_one(serve, tiny_artifact):
+    import runtime
+
+    served = serve(runtime.load(tiny_artifact("tiny-t5"), device="cpu"))
+    client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="has no chat template") as caught:
+        client.chat.completions.create(
+            model="tiny-t5", messages=[{"role": "user", "content": "Hi"}]
+        )
+    assert caught.value.code == "no_chat_template"
+    assert "chat_template.jinja" in caught.value.message and "import-hf" in caught.value.message
+    completion = client.completions.create(model="tiny-t5", prompt="Hi", max_tokens=2)
+    assert completion.usage.completion_tokens == 2  # completions need no template
