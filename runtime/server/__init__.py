@@ -2,9 +2,11 @@
 
 Needs the ``serve`` extra (``pip install 'llmspec[serve]'``: starlette, uvicorn,
 prometheus-client, jinja2 for chat templates); ``import runtime`` never imports this package.
-The app is :func:`runtime.server.app.create_app` (routes, streaming, errors); requests are
+The app is :func:`runtime.server.app.create_app` (routes, handlers, errors); requests are
 :mod:`runtime.server.protocol`, chat templates :mod:`runtime.server.chat`, sampling fields to
-a chain :mod:`runtime.server.sampling`, metrics :mod:`runtime.server.metrics`. Generation runs on
+a chain :mod:`runtime.server.sampling`, the engine's events to an HTTP answer (streamed or
+whole, cancelled when the client goes away) :mod:`runtime.server.generation`, OpenAI's response
+shapes :mod:`runtime.server.responses`, metrics :mod:`runtime.server.metrics`. Generation runs on
 :class:`runtime.batching.Engine` (continuous batching).
 
 Scale out with replicas behind any HTTP load balancer (DESIGN.md): one process serves one

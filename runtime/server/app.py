@@ -29,11 +29,9 @@ uvicorn, see :func:`runtime.server.serve`):
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import hmac
-import json
 import logging
 import secrets
 import time
@@ -50,13 +48,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from runtime.artifact import ArtifactError
-from runtime.batching import Engine, EngineError, EngineEvent, EngineRequest, QueueFull, Ticket
+from runtime.batching import Engine, EngineRequest
 from runtime.decoding import DecodingError
 from runtime.errors import RuntimeInputError
 from runtime.model import EncoderModel, GenerativeModel, Seq2SeqModel
-from runtime.results import TokenLogprob
 from runtime.sampling import SamplerChain
 from runtime.server.chat import ChatTemplate, no_template
+from runtime.server.generation import Generation, Prepared, complete, stream
 from runtime.server.metrics import CONTENT_TYPE, Metrics
 from runtime.server.protocol import (
     ApiError,
@@ -65,10 +63,16 @@ from runtime.server.protocol import (
     EmbeddingRequest,
     parse,
 )
+from runtime.server.responses import (
+    chat_chunks,
+    chat_logprobs,
+    completion_chunks,
+    completion_logprobs,
+    usage_counts,
+)
 from runtime.server.sampling import decoding_chain
 
 _log = logging.getLogger("llmspec.server")
-FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
 CLIENT_GONE = 499  # nginx's "client closed request": the status counted for an abandoned request
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -246,112 +250,6 @@ async def _models(server: Server, request: Request, arrived: float) -> Response:
 # Generation
 
 
-@dataclass
-class Choice:
-    """One choice's progress: its text, tokens and logprobs so far, its finish reason."""
-
-    index: int
-    prompt: int  # which prompt it continues
-    text: list[str] = field(default_factory=list)
-    tokens: int = 0
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    finish_reason: str | None = None
-    last: float | None = None  # when its last token came (perf_counter)
-
-
-class Generation:
-    """A request's engine tickets (one per choice) and their events, bridged to asyncio."""
-
-    def __init__(self, server: Server, requests: list[tuple[int, EngineRequest]], arrived: float):
-        assert server.engine is not None
-        self.server = server
-        self.arrived = arrived
-        self.choices = [Choice(index, prompt) for index, (prompt, _) in enumerate(requests)]
-        self.queue: asyncio.Queue[tuple[int, EngineEvent, float]] = asyncio.Queue()
-        self.tickets: list[Ticket] = []
-        loop = asyncio.get_running_loop()
-        try:
-            for index, (_, engine_request) in enumerate(requests):
-                self.tickets.append(server.engine.submit(engine_request, self._bridge(loop, index)))
-        except QueueFull as err:
-            self.cancel()
-            seconds = str(max(1, int(np.ceil(err.retry_after))))
-            raise ApiError(
-                f"the server is busy: {err}",
-                status=429,
-                type="rate_limit_exceeded",
-                code="queue_full",
-                headers={"Retry-After": seconds},
-            ) from None
-        except EngineError as err:
-            self.cancel()
-            raise ApiError(
-                str(err), status=503, type="server_error", code="shutting_down"
-            ) from None
-
-    def _bridge(self, loop: asyncio.AbstractEventLoop, index: int) -> Callable[[EngineEvent], None]:
-        queue = self.queue
-
-        def on_event(event: EngineEvent) -> None:  # the engine's thread
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody to tell
-                loop.call_soon_threadsafe(queue.put_nowait, (index, event, time.perf_counter()))
-
-        return on_event
-
-    def cancel(self) -> None:
-        for ticket in self.tickets:
-            if not ticket.done.is_set():
-                ticket.cancel()
-
-    async def events(self) -> AsyncIterator[tuple[Choice, EngineEvent]]:
-        """Each event with its choice (updated), as they come, until every choice finished.
-        Raises :class:`ApiError` (500) when the engine failed a choice."""
-        metrics = self.server.metrics
-        left = len(self.tickets)
-        while left:
-            index, event, when = await self.queue.get()
-            choice = self.choices[index]
-            if event.token is not None:
-                if choice.last is None:
-                    metrics.time_to_first_token.observe(when - self.arrived)
-                else:
-                    metrics.inter_token_latency.observe(when - choice.last)
-                choice.last = when
-                choice.tokens += 1
-                metrics.completion_tokens.inc()
-                if event.logprob is not None:
-                    choice.logprobs.append(event.logprob)
-            choice.text.append(event.text)
-            if event.finish_reason is not None:
-                left -= 1
-                if event.finish_reason == "error":
-                    self.cancel()
-                    raise ApiError(
-                        f"generation failed: {event.error}",
-                        status=500,
-                        type="server_error",
-                        code="generation_failed",
-                    )
-                choice.finish_reason = FINISH.get(event.finish_reason, event.finish_reason)
-            yield choice, event
-        metrics.request_duration.observe(time.perf_counter() - self.arrived)
-
-    def completion_tokens(self) -> int:
-        return sum(choice.tokens for choice in self.choices)
-
-
-@dataclass
-class Prepared:
-    """A generation request made ready: its prompts' ids and the engine requests."""
-
-    prompts: list[list[int]]
-    requests: list[tuple[int, EngineRequest]]
-
-    @property
-    def prompt_tokens(self) -> int:
-        return sum(len(ids) for ids in self.prompts)
-
-
 def _generative(server: Server, what: str) -> Engine:
     if server.engine is None:
         raise ApiError(
@@ -465,14 +363,6 @@ def _token_ids(server: Server, ids: list[int], param: str) -> list[int]:
     return list(ids)
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
 async def _completions(server: Server, request: Request, arrived: float) -> Response:
     engine = _generative(server, "completions")
     body: CompletionRequest = parse(CompletionRequest, await request.body())
@@ -492,7 +382,7 @@ async def _completions(server: Server, request: Request, arrived: float) -> Resp
     prepared = await _prepare(
         server, body, prompts, (body.max_tokens, "max_tokens"), "prompt", body.logprobs
     )
-    generation = Generation(server, prepared.requests, arrived)
+    generation = Generation(engine, server.metrics, prepared.requests, arrived)
     header = {
         "id": f"cmpl-{secrets.token_hex(12)}",
         "object": "text_completion",
@@ -500,71 +390,25 @@ async def _completions(server: Server, request: Request, arrived: float) -> Resp
         "model": server.name,
     }
     if body.stream:
-        return _stream(
+        return stream(
             generation,
-            _completion_chunks(server, generation, header, prepared, body.include_usage),
+            completion_chunks(server.token_text, generation, header, prepared, body.include_usage),
         )
-    if not await _complete(generation, request):
+    if not await complete(generation, request):
         return Response(status_code=CLIENT_GONE)
     choices = [
         {
             "index": c.index,
             "text": "".join(c.text),
-            "logprobs": _completion_logprobs(server, c.logprobs, 0)
+            "logprobs": completion_logprobs(server.token_text, c.logprobs, 0)
             if body.logprobs is not None
             else None,
             "finish_reason": c.finish_reason,
         }
         for c in generation.choices
     ]
-    usage = _usage(prepared.prompt_tokens, generation.completion_tokens())
+    usage = usage_counts(prepared.prompt_tokens, generation.completion_tokens())
     return JSONResponse({**header, "choices": choices, "usage": usage})
-
-
-async def _completion_chunks(
-    server: Server,
-    generation: Generation,
-    header: dict[str, Any],
-    prepared: Prepared,
-    include_usage: bool,
-) -> AsyncIterator[dict[str, Any]]:
-    offsets = [0] * len(generation.choices)
-    extra = {"usage": None} if include_usage else {}
-    async for choice, event in generation.events():
-        if not event.text and event.finish_reason is None and event.logprob is None:
-            continue
-        logprobs = None
-        if event.logprob is not None:
-            logprobs = _completion_logprobs(server, [event.logprob], offsets[choice.index])
-        offsets[choice.index] += len(event.text)
-        item = {
-            "index": choice.index,
-            "text": event.text,
-            "logprobs": logprobs,
-            "finish_reason": choice.finish_reason if event.finish_reason else None,
-        }
-        yield {**header, "choices": [item], **extra}
-    if include_usage:
-        usage = _usage(prepared.prompt_tokens, generation.completion_tokens())
-        yield {**header, "choices": [], "usage": usage}
-
-
-def _completion_logprobs(server: Server, entries: list[TokenLogprob], offset: int) -> dict:
-    """OpenAI's completions logprobs: tokens, token_logprobs, top_logprobs, text_offset."""
-    tokens, values, tops, offsets = [], [], [], []
-    for entry in entries:
-        text = server.token_text(entry.token)
-        tokens.append(text)
-        values.append(entry.logprob)
-        tops.append({server.token_text(t): v for t, v in entry.top})
-        offsets.append(offset)
-        offset += len(text)
-    return {
-        "tokens": tokens,
-        "token_logprobs": values,
-        "top_logprobs": tops,
-        "text_offset": offsets,
-    }
 
 
 async def _chat(server: Server, request: Request, arrived: float) -> Response:
@@ -585,7 +429,7 @@ async def _chat(server: Server, request: Request, arrived: float) -> Response:
     prompts = [_encode(engine, text, seq2seq, "messages")]
     top = (body.top_logprobs or 0) if body.logprobs else None
     prepared = await _prepare(server, body, prompts, body.token_budget, "messages", top)
-    generation = Generation(server, prepared.requests, arrived)
+    generation = Generation(engine, server.metrics, prepared.requests, arrived)
     header = {
         "id": f"chatcmpl-{secrets.token_hex(12)}",
         "object": "chat.completion",
@@ -593,118 +437,23 @@ async def _chat(server: Server, request: Request, arrived: float) -> Response:
         "model": server.name,
     }
     if body.stream:
-        chunks = _chat_chunks(server, generation, header, prepared, body.include_usage)
-        return _stream(generation, chunks)
-    if not await _complete(generation, request):
+        chunks = chat_chunks(server.token_text, generation, header, prepared, body.include_usage)
+        return stream(generation, chunks)
+    if not await complete(generation, request):
         return Response(status_code=CLIENT_GONE)
     choices = [
         {
             "index": c.index,
             "message": {"role": "assistant", "content": "".join(c.text), "refusal": None},
-            "logprobs": {"content": _chat_logprobs(server, c.logprobs), "refusal": None}
+            "logprobs": {"content": chat_logprobs(server.token_text, c.logprobs), "refusal": None}
             if body.logprobs
             else None,
             "finish_reason": c.finish_reason,
         }
         for c in generation.choices
     ]
-    usage = _usage(prepared.prompt_tokens, generation.completion_tokens())
+    usage = usage_counts(prepared.prompt_tokens, generation.completion_tokens())
     return JSONResponse({**header, "choices": choices, "usage": usage})
-
-
-async def _chat_chunks(
-    server: Server,
-    generation: Generation,
-    header: dict[str, Any],
-    prepared: Prepared,
-    include_usage: bool,
-) -> AsyncIterator[dict[str, Any]]:
-    header = {**header, "object": "chat.completion.chunk"}
-    extra = {"usage": None} if include_usage else {}
-    for choice in generation.choices:  # the role first, as OpenAI sends it
-        delta = {"role": "assistant", "content": ""}
-        item = {"index": choice.index, "delta": delta, "logprobs": None, "finish_reason": None}
-        yield {**header, "choices": [item], **extra}
-    async for choice, event in generation.events():
-        if not event.text and event.finish_reason is None and event.logprob is None:
-            continue
-        logprobs = None
-        if event.logprob is not None:
-            logprobs = {"content": _chat_logprobs(server, [event.logprob]), "refusal": None}
-        item = {
-            "index": choice.index,
-            "delta": {"content": event.text} if event.text else {},
-            "logprobs": logprobs,
-            "finish_reason": choice.finish_reason if event.finish_reason else None,
-        }
-        yield {**header, "choices": [item], **extra}
-    if include_usage:
-        usage = _usage(prepared.prompt_tokens, generation.completion_tokens())
-        yield {**header, "choices": [], "usage": usage}
-
-
-def _chat_logprobs(server: Server, entries: list[TokenLogprob]) -> list[dict[str, Any]]:
-    """OpenAI's chat logprobs content: token, logprob, bytes, top_logprobs."""
-
-    def item(token: int, logprob: float) -> dict[str, Any]:
-        text = server.token_text(token)
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
-
-    return [
-        {**item(e.token, e.logprob), "top_logprobs": [item(t, v) for t, v in e.top]}
-        for e in entries
-    ]
-
-
-async def _complete(generation: Generation, request: Request) -> bool:
-    """Wait for every choice of a non-streaming request; returns whether they finished. A
-    client that goes away meanwhile cancels the request (its rows leave the batch at the
-    engine's next step): False. Raises :class:`ApiError` when the engine failed a choice."""
-
-    async def consume() -> None:
-        async for _ in generation.events():
-            pass
-
-    async def disconnected() -> None:
-        # the body is read: what the server receives next is the disconnect
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    work, watch = asyncio.ensure_future(consume()), asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watch.cancel()
-        if not work.done():
-            work.cancel()
-            generation.cancel()
-            generation.server.metrics.cancelled.inc()
-    if not work.done() or work.cancelled():
-        return False
-    work.result()  # the engine's failure, if any
-    return True
-
-
-def _stream(generation: Generation, chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
-    """Server-sent events of ``chunks``, then ``[DONE]``. A client that goes away cancels the
-    generation: Starlette cancels this generator when the connection closes, and ``finally``
-    cancels the tickets, whose rows leave the batch at the engine's next step."""
-
-    async def events() -> AsyncIterator[bytes]:
-        try:
-            async for chunk in chunks:
-                yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
-        except ApiError as err:  # the stream has begun: the error is its last event
-            yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
-        finally:
-            unfinished = [t for t in generation.tickets if not t.done.is_set()]
-            if unfinished:
-                generation.server.metrics.cancelled.inc()
-            generation.cancel()
-        yield b"data: [DONE]\n\n"
-
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
 # ----------------------------------------------------------------------------------------
