@@ -550,51 +550,42 @@ class Engine:
         if batch is None:
             return group
         width = max(batch.mask.shape[1], group.mask.shape[1])
-        graph = self.graph
 
-        def left(array: np.ndarray, to: int) -> np.ndarray:
-            pad = [(0, 0)] * array.ndim
-            pad[-1 if array.ndim == 2 else 2] = (to - array.shape[-1 if array.ndim == 2 else 2], 0)
-            return np.pad(array, pad)
-
-        def right(array: np.ndarray, to: int) -> np.ndarray:
-            pad = [(0, 0)] * array.ndim
-            pad[-1 if array.ndim == 2 else 2] = (0, to - array.shape[-1 if array.ndim == 2 else 2])
-            return np.pad(array, pad)
-
-        batch.cache = {
-            name: graph.to_device(
-                np.concatenate(
-                    [
-                        left(graph.to_host(value), width),
-                        left(graph.to_host(group.cache[name]), width),
-                    ]
-                )
-            )
-            for name, value in batch.cache.items()
-        }
-        batch.mask = np.concatenate([left(batch.mask, width), left(group.mask, width)])
+        batch.cache = self._stacked(batch.cache, group.cache, width, left=True)
+        batch.mask = np.concatenate(
+            [_padded(batch.mask, width, True), _padded(group.mask, width, True)]
+        )
         if batch.cross is not None:
             assert group.cross is not None
             assert batch.source_mask is not None and group.source_mask is not None
             source = max(batch.source_mask.shape[1], group.source_mask.shape[1])
-            batch.cross = {
-                name: graph.to_device(
-                    np.concatenate(
-                        [
-                            right(graph.to_host(value), source),
-                            right(graph.to_host(group.cross[name]), source),
-                        ]
-                    )
-                )
-                for name, value in batch.cross.items()
-            }
+            batch.cross = self._stacked(batch.cross, group.cross, source, left=False)
             batch.source_mask = np.concatenate(
-                [right(batch.source_mask, source), right(group.source_mask, source)]
+                [
+                    _padded(batch.source_mask, source, False),
+                    _padded(group.source_mask, source, False),
+                ]
             )
         batch.rows = batch.rows + group.rows
         batch.next_tokens = np.concatenate([batch.next_tokens, group.next_tokens])
         return batch
+
+    def _stacked(self, first: Cache, second: Cache, width: int, left: bool) -> Cache:
+        """Two caches' rows one after the other, each padded to ``width`` positions: on the
+        left (self-attention: the rows' tokens end at the right) or the right (cross-attention:
+        the sources start at position 0)."""
+        graph = self.graph
+        return {
+            name: graph.to_device(
+                np.concatenate(
+                    [
+                        _padded(graph.to_host(value), width, left),
+                        _padded(graph.to_host(second[name]), width, left),
+                    ]
+                )
+            )
+            for name, value in first.items()
+        }
 
     def _fail_all(self, err: Exception) -> None:
         message = str(err) or type(err).__name__
@@ -617,6 +608,16 @@ class Engine:
         while self._waiting:
             self._waiting.popleft()._emit(EngineEvent(None, "", "cancelled"))
         self._group = self._running = None
+
+
+def _padded(array: np.ndarray, width: int, left: bool) -> np.ndarray:
+    """``array`` (a mask ``[rows, positions]`` or a cache ``[rows, heads, positions, dim]``)
+    with zeros added on the ``left`` or the right of its positions up to ``width``."""
+    axis = 1 if array.ndim == 2 else 2
+    pad = [(0, 0)] * array.ndim
+    extra = width - array.shape[axis]
+    pad[axis] = (extra, 0) if left else (0, extra)
+    return np.pad(array, pad)
 
 
 def _check_memory(model: GenerativeModel, max_batch: int) -> None:
