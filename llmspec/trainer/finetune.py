@@ -45,7 +45,8 @@ The run directory::
     adapter/adapter_model.safetensors, adapter/adapter_config.json
                                 the adapter alone (PEFT's format and names: small)
     run.json                    settings, LoRA settings, the base (its path and the sha256 of
-                                its weights), a digest of the examples
+                                its weights), the template used (plain, spec or
+                                chat_template.jinja), a digest of the examples
     metrics.jsonl, loss.png     as pre-training's; the first eval_loss (step 0) is the base
                                 model's held-out loss on the response tokens
     checkpoints/step-NNNNNNNN/  weights.safetensors holds the adapter only; optimizer.pt and
@@ -445,6 +446,9 @@ class _Finetune:
             "data": [Path(p).name for p in data],
             "eval_data": [Path(p).name for p in eval_data or []],
             "examples": {"train": len(train), "held_out": len(held_out), "dropped": dropped},
+            "template": (
+                CHAT_TEMPLATE_FILE if template is not None else "spec" if own else "plain"
+            ),
             "examples_sha256": digest.hexdigest(),
         }
         pad_id = ids.pad if ids.pad is not None else 0

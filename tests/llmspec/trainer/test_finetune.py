@@ -127,6 +127,21 @@ def test_the_spec_finetune_section_sets_the_adapter_and_a_spec_object_can_resume
     assert (run / "weights.safetensors").is_file()
 
 
+def test_a_model_directory_s_chat_template_is_used_and_carried_to_the_artifact_dir(
+    data: Path, tmp_path: Path
+):
+    base = llmspec.finetune(SPECS / "tiny-gpt.yaml", [data], tmp_path / "base", steps=1, **SMALL)
+    chatml = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    (base / "chat_template.jinja").write_text(chatml)
+    run = llmspec.finetune(base, [data], tmp_path / "chat", steps=1, **{**SMALL, "seq_len": 128})
+    assert json.loads((run / "run.json").read_text())["template"] == "chat_template.jinja"
+    assert (run / "chat_template.jinja").read_text() == chatml
+    assert json.loads((base / "run.json").read_text())["template"] == "plain"
+
+
 def test_an_encoder_only_model_is_refused(data: Path, tmp_path: Path, capsys):
     argv = ["finetune", str(SPECS / "tiny-encoder.yaml"), "--data", str(data)]
     assert main([*argv, "-o", str(tmp_path / "run"), "--quiet"]) == 1
