@@ -168,6 +168,16 @@ def test_fitting_options_follow_the_plain_loss_curve(
     assert losses(run) == pytest.approx(plain_curve, rel=1e-5)
 
 
+def test_bf16_autocast_trains_on_cpu(plain_curve: list[float], data: Path, tmp_path: Path):
+    run = llmspec.finetune(
+        SPECS / "tiny-decoder.yaml", [data], tmp_path / "run", steps=3, bf16=True, **SMALL
+    )
+    curve = losses(run)
+    assert json.loads((run / "run.json").read_text())["settings"]["bf16"] is True
+    # bf16 rounding: close to the fp32 curve, not equal to it
+    assert curve == pytest.approx(plain_curve, rel=0.05) and curve != plain_curve
+
+
 def test_two_processes_under_fsdp_follow_one_and_resume_on_one(
     plain_curve: list[float], data: Path, tmp_path: Path
 ):
