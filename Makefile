@@ -54,9 +54,9 @@ demo-t5: $(STAMP)
 # answers to held-out questions before and after. Trains the decoder first when `make demo` has
 # not (a shorter run); a few minutes on 2 cores.
 demo-finetune: $(STAMP)
-	test -f $(DEMO)/decoder/run/weights.safetensors || ( $(WITH_STDLIB) $(BIN)/llmspec train \
-		specs/tiny-decoder.yaml --data $(CORPUS) -o $(DEMO)/decoder/run $(TRAIN) --steps 300 \
-		--batch-size 8 --seq-len 256 )
+	test -f $(DEMO)/decoder/run/weights.safetensors || ( rm -rf $(DEMO)/decoder && \
+		$(WITH_STDLIB) $(BIN)/llmspec train specs/tiny-decoder.yaml --data $(CORPUS) \
+		-o $(DEMO)/decoder/run $(TRAIN) --steps 200 --batch-size 8 --seq-len 256 )
 	test -d $(DEMO)/decoder/artifact || $(BIN)/llmspec export $(DEMO)/decoder/run \
 		-o $(DEMO)/decoder/artifact
 	rm -rf $(DEMO)/finetune
