@@ -201,9 +201,14 @@ class Manifest:
     files: dict[str, FileInfo]
     parity: dict[str, Any] = field(default_factory=dict)
     fusions: dict[str, dict[str, int]] = field(default_factory=dict)  # graph -> fused op counts
+    # how the weights were quantized (llmspec.exporter.quantize); absent when they were not
+    quantization: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        data = asdict(self)
+        if not data["quantization"]:
+            del data["quantization"]  # unquantized artifacts keep the fields they always had
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
@@ -409,7 +414,7 @@ class _Fields:
         unknown = sorted(set(raw) - set(known))
         if unknown:
             raise self.fail("has unknown fields", _few(unknown))
-        optional = {"parity", "fusions"}
+        optional = {"parity", "fusions", "quantization"}
         missing = sorted(set(known) - set(raw) - optional)
         if missing:
             raise self.fail("lacks the fields", ", ".join(missing))
@@ -456,6 +461,7 @@ class _Fields:
             files=files,
             parity=self.mapping(raw.get("parity", {}), "parity"),
             fusions=fusions,
+            quantization=self.mapping(raw.get("quantization", {}), "quantization"),
         )
 
 

@@ -64,7 +64,13 @@ from llmspec.exporter.parity import (
     check_encoder_decoder,
     check_encoder_only,
 )
-from llmspec.exporter.quantize import quantize_int4, quantize_int8
+from llmspec.exporter.quantize import (
+    ACCURACY_LEVELS,
+    OUTPUT_PRECISIONS,
+    Int4Choice,
+    quantize_int4,
+    quantize_int8,
+)
 from llmspec.exporter.rewrites.attention import FUSE_ATTENTION, SEQUENCE_MAJOR
 from llmspec.exporter.rewrites.matmul_packing import PACK_MATMULS
 from llmspec.exporter.rewrites.ort_optimizer import optimize_graph, rewrite_graph_file
@@ -81,13 +87,15 @@ from runtime.reading import UnreadableFile, read_text
 Progress = Callable[[str], None]
 
 
-def _with_precision(spec: ModelSpec, dtype: str | None, quantize: str | None) -> ModelSpec:
+def _with_precision(
+    spec: ModelSpec, dtype: str | None, quantize: str | None, block_size: int | None = None
+) -> ModelSpec:
     """The spec with the export's precision, validated like the spec itself."""
     current = spec.precision
     wanted = {
         "dtype": dtype or current.dtype,
         "quantize": quantize or current.quantize,
-        "block_size": current.block_size,
+        "block_size": block_size or current.block_size,
     }
     data = spec.model_dump()
     data["precision"] = wanted
@@ -160,12 +168,18 @@ def run_gate(
 
 
 def _export_graphs(
-    spec: ModelSpec, reference: torch.nn.Module, staged: Path, say: Progress
-) -> tuple[list[Path], dict[str, dict[str, int]]]:
+    spec: ModelSpec,
+    reference: torch.nn.Module,
+    staged: Path,
+    say: Progress,
+    int4: Int4Choice | None = None,
+) -> tuple[list[Path], dict[str, dict[str, int]], dict[str, Any]]:
     """Export, fuse (see :mod:`llmspec.exporter.rewrites.ort_optimizer`) and, if asked, quantize
-    the graphs.
+    the graphs (int4 as ``int4``, default: the spec's block size and the measured defaults of
+    :class:`Int4Choice`).
 
-    Returns the graph paths and each graph's fused-operator counts."""
+    Returns the graph paths, each graph's fused-operator counts and the quantization record
+    for the manifest (empty when nothing is quantized)."""
     precision, quantize = spec.precision.dtype, spec.precision.quantize
     fusions: dict[str, dict[str, int]] = {}
     if quantize == "none":
@@ -179,28 +193,50 @@ def _export_graphs(
                 rewrites = (PACK_MATMULS, FUSE_ROTARY, FUSE_ATTENTION, SEQUENCE_MAJOR)
                 fusions[plan.file] = optimize_graph(path, spec, *rewrites).fused
             paths.append(path)
-        return paths, fusions
+        return paths, fusions, {}
     scratch = staged / ".fp32"
     scratch.mkdir()
     paths = []
+    choice = int4 or Int4Choice(block_size=spec.precision.block_size)
+    record: dict[str, Any] = {}
     for plan in plan_graphs(spec, reference, torch.float32):
         say(f"exporting {plan.file} (fp32, to quantize)")
         fp32 = export_graph(plan, scratch)
         target = staged / plan.file
         say(f"quantizing {plan.file} to {quantize}")
         with quiet(), _stage(plan.file, "optimizing and quantizing"):
-            done = optimize_graph(fp32, spec, PACK_MATMULS, FUSE_ROTARY)
-            if quantize == "int8":
-                quantize_int8(fp32, target)
-            else:
-                quantize_int4(fp32, target, spec.precision.block_size)
-            after = rewrite_graph_file(target, FUSE_ATTENTION, SEQUENCE_MAJOR)
-            for operator, count in after.fused.items():
-                done.add(operator, count)
-            fusions[plan.file] = done.fused
+            fusions[plan.file], facts = quantize_graph(fp32, target, spec, quantize, choice)
+            record = facts if quantize == "int8" else _merge(record, facts)
         paths.append(target)
     shutil.rmtree(scratch)
-    return paths, fusions
+    return paths, fusions, record
+
+
+def quantize_graph(
+    fp32: Path, target: Path, spec: ModelSpec, quantize: str, int4: Int4Choice
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """Fuse and quantize the exported fp32 graph ``fp32`` (rewritten in place) into ``target``
+    as :func:`export` does (bench/quality.py times variants with it).
+
+    Returns the fused-operator counts and the graph's quantization record."""
+    done = optimize_graph(fp32, spec, PACK_MATMULS, FUSE_ROTARY)
+    if quantize == "int8":
+        record = quantize_int8(fp32, target)
+    else:
+        record = quantize_int4(fp32, target, int4)
+    after = rewrite_graph_file(target, FUSE_ATTENTION, SEQUENCE_MAJOR)
+    for operator, count in after.fused.items():
+        done.add(operator, count)
+    return done.fused, record
+
+
+def _merge(record: dict[str, Any], graph: dict[str, Any]) -> dict[str, Any]:
+    """One quantization record for all graphs: the same settings, their output nodes listed
+    together (an encoder graph has none)."""
+    if not record:
+        return graph
+    nodes = [*record["output_nodes"], *graph["output_nodes"]]
+    return {**record, "output_nodes": nodes}
 
 
 @contextlib.contextmanager
@@ -289,6 +325,7 @@ def export(
     force: bool = False,
     tolerance: float | None = None,
     progress: Progress | None = None,
+    int4: Int4Choice | None = None,
 ) -> Path:
     """Export ``source`` (a spec file or a model directory) to the artifact ``output``.
 
@@ -304,6 +341,10 @@ def export(
             example int4 on random weights, whose logits are nearly flat); top-1 must still
             agree, and the manifest records the tolerance used.
         progress: called with one line per stage (default: print to stderr).
+        int4: how to quantize to int4 (block size, accuracy level, output projection) instead
+            of the spec's block size and :class:`~llmspec.exporter.quantize.Int4Choice`'s
+            measured defaults (bench/quality.py compares them); its block size is written
+            into the artifact's spec.
 
     Returns the artifact's path. Raises :class:`ExportError` (:class:`ParityError` when the gate
     fails), :class:`llmspec.SpecError`, :class:`llmspec.builder.WeightsError`, or
@@ -324,7 +365,17 @@ def export(
         src = resolve_source(source, weights)
     except NoSpecInDirectory as err:
         raise ExportError(str(err)) from None
-    spec = _with_precision(src.spec, precision, quantize)
+    spec = _with_precision(src.spec, precision, quantize, int4.block_size if int4 else None)
+    if int4 is not None and int4.accuracy_level not in ACCURACY_LEVELS:
+        raise ExportError(
+            f"int4 accuracy_level must be one of {', '.join(map(str, ACCURACY_LEVELS))}, "
+            f"got {int4.accuracy_level}"
+        )
+    if int4 is not None and int4.output not in OUTPUT_PRECISIONS:
+        raise ExportError(
+            f"int4 output projection precision must be one of {', '.join(OUTPUT_PRECISIONS)}, "
+            f"got {int4.output!r}"
+        )
     if spec.precision.dtype == "bf16":
         from runtime.session import cuda_status
 
@@ -343,7 +394,7 @@ def export(
     chat_template = _chat_template(source)
 
     with publishing(target, replace=force) as staged:
-        graphs, fusions = _export_graphs(spec, reference, staged, say)
+        graphs, fusions, quantization = _export_graphs(spec, reference, staged, say, int4)
         say(f"parity gate: prefill, {DECODE_STEPS} cached decode steps, a padded batch")
         report = run_gate(
             spec,
@@ -355,7 +406,16 @@ def export(
         )
         say(f"parity gate passed (max |diff| {report.max_abs_diff:.3g})")
         _write_files(
-            spec, reference, tokenizer, special, graphs, report, fusions, staged, chat_template
+            spec,
+            reference,
+            tokenizer,
+            special,
+            graphs,
+            report,
+            fusions,
+            staged,
+            chat_template,
+            quantization,
         )
     say(f"wrote {target}")
     return target
@@ -384,6 +444,7 @@ def _write_files(
     fusions: dict[str, dict[str, int]],
     staged: Path,
     chat_template: str | None = None,
+    quantization: dict[str, Any] | None = None,
 ) -> None:
     from safetensors.torch import save_file
 
@@ -420,6 +481,7 @@ def _write_files(
         files={},
         parity=report.to_json(),
         fusions=fusions,
+        quantization=quantization or {},
     )
     write_atomic(staged / fmt.MODEL_CARD, _model_card(spec, manifest, generation))
     files = sorted(p for p in staged.iterdir() if p.is_file())

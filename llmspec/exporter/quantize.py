@@ -13,13 +13,39 @@ transposed at every step.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from llmspec.exporter.rewrites.ir import save_graph
+
+OutputPrecision = Literal["int4", "int8", "fp32"]
+
+ACCURACY_LEVELS = (0, 1, 4)
+OUTPUT_PRECISIONS: tuple[OutputPrecision, ...] = ("int4", "int8", "fp32")
+
+# The measured choice (module docstring; bench/README.md "int4: block size, accuracy level,
+# output projection"); the block size itself is the spec's precision.block_size.
+ACCURACY_LEVEL = 4
+OUTPUT_PRECISION: OutputPrecision = "int8"
+INT4_WHY = "measured on the bench model and the demo decoder: bench/README.md, bench/quality.py"
+
+_OUTPUT_HOPS = 4  # operators between the output projection and the logits output, at most
+
+
+@dataclass(frozen=True)
+class Int4Choice:
+    """How an int4 export quantizes: MatMulNBits' block size along the input dimension and
+    ``accuracy_level`` (0 unset, 1 fp32 compute, 4 int8 activations), and the precision of the
+    output projection (``int4``; ``int8``: MatMulNBits with 8 bits, same blocks; ``fp32``)."""
+
+    block_size: int
+    accuracy_level: int = ACCURACY_LEVEL
+    output: OutputPrecision = OUTPUT_PRECISION
 
 
 def untie_output(path: Path) -> int:
@@ -63,8 +89,9 @@ def untie_output(path: Path) -> int:
     return untied
 
 
-def quantize_int8(source: Path, target: Path) -> None:
-    """Dynamic int8 quantization of ``source``'s MatMul weights into ``target``."""
+def quantize_int8(source: Path, target: Path) -> dict[str, Any]:
+    """Dynamic int8 quantization of ``source``'s MatMul weights into ``target``; returns the
+    manifest's ``quantization`` record."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     untie_output(source)
@@ -77,10 +104,50 @@ def quantize_int8(source: Path, target: Path) -> None:
         use_external_data_format=True,
         extra_options={"MatMulConstBOnly": True},
     )
+    return {"method": "dynamic", "bits": 8, "symmetric": True, "per_channel": True}
 
 
-def quantize_int4(source: Path, target: Path, block_size: int) -> None:
-    """Weight-only int4 block quantization (MatMulNBits) of ``source`` into ``target``."""
+def output_projections(
+    model: onnx.ModelProto, ops: tuple[str, ...] = ("MatMul",)
+) -> list[onnx.NodeProto]:
+    """The nodes of type ``ops`` with a stored weight that make a graph output named
+    ``logits`` (the output projection, "lm_head"), found walking back from the output through
+    at most :data:`_OUTPUT_HOPS` other operators (a bias Add, a soft-capping Tanh/Mul/Div)."""
+    graph = model.graph
+    stored = {init.name for init in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    found: list[onnx.NodeProto] = []
+    frontier = [out.name for out in graph.output if out.name == "logits"]
+    for _ in range(_OUTPUT_HOPS + 1):
+        following = []
+        for name in frontier:
+            node = producers.get(name)
+            if node is None:
+                continue
+            if node.op_type in ops and node.input[1] in stored:
+                if all(node is not seen for seen in found):
+                    found.append(node)
+                continue
+            following.extend(node.input)
+        frontier = following
+    return found
+
+
+def _name_nodes(model: onnx.ModelProto) -> None:
+    """Give every unnamed node a unique name (the quantizer selects and excludes by name)."""
+    taken = {node.name for node in model.graph.node if node.name}
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{index}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+
+
+def quantize_int4(source: Path, target: Path, choice: Int4Choice) -> dict[str, Any]:
+    """Weight-only int4 block quantization (MatMulNBits) of ``source`` into ``target``, the
+    output projection at ``choice.output``; returns the manifest's ``quantization`` record."""
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
@@ -88,12 +155,36 @@ def quantize_int4(source: Path, target: Path, block_size: int) -> None:
 
     untie_output(source)
     model = onnx.load(str(source), load_external_data=True)
-    config = DefaultWeightOnlyQuantConfig(
-        block_size=block_size, is_symmetric=True, accuracy_level=4
-    )
-    quantizer = MatMulNBitsQuantizer(model, algo_config=config)
-    quantizer.process()
-    save_graph(quantizer.model.model, target)
+    _name_nodes(model)
+    heads = [node.name for node in output_projections(model)]
+    matmuls = [node.name for node in model.graph.node if node.op_type == "MatMul"]
+
+    def quantized(model: onnx.ModelProto, bits: int, exclude: list[str]) -> onnx.ModelProto:
+        config = DefaultWeightOnlyQuantConfig(
+            block_size=choice.block_size,
+            is_symmetric=True,
+            accuracy_level=choice.accuracy_level,
+            bits=bits,
+        )
+        quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=exclude, algo_config=config)
+        quantizer.process()
+        result: onnx.ModelProto = quantizer.model.model
+        return result
+
+    model = quantized(model, 4, heads if choice.output != "int4" else [])
+    if choice.output == "int8" and heads:
+        model = quantized(model, 8, [name for name in matmuls if name not in heads])
+    save_graph(model, target)
+    return {
+        "method": "MatMulNBits",
+        "bits": 4,
+        "symmetric": True,
+        "block_size": choice.block_size,
+        "accuracy_level": choice.accuracy_level,
+        "output_projection": choice.output,
+        "output_nodes": heads,
+        "why": INT4_WHY,
+    }
 
 
 def count_ops(path: Path) -> dict[str, int]:
