@@ -501,7 +501,9 @@ class EncoderModel(_Model):
         their own inputs (``llmspec eval``)."""
         return EncoderGraph(self._graphs[fmt.ENCODER_GRAPH])
 
-    def _texts(self, texts: str | Sequence[str]) -> list[list[int]]:
+    def token_ids(self, texts: str | Sequence[str]) -> list[list[int]]:
+        """The token ids the encoder reads for each text (framed, checked against the context
+        window): what ``fill_mask`` and ``embed`` run, and what a server counts as usage."""
         items = [texts] if isinstance(texts, str) else list(texts)
         if not items:
             raise RuntimeInputError("no texts given; pass a string or a list of them")
@@ -536,7 +538,7 @@ class EncoderModel(_Model):
             )
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise RuntimeInputError(f"top_k must be a whole number >= 1, got {top_k!r}")
-        (ids,) = self._texts(text)
+        (ids,) = self.token_ids(text)
         places = [i for i, token in enumerate(ids) if token == mask_id]
         if len(places) != 1:
             count = "no" if not places else str(len(places))
@@ -586,7 +588,7 @@ class EncoderModel(_Model):
                 f"cls pooling takes the bos ([CLS]) token's state, and {self.manifest.name} has "
                 "no bos token; use pooling='mean'"
             )
-        rows = self._texts(texts)
+        rows = self.token_ids(texts)
         hidden, mask = self._run(rows, fmt.LAST_HIDDEN_STATE)
         hidden = hidden.astype(np.float32)
         if pooling == "cls":

@@ -474,7 +474,7 @@ async def _embeddings(server: Server, request: Request, arrived: float) -> Respo
 
     def embed() -> tuple[np.ndarray, int]:
         # the ids fed (each text framed), for usage; embed frames them the same way
-        counts = sum(len(ids) for ids in model._texts(texts))
+        counts = sum(len(ids) for ids in model.token_ids(texts))
         return model.embed(texts, pooling="mean", normalize=True), counts
 
     try:

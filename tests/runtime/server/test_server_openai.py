@@ -189,7 +189,7 @@ def test_the_openai_client_gets_embeddings_equal_to_embed(encoder, encoder_serve
         model=encoder.manifest.name, input="the cat sat", encoding_format="float"
     )
     np.testing.assert_allclose(floats.data[0].embedding, vectors[0], atol=1e-6)
-    framed = sum(len(ids) for ids in encoder._texts(texts))
+    framed = sum(len(ids) for ids in encoder.token_ids(texts))
     assert answer.usage.prompt_tokens == answer.usage.total_tokens == framed
 
 
