@@ -8,7 +8,8 @@ moments) plus the peak of live tensors during it (forward, backward, optimizer s
 PyTorch profiler's memory events. That is what the estimate models
 (:mod:`llmspec.estimates.finetune`, whose activation terms were fitted on this script's output).
 
-Usage: ``python bench/finetune_memory.py [--json]`` (Linux, the compile and finetune extras).
+Usage: ``python bench/finetune_memory.py [--real] [--json]`` (Linux, the compile and finetune
+extras); ``--real`` adds gpt2-small, pythia-160m and t5-small (a few minutes each).
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ("tiny-decoder", "tiny-gpt", "tiny-t5", "tiny-bart")
+TINY_SHAPES = [(2, 32), (4, 64), (2, 128), (8, 64), (4, 128), (2, 256)]
+TINY_ADAPTERS = [(8, ["q_proj", "v_proj"]), (16, ["q_proj", "k_proj", "v_proj", "o_proj"])]
+# --real: a few minutes each, about 1 GB of memory
+REAL = ("gpt2-small", "pythia-160m", "t5-small")
+REAL_SHAPES = [(2, 128), (1, 256), (4, 64)]
+REAL_ADAPTERS = [(16, ["q_proj", "v_proj"])]
 
 MEASURE = r"""
 import gc, json, sys
@@ -35,8 +42,8 @@ from llmspec.trainer.lora import LoraSettings, apply_lora
 torch.set_num_threads(1)
 name = sys.argv[1]
 spec = llmspec.load_spec(Path("specs") / f"{name}.yaml")
-SHAPES = [(2, 32), (4, 64), (2, 128), (8, 64), (4, 128), (2, 256)]
-ADAPTERS = [(8, ("q_proj", "v_proj")), (16, ("q_proj", "k_proj", "v_proj", "o_proj"))]
+SHAPES = json.loads(sys.argv[2])
+ADAPTERS = [(r, tuple(targets)) for r, targets in json.loads(sys.argv[3])]
 
 def measure(b, s, r, targets, ckpt):
     lora = LoraSettings(r=r, alpha=2 * r, targets=targets)
@@ -77,7 +84,7 @@ def measure(b, s, r, targets, ckpt):
         "checkpointing": ckpt, "estimate_bytes": est.total, "measured_bytes": held + peak,
     }
 
-measure(1, 8, 8, ("q_proj", "v_proj"), False)  # warm up kernels and the autograd engine
+measure(1, 8, ADAPTERS[0][0], ADAPTERS[0][1], False)  # warm up kernels and autograd
 for b, s in SHAPES:
     if s > spec.context_length:
         continue
@@ -88,15 +95,17 @@ for b, s in SHAPES:
 """
 
 
-def measure(name: str) -> list[dict[str, Any]]:
-    done = subprocess.run(
-        [sys.executable, "-c", MEASURE, name], cwd=ROOT, capture_output=True, text=True, check=True
-    )
+def measure(name: str, shapes: list[Any], adapters: list[Any]) -> list[dict[str, Any]]:
+    command = [sys.executable, "-c", MEASURE, name, json.dumps(shapes), json.dumps(adapters)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
 def main() -> None:
-    results = [r for name in SPECS for r in measure(name)]
+    cases = [(name, TINY_SHAPES, TINY_ADAPTERS) for name in SPECS]
+    if "--real" in sys.argv:
+        cases += [(name, REAL_SHAPES, REAL_ADAPTERS) for name in REAL]
+    results = [r for case in cases for r in measure(*case)]
     if "--json" in sys.argv:
         print(json.dumps(results, indent=2))
         return
