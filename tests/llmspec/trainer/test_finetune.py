@@ -100,6 +100,22 @@ def test_the_cli_run_exports_merged_and_passes_the_parity_gate(data: Path, tmp_p
     assert manifest["spec_sha256"] == llmspec.spec_sha256(spec)
 
 
+def test_the_cli_fine_tunes_an_encoder_decoder_with_every_fitting_flag(data: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    argv = ["finetune", str(SPECS / "tiny-bart.yaml"), "--data", str(data), "-o", str(run)]
+    argv += ["--lora", "r=4,targets=cross_attn.q_proj,mlp.up_proj", "--steps", "2", "--quiet"]
+    argv += ["--batch-size", "4", "--accumulate", "2", "--checkpointing", "--bf16"]
+    argv += ["--eval-data", str(data), "--seq-len", "64"]
+    assert main(argv) == 0
+    record = json.loads((run / "run.json").read_text())
+    assert record["settings"]["accumulate"] == 2
+    assert record["settings"]["checkpointing"] is True and record["settings"]["bf16"] is True
+    assert record["lora"]["targets"] == ["cross_attn.q_proj", "mlp.up_proj"]
+    assert record["examples"]["held_out"] == 40  # --eval-data: all of its records
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert sorted(config["target_modules"]) == ["cross_attn.q_proj", "mlp.up_proj"]
+
+
 def test_an_unknown_target_is_refused_listing_the_linear_layers(data: Path, tmp_path: Path, capsys):
     argv = ["finetune", str(SPECS / "tiny-decoder.yaml"), "--data", str(data)]
     argv += ["-o", str(tmp_path / "run"), "--lora", "targets=c_attn", "--quiet"]
