@@ -21,7 +21,11 @@ accuracy levels 0 and 1 at block 32; the output projection at int4 and at fp32 a
   graphs are the ones ``llmspec export`` makes), then timed through the runtime's feeder
   (:class:`runtime.graphs.DecoderGraph`): a prefill of ``--prompt`` random ids and ``--steps``
   greedy decode steps at batch 1, the variants taken in turn for ``--rounds`` rounds (the CPUs
-  are shared: every variant sees the same load), tokens/s from the median step. Writes
+  are shared: every variant sees the same load), tokens/s from the median step, and the
+  median prefill (one call on the whole prompt, the graph's own cost: the runtime chunks long
+  prompts). On these random weights it also compares each variant's prompt logits with fp32's:
+  mean KL divergence and top-1 agreement over the prompt's positions (a 32000-token vocabulary,
+  where an int4 output projection matters more than on the demo's 260). Writes
   ``bench/results/quality/speed.json``.
 * **table**: the Markdown table of bench/README.md from both files.
 """
@@ -39,6 +43,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -135,7 +141,6 @@ def quality(args: argparse.Namespace) -> None:
 
 
 def speed(args: argparse.Namespace) -> None:
-    import numpy as np
     import onnxruntime as ort
     import torch
 
@@ -159,7 +164,8 @@ def speed(args: argparse.Namespace) -> None:
         export_graph(plan, raw)
         del reference
     graphs: dict[str, Path] = {"fp32": args.fp32 / "decoder.onnx"}
-    for variant in VARIANTS[1:]:
+    chosen = [v for v in VARIANTS[1:] if not args.only or v.name in args.only]
+    for variant in chosen:
         folder = work / variant.name
         target = folder / "decoder.onnx"
         if not target.is_file():
@@ -183,18 +189,27 @@ def speed(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(0)
     ids = rng.integers(0, manifest.vocab_size, (1, args.prompt)).astype(np.int64)
     steps: dict[str, list[float]] = {name: [] for name in decoders}
+    prefills: dict[str, list[float]] = {name: [] for name in decoders}
+    prompt_logits: dict[str, Any] = {}
     load_before = os.getloadavg()[0]
     for _ in range(args.rounds):
         for name, graph in decoders.items():
             mask = np.ones_like(ids)
+            started = time.perf_counter()
             logits, cache = graph.prefill(ids, mask)
+            prefills[name].append(time.perf_counter() - started)
+            prompt_logits[name] = logits[0].astype(np.float64)
             last = logits[:, -1]
             for _ in range(args.steps):
                 started = time.perf_counter()
                 last, mask, cache = graph.step(last.argmax(-1), mask, cache)
                 steps[name].append(time.perf_counter() - started)
+    reference = _log_softmax(prompt_logits["fp32"])
     rows = []
     for name, times in steps.items():
+        mine = _log_softmax(prompt_logits[name])
+        kl = float((np.exp(reference) * (reference - mine)).sum(-1).mean())
+        agree = float((mine.argmax(-1) == reference.argmax(-1)).mean())
         median = statistics.median(times)
         variant = next(v for v in VARIANTS if v.name == name)
         size = sum(p.stat().st_size for p in graphs[name].parent.glob("decoder.onnx*"))
@@ -204,6 +219,9 @@ def speed(args: argparse.Namespace) -> None:
                 **variant.columns(),
                 "median_step_ms": round(median * 1e3, 3),
                 "tokens_per_s": round(1 / median, 2),
+                "prefill_ms": round(statistics.median(prefills[name]) * 1e3, 1),
+                "kl_vs_fp32": kl,
+                "top1_vs_fp32": agree,
                 "graph_mb": round(size / 1e6, 1),
             }
         )
@@ -218,7 +236,12 @@ def speed(args: argparse.Namespace) -> None:
         "load_average_after": os.getloadavg()[0],
         "rows": rows,
     }
-    (RESULTS / "speed.json").write_text(json.dumps(out, indent=2) + "\n")
+    (RESULTS / args.output).write_text(json.dumps(out, indent=2) + "\n")
+
+
+def _log_softmax(logits: Any) -> Any:
+    shifted = logits - logits.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
 
 def table(_args: argparse.Namespace) -> None:
@@ -228,9 +251,9 @@ def table(_args: argparse.Namespace) -> None:
     base_tps = speed_rows["fp32"]["tokens_per_s"]
     print(
         "| precision | block | accuracy level | lm_head | perplexity | vs fp32 "
-        "| tokens/s (125M, batch 1) | vs fp32 | graph MB |"
+        "| tokens/s (125M, batch 1) | vs fp32 | prefill ms | graph MB | 125M KL / top-1 vs fp32 |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for variant in VARIANTS:
         q, s = quality_rows.get(variant.name), speed_rows.get(variant.name)
         c = variant.columns()
@@ -241,9 +264,13 @@ def table(_args: argparse.Namespace) -> None:
             cells += ["-", "-"]
         if s:
             ratio = s["tokens_per_s"] / base_tps
-            cells += [f"{s['tokens_per_s']:.1f}", f"{ratio:.2f}x", str(s["graph_mb"])]
+            cells += [f"{s['tokens_per_s']:.1f}", f"{ratio:.2f}x"]
+            cells += [str(s.get("prefill_ms", "-")), str(s["graph_mb"])]
+            cells += [
+                f"{s['kl_vs_fp32']:.2g} / {s['top1_vs_fp32']:.0%}" if "kl_vs_fp32" in s else "-"
+            ]
         else:
-            cells += ["-", "-", "-"]
+            cells += ["-", "-", "-", "-", "-"]
         print("| " + " | ".join(cells) + " |")
 
 
@@ -270,6 +297,8 @@ def main() -> int:
     s.add_argument("--steps", type=int, default=16)
     s.add_argument("--rounds", type=int, default=3)
     s.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    s.add_argument("--only", nargs="+", metavar="VARIANT", help="time these (and fp32) only")
+    s.add_argument("--output", default="speed.json", help="file name under the results")
     s.set_defaults(run_verb=speed)
     t = verbs.add_parser("table", help="the Markdown table of bench/README.md")
     t.set_defaults(run_verb=table)

@@ -2,13 +2,37 @@
 
 * int8: dynamic quantization of the MatMul weights (per output channel, symmetric int8;
   activations quantized on the fly), ``onnxruntime.quantization.quantize_dynamic``.
-* int4: weight-only block quantization into ``MatMulNBits`` (symmetric, blocks of
-  ``precision.block_size`` along the input dimension), which ONNX Runtime runs on CPU and CUDA.
+* int4: weight-only block quantization into ``MatMulNBits`` (symmetric, round to nearest, blocks
+  of ``precision.block_size`` along the input dimension), which ONNX Runtime runs on CPU and
+  CUDA, with ``accuracy_level`` :data:`ACCURACY_LEVEL` and the output projection (lm_head) at
+  :data:`OUTPUT_PRECISION` (:class:`Int4Choice`; ``export(..., int4=...)`` overrides them).
 
 Both only quantize a MatMul whose weight is a stored tensor. A tied output projection reads the
 token embedding through a Transpose at run time, so it is untied first (:func:`untie_output`): a
 transposed copy becomes the projection's own weight and is quantized, or it would stay fp32 and be
-transposed at every step.
+transposed at every step. The manifest's ``quantization`` object records what was done (method,
+bits, block size, accuracy level, the output projection's precision and node names).
+
+The int4 choice, measured with ``bench/quality.py`` (bench/README.md, "int4: block size,
+accuracy level, output projection"): perplexity of the demo's trained decoder on held-out
+standard-library text, and batch-1 decode of the benchmark's 125M Llama-style model, each
+against fp32 in the same run.
+
+* ``accuracy_level`` 4 (int8 activations inside MatMulNBits): 9-25x faster decode on CPU than
+  levels 0 and 1 (fp32 compute) at the same perplexity (+0.11% over fp32 at every level).
+* The output projection at int8 (MatMulNBits with 8 bits, same blocks): no consistent decode
+  cost against an int4 one on the 125M model (69.9 vs 71.0 tokens/s over 20 rounds), and its
+  logits are as close to fp32's as an fp32 projection's (KL to fp32 0.0206, as fp32's 0.0206;
+  int4 0.0217). ONNX Runtime added 8-bit MatMulNBits because int4 lost too much accuracy on a
+  real model (microsoft/onnxruntime#24384, phi-4; an int4 lm_head is reported to cause
+  repetition); its CPU and CUDA kernels (CUDA since 1.22, #24509) run it. An fp32 projection
+  costs decode speed for nothing measurable.
+* The block size stays the spec's ``precision.block_size`` (default 32): blocks of 64 and 128
+  decode 1.09-1.36x and 1.17-1.46x faster than 32 but lose more (perplexity +0.37% and +0.45%
+  against +0.11%; KL to fp32 on the 125M model 0.025 and 0.032 against 0.021), and a model of
+  128 dimensions understates what larger blocks lose on real models with outlier features; 16
+  is 1.4-1.5x slower than 32 for no perplexity gain (KL 0.016). A spec trades with
+  ``precision: {block_size: 128}``.
 """
 
 from __future__ import annotations
@@ -32,7 +56,13 @@ OUTPUT_PRECISIONS: tuple[OutputPrecision, ...] = ("int4", "int8", "fp32")
 # output projection"); the block size itself is the spec's precision.block_size.
 ACCURACY_LEVEL = 4
 OUTPUT_PRECISION: OutputPrecision = "int8"
-INT4_WHY = "measured on the bench model and the demo decoder: bench/README.md, bench/quality.py"
+INT4_WHY = (
+    "accuracy_level 4: 9-25x the CPU decode speed of 0/1 at equal perplexity; output "
+    "projection int8: as close to fp32 as an fp32 one at the speed of int4 (int4 loses "
+    "accuracy there, onnxruntime#24384); block size: the spec's (32 by default; 64/128 "
+    "decode 1.1-1.5x faster at 4x the perplexity loss); measured with bench/quality.py, "
+    "see bench/README.md"
+)
 
 _OUTPUT_HOPS = 4  # operators between the output projection and the logits output, at most
 
