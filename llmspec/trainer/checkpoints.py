@@ -1,19 +1,23 @@
 """The run directory: its file names, what a run starts from (a spec, a run or a model
-directory), and its checkpoints, written atomically and read back to resume."""
+directory), its checkpoints, written atomically and read back to resume, and how the processes
+of a run write it (:class:`RunWriter`)."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmspec.files import publishing
+from llmspec.files import publishing, write_atomic, writing
 from llmspec.sources import NoSpecInDirectory, resolve_source
 from llmspec.spec.sections import FileTokenizer, ModelSpec
+from llmspec.trainer.cluster import Cluster
 from llmspec.trainer.optimization import Precision
+from llmspec.trainer.progress import read_metrics
 from llmspec.trainer.settings import TrainError
 from runtime import artifact as fmt
 
@@ -144,3 +148,57 @@ def load_checkpoint(
         precision.scaler.load_state_dict(saved["scaler"])
     state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
     return int(state.pop("step")), state
+
+
+class RunWriter:
+    """Writing a run directory from one or several processes: process 0 writes, and a failed
+    write reaches every process at the next collective; metrics.jsonl. The base of pre-training's
+    and fine-tuning's runs."""
+
+    def __init__(self, cluster: Cluster, run: Path, progress: bool) -> None:
+        self.cluster = cluster
+        self.dir = run
+        self.show = progress
+        self.failure: Exception | None = None  # process 0's failed write, not yet raised
+
+    def _main_writes(self, write: Callable[..., object], *args: Any) -> None:
+        """Run ``write(*args)`` on process 0 only. A failure is raised at once in a single process;
+        with others it is kept for :meth:`_together`, so that they do not wait in a collective
+        for a process that has left (and die with a traceback of their own)."""
+        if not self.cluster.main:
+            return
+        try:
+            write(*args)
+        except Exception as err:
+            if self.cluster.strategy is None:
+                raise
+            self.failure = self.failure or err
+
+    def _together(self) -> None:
+        """Raise process 0's failed write on every process (a collective: all must call it)."""
+        if not self.cluster.all_ok(self.failure is None):
+            raise self.failure or TrainError(
+                "process 0 could not write the run directory; see its error"
+            )
+
+    def _open_metrics(self, start: int) -> Any:
+        """metrics.jsonl opened for appending, holding only the records up to ``start`` (the
+        steps after the checkpoint are trained again)."""
+        path = self.dir / METRICS_FILE
+        opened: list[Any] = []
+
+        def reopen() -> None:
+            kept = [r for r in read_metrics(path) if r["step"] <= start]
+            write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+            with writing(path):
+                opened.append(path.open("a", encoding="utf-8"))
+
+        self._main_writes(reopen)
+        return opened[0] if opened else None
+
+    def _record(self, metrics: Any, record: dict[str, Any]) -> None:
+        """Append one record to metrics.jsonl (rank 0; ``metrics`` is None elsewhere)."""
+        if metrics is not None:
+            with writing(self.dir / METRICS_FILE):
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()

@@ -86,6 +86,7 @@ from llmspec.trainer.checkpoints import (
     SPEC_FILE,
     TOKENIZER_FILE,
     WEIGHTS_FILE,
+    RunWriter,
     Source,
     checkpoint_dirs,
     load_checkpoint,
@@ -299,31 +300,7 @@ class _Setup:
     base_spec: ModelSpec | None = None  # a spec object given as the model, stored as base.yaml
 
 
-class _Finetune:
-    def __init__(self, cluster: Cluster, run: Path, show: bool) -> None:
-        self.cluster = cluster
-        self.dir = run
-        self.show = show
-        self.failure: Exception | None = None
-
-    def _main_writes(self, write: Any, *args: Any) -> None:
-        """As :meth:`llmspec.trainer.loop._Run._main_writes`: process 0 writes; a failure is
-        raised at once alone, or kept for :meth:`_together` under a strategy."""
-        if not self.cluster.main:
-            return
-        try:
-            write(*args)
-        except Exception as err:
-            if self.cluster.strategy is None:
-                raise
-            self.failure = self.failure or err
-
-    def _together(self) -> None:
-        if not self.cluster.all_ok(self.failure is None):
-            raise self.failure or TrainError(
-                "process 0 could not write the run directory; see its error"
-            )
-
+class _Finetune(RunWriter):
     # Preparing -----------------------------------------------------------------------
 
     def setup(
@@ -726,25 +703,6 @@ class _Finetune:
                 count_sum += count
         wrapped.train()
         return loss_sum / count_sum if count_sum else None
-
-    def _open_metrics(self, start: int) -> Any:
-        path = self.dir / METRICS_FILE
-        opened: list[Any] = []
-
-        def reopen() -> None:
-            kept = [r for r in read_metrics(path) if r["step"] <= start]
-            write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
-            with writing(path):
-                opened.append(path.open("a", encoding="utf-8"))
-
-        self._main_writes(reopen)
-        return opened[0] if opened else None
-
-    def _record(self, metrics: Any, record: dict[str, Any]) -> None:
-        if metrics is not None:
-            with writing(self.dir / METRICS_FILE):
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
 
     def _plot(self, spec: ModelSpec) -> None:
         records = read_metrics(self.dir / METRICS_FILE)

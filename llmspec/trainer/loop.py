@@ -71,7 +71,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,7 @@ from llmspec.trainer.checkpoints import (
     SPEC_FILE,
     TOKENIZER_FILE,
     WEIGHTS_FILE,
+    RunWriter,
     Source,
     checkpoint_dirs,
     load_checkpoint,
@@ -207,33 +208,7 @@ class _Setup:
     causal: bool
 
 
-class _Run:
-    def __init__(self, cluster: Cluster, run: Path, progress: bool) -> None:
-        self.cluster = cluster
-        self.dir = run
-        self.show = progress
-        self.failure: Exception | None = None  # process 0's failed write, not yet raised
-
-    def _main_writes(self, write: Callable[..., object], *args: Any) -> None:
-        """Run ``write(*args)`` on process 0 only. A failure is raised at once in a single process;
-        with others it is kept for :meth:`_together`, so that they do not wait in a collective
-        for a process that has left (and die with a traceback of their own)."""
-        if not self.cluster.main:
-            return
-        try:
-            write(*args)
-        except Exception as err:
-            if self.cluster.strategy is None:
-                raise
-            self.failure = self.failure or err
-
-    def _together(self) -> None:
-        """Raise process 0's failed write on every process (a collective: all must call it)."""
-        if not self.cluster.all_ok(self.failure is None):
-            raise self.failure or TrainError(
-                "process 0 could not write the run directory; see its error"
-            )
-
+class _Run(RunWriter):
     # Preparing -----------------------------------------------------------------------
 
     def _prepare(
@@ -462,28 +437,6 @@ class _Run:
 
         self._main_writes(write)
         self._together()
-
-    def _open_metrics(self, start: int) -> Any:
-        """metrics.jsonl opened for appending, holding only the records up to ``start`` (the
-        steps after the checkpoint are trained again)."""
-        path = self.dir / METRICS_FILE
-        opened: list[Any] = []
-
-        def reopen() -> None:
-            kept = [r for r in read_metrics(path) if r["step"] <= start]
-            write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
-            with writing(path):
-                opened.append(path.open("a", encoding="utf-8"))
-
-        self._main_writes(reopen)
-        return opened[0] if opened else None
-
-    def _record(self, metrics: Any, record: dict[str, Any]) -> None:
-        """Append one record to metrics.jsonl (rank 0; ``metrics`` is None elsewhere)."""
-        if metrics is not None:
-            with writing(self.dir / METRICS_FILE):
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
 
     # Stepping --------------------------------------------------------------------------
 
