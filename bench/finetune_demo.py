@@ -95,8 +95,9 @@ def compare(base: str, tuned: str, held_out: str, count: int) -> None:
         print(f"Q: {record['prompt']}\n   expected {record['response']}")
         for label, model in models.items():
             prompt = PROMPT.format(prompt=record["prompt"])
-            text = model.generate(prompt, max_new_tokens=60, chain=greedy).text.strip()
-            print(f"   {label:9}{text.splitlines()[0] if text else '(nothing)'}")
+            text = model.generate(prompt, max_new_tokens=60, chain=greedy).text
+            shown = text.strip().splitlines()[0] if text.strip() else f"{text[:30]!r} (blank)"
+            print(f"   {label:9}{shown}")
 
 
 def main() -> None:
