@@ -298,3 +298,42 @@ def test_the_lora_memory_estimate_matches_a_measured_step():
         peak = max(peak, live)
     estimated = lora_memory(spec, batch_size=batch, seq_len=seq, rank=12, targets=targets).total
     assert abs((held + peak) / estimated - 1) <= 0.15
+
+
+CHATML = (
+    "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_an_imported_llama_with_a_chat_template_fine_tunes_and_exports(data: Path, tmp_path: Path):
+    """A tiny random Llama saved by transformers with a ChatML template, imported by
+    llmspec import-hf, fine-tuned on its own template and exported: the parity gate passes."""
+    import hf_tiny
+    import transformers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    from llmspec.importers.hf.importer import import_hf
+    from llmspec.tokenizer import byte_alphabet
+
+    specials = {"<s>": 256, "</s>": 257, "<|im_start|>": 258, "<|im_end|>": 259}
+    vocab = {symbol: i for i, symbol in enumerate(byte_alphabet())} | specials
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([AddedToken(t, special=True) for t in specials])
+    hf_tiny.llama(tmp_path / "hf", vocab_size=260, bos_token_id=256, eos_token_id=257)
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>"
+    )
+    fast.chat_template = CHATML
+    fast.save_pretrained(tmp_path / "hf")
+    imported = import_hf(tmp_path / "hf", tmp_path / "imported")
+    assert (imported / "chat_template.jinja").is_file()
+
+    run = llmspec.finetune(imported, [data], tmp_path / "run", steps=3, **{**SMALL, "seq_len": 96})
+    assert json.loads((run / "run.json").read_text())["template"] == "chat_template.jinja"
+    held = eval_losses(run)
+    assert held[-1] < held[0]
+    artifact = llmspec.export(run, tmp_path / "artifact", progress=lambda line: None)
+    assert (artifact / "chat_template.jinja").read_text() == CHATML
