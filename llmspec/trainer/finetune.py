@@ -117,7 +117,6 @@ from llmspec.trainer.lora import (
     merged_weights,
     parse_lora,
     save_adapter,
-    trainable_count,
 )
 from llmspec.trainer.objectives import Features, TokenIds, to_torch
 from llmspec.trainer.optimization import BETAS, GRAD_CLIP, Precision, lr_factor, precision_for
@@ -587,8 +586,11 @@ class _Finetune(RunWriter):
                     self._main_writes(save_checkpoint, *at, precision, state)
                     self._main_writes(self._plot, spec)
                     self._together()
-            final, _ = state_dicts(wrapped, optimizer)
-            self._main_writes(self._finish, setup, final)
+            if cluster.strategy is None:  # the trained model itself: no second copy
+                self._main_writes(self._finish, model)
+            else:  # every process takes part in gathering the adapter; process 0 merges it
+                final, _ = state_dicts(wrapped, optimizer)
+                self._main_writes(self._finish_gathered, setup, final)
             self._main_writes(self._plot, spec)
             self._together()
         finally:
@@ -601,19 +603,25 @@ class _Finetune(RunWriter):
             after = f"{last_eval:.3f}" if last_eval is not None else "-"
             print(
                 f"fine-tuned {spec.name} with LoRA r={setup.lora.r} "
-                f"({human_number(trainable_count(model))} trainable parameters) for "
+                f"({human_number(sum(p.numel() for p in trainable))} trainable parameters) for "
                 f"{settings.steps} steps: {self.dir}; held-out loss on the responses "
                 f"{before} -> {after}",
                 file=sys.stderr,
             )
         return self.dir
 
-    def _finish(self, setup: _Setup, final: dict[str, Any]) -> None:
-        """Process 0: the adapter alone, then the weights with it merged in."""
+    def _finish(self, peft_model: Any) -> None:
+        """The adapter alone, then the weights with it merged in (``peft_model`` is unwrapped
+        by the merge: the run's last use of it)."""
+        save_adapter(self.dir / ADAPTER_DIR, peft_model)
+        write_atomic(self.dir / WEIGHTS_FILE, weights_bytes(merged_weights(peft_model)))
+
+    def _finish_gathered(self, setup: _Setup, final: dict[str, Any]) -> None:
+        """Process 0 under a strategy: :meth:`_finish` on a model of its own, with the adapter
+        of the gathered state dict (the wrapped model is sharded or replicated)."""
         fresh = self._model(setup, setup.source.weights)
         load_adapter(fresh, final)
-        save_adapter(self.dir / ADAPTER_DIR, fresh)
-        write_atomic(self.dir / WEIGHTS_FILE, weights_bytes(merged_weights(fresh)))
+        self._finish(fresh)
 
     def _micro_batches(
         self, setup: _Setup, step: int, lengths: list[int], orders: dict[int, np.ndarray]

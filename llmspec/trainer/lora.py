@@ -160,10 +160,6 @@ def adapter_only(state: dict[str, Any]) -> dict[str, Any]:
     return {name: tensor for name, tensor in state.items() if ADAPTER_MARK in name}
 
 
-def trainable_count(model: Any) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def load_adapter(peft_model: Any, state: dict[str, Any]) -> None:
     """Load the adapter entries of a full state dict (names as ``peft_model``'s own) into it;
     TrainError when the adapter does not fit the model."""
@@ -191,7 +187,7 @@ def save_adapter(directory: Path, peft_model: Any) -> None:
         directory.mkdir(parents=True, exist_ok=True)
     write_atomic(
         directory / ADAPTER_WEIGHTS,
-        save({name: t.detach().contiguous() for name, t in weights.items()}),
+        save({name: t.detach().cpu().contiguous() for name, t in weights.items()}),
     )
     write_atomic(directory / ADAPTER_CONFIG, json.dumps(config, indent=2, default=str) + "\n")
 
@@ -200,4 +196,4 @@ def merged_weights(peft_model: Any) -> dict[str, Any]:
     """The base model's state dict with the adapter merged into its weights
     (``W + (alpha / r) * B @ A``); ``peft_model`` is unwrapped by this: call it last."""
     base = peft_model.merge_and_unload()
-    return {name: t.detach().contiguous() for name, t in base.state_dict().items()}
+    return {name: t.detach().cpu().contiguous() for name, t in base.state_dict().items()}
