@@ -2,8 +2,17 @@
 text, and decode speed of every int4 variant, each against fp32 in the same run.
 
     .venv/bin/python bench/quality.py quality [--run out/quality/tiny-decoder/run]
+    .venv/bin/python bench/quality.py quality --run out/quality/small-decoder/run \
+        --output quality-small.json
     .venv/bin/python bench/quality.py speed [--source bench/results/peers/ours/import]
-    .venv/bin/python bench/quality.py table
+    .venv/bin/python bench/quality.py table --quality quality.json quality-small.json
+
+The trained decoders: ``make demo``'s run (or its two commands: ``llmspec train
+specs/tiny-decoder.yaml --data $STDLIB/{json,email,logging,collections} -o
+out/quality/tiny-decoder/run --lr 3e-3 --warmup 30 --steps 500 --batch-size 8 --seq-len 256``),
+and ``bench/small-decoder.yaml`` (the same at twice the width, 3M parameters) trained on the
+same corpus with ``--lr 2e-3 --warmup 30 --steps 400 --batch-size 8 --seq-len 256`` into
+``out/quality/small-decoder/run``.
 
 The variants (:data:`VARIANTS`): fp32; int8 (dynamic, per channel); int4 MatMulNBits at block
 sizes 16, 32, 64 and 128 with accuracy level 4 and the output projection (lm_head) at int8;
@@ -100,7 +109,7 @@ def quality(args: argparse.Namespace) -> None:
     from llmspec.inspect.evaluate import evaluate
 
     data = [STDLIB / name for name in HELD_OUT]
-    work = RESULTS / "artifacts"
+    work = RESULTS / "artifacts" / Path(args.output).stem
     rows = []
     for variant in VARIANTS:
         artifact = work / variant.name
@@ -136,8 +145,9 @@ def quality(args: argparse.Namespace) -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = {"run": str(args.run), "held_out": list(HELD_OUT), "rows": rows}
-    (RESULTS / "quality.json").write_text(json.dumps(out, indent=2) + "\n")
+    model = json.loads((work / "fp32" / "manifest.json").read_text())["name"]
+    out = {"run": str(args.run), "model": model, "held_out": list(HELD_OUT), "rows": rows}
+    (RESULTS / args.output).write_text(json.dumps(out, indent=2) + "\n")
 
 
 def speed(args: argparse.Namespace) -> None:
@@ -244,24 +254,27 @@ def _log_softmax(logits: Any) -> Any:
     return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
 
-def table(_args: argparse.Namespace) -> None:
-    quality_rows = {r["variant"]: r for r in _rows("quality.json")}
-    speed_rows = {r["variant"]: r for r in _rows("speed.json")}
-    base_ppl = quality_rows["fp32"]["perplexity"]
+def table(args: argparse.Namespace) -> None:
+    models = [json.loads((RESULTS / name).read_text()) for name in args.quality]
+    qualities = [{r["variant"]: r for r in model["rows"]} for model in models]
+    speed_rows = {r["variant"]: r for r in _rows(args.speed)}
     base_tps = speed_rows["fp32"]["tokens_per_s"]
+    heads = "".join(f"| {m.get('model', m['run'])} perplexity | vs fp32 " for m in models)
     print(
-        "| precision | block | accuracy level | lm_head | perplexity | vs fp32 "
+        f"| precision | block | accuracy level | lm_head {heads}"
         "| tokens/s (125M, batch 1) | vs fp32 | prefill ms | graph MB | 125M KL / top-1 vs fp32 |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---" * (9 + 2 * len(models)) + "|")
     for variant in VARIANTS:
-        q, s = quality_rows.get(variant.name), speed_rows.get(variant.name)
+        s = speed_rows.get(variant.name)
         c = variant.columns()
         cells = [str(c["precision"]), str(c["block"]), str(c["accuracy"]), str(c["lm_head"])]
-        if q:
-            cells += [f"{q['perplexity']:.4f}", f"{q['perplexity'] / base_ppl - 1:+.2%}"]
-        else:
-            cells += ["-", "-"]
+        for rows in qualities:
+            q, base_ppl = rows.get(variant.name), rows["fp32"]["perplexity"]
+            if q:
+                cells += [f"{q['perplexity']:.4f}", f"{q['perplexity'] / base_ppl - 1:+.2%}"]
+            else:
+                cells += ["-", "-"]
         if s:
             ratio = s["tokens_per_s"] / base_tps
             cells += [f"{s['tokens_per_s']:.1f}", f"{ratio:.2f}x"]
@@ -288,6 +301,7 @@ def main() -> int:
     q.add_argument("--batches", type=int, default=None, help="default: all the held-out text")
     q.add_argument("--threads", type=int, default=None)
     q.add_argument("--reuse", action="store_true", help="evaluate artifacts already exported")
+    q.add_argument("--output", default="quality.json", help="file name under the results")
     q.set_defaults(run_verb=quality)
     s = verbs.add_parser("speed", help="decode tokens/s of every variant of the bench model")
     peers = ROOT / "bench" / "results" / "peers" / "ours"
@@ -301,6 +315,8 @@ def main() -> int:
     s.add_argument("--output", default="speed.json", help="file name under the results")
     s.set_defaults(run_verb=speed)
     t = verbs.add_parser("table", help="the Markdown table of bench/README.md")
+    t.add_argument("--quality", nargs="+", default=["quality.json"], metavar="FILE")
+    t.add_argument("--speed", default="speed.json", metavar="FILE")
     t.set_defaults(run_verb=table)
     args = parser.parse_args()
     args.run_verb(args)
