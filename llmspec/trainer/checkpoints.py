@@ -77,8 +77,11 @@ def checkpoint_dirs(run: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.removeprefix("step-")))
 
 
-def state_dicts(model: Any, optimizer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The full model and optimizer state dicts, on the CPU of rank 0 (empty elsewhere).
+def state_dicts(
+    model: Any, optimizer: Any, trainable_only: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The full model and optimizer state dicts, on the CPU of rank 0 (empty elsewhere);
+    ``trainable_only``: the model's without its frozen parameters (a LoRA run's adapter).
     Every process must call this: FSDP gathers the shards."""
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
@@ -86,7 +89,9 @@ def state_dicts(model: Any, optimizer: Any) -> tuple[dict[str, Any], dict[str, A
         get_optimizer_state_dict,
     )
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    options = StateDictOptions(
+        full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only
+    )
     return (
         get_model_state_dict(model, options=options),
         get_optimizer_state_dict(model, optimizer, options=options),

@@ -581,7 +581,9 @@ class _Finetune(RunWriter):
                     f"{human_number(rate)} tok/s",
                 )
                 if done % settings.checkpoint_every == 0 or done == settings.steps:
-                    model_state, optimizer_state = state_dicts(wrapped, optimizer)
+                    model_state, optimizer_state = state_dicts(
+                        wrapped, optimizer, trainable_only=True
+                    )
                     at = (self.dir, done, adapter_only(model_state), optimizer_state, scheduler)
                     self._main_writes(save_checkpoint, *at, precision, state)
                     self._main_writes(self._plot, spec)
@@ -589,7 +591,7 @@ class _Finetune(RunWriter):
             if cluster.strategy is None:  # the trained model itself: no second copy
                 self._main_writes(self._finish, model)
             else:  # every process takes part in gathering the adapter; process 0 merges it
-                final, _ = state_dicts(wrapped, optimizer)
+                final, _ = state_dicts(wrapped, optimizer, trainable_only=True)
                 self._main_writes(self._finish_gathered, setup, final)
             self._main_writes(self._plot, spec)
             self._together()
