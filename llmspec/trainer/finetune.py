@@ -74,6 +74,7 @@ from typing import Any
 
 import numpy as np
 
+from llmspec.estimates.finetune import lora_memory
 from llmspec.estimates.memory import build_bytes
 from llmspec.files import remove_stale, write_atomic, writing
 from llmspec.spec.loading import dump_spec, spec_sha256
@@ -361,6 +362,26 @@ class _Finetune(RunWriter):
         if problems:
             raise TrainError("; ".join(problems))
         check_memory(spec, build_bytes(spec), "building it in fp32", "cpu")
+        try:  # a target the spec's layers lack is refused by name once the model exists
+            step = lora_memory(
+                spec,
+                batch_size=settings.batch_size // (self.cluster.world * settings.accumulate),
+                seq_len=settings.seq_len,
+                rank=lora.r,
+                targets=lora.targets,
+                checkpointing=settings.checkpointing,
+            )
+        except ValueError:
+            step = None
+        if step is not None:
+            shards = self.cluster.world if self.cluster.strategy == "fsdp" else 1
+            check_memory(
+                spec,
+                step.frozen_weights // shards + step.adapter_states,
+                "fine-tuning it (frozen weights, the adapter and its AdamW states; "
+                "llmspec estimate --finetune lora adds the activations)",
+                self.cluster.device,
+            )
         base_sha = _file_sha256(source.weights)
         if record and record["base"]["weights_sha256"] != base_sha:
             raise TrainError(

@@ -158,6 +158,23 @@ def test_a_model_directory_s_chat_template_is_used_and_carried_to_the_artifact_d
     assert json.loads((base / "run.json").read_text())["template"] == "plain"
 
 
+def test_a_model_whose_weights_do_not_fit_the_device_is_refused_before_reading_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    import llmspec.builder
+    from runtime.memory import MachineMemory
+
+    memory = MachineMemory(100 * 1024, 200 * 1024, "this machine")
+    monkeypatch.setattr(llmspec.builder, "machine_memory", lambda: memory)
+    monkeypatch.setattr(finetune_module, "build_bytes", lambda spec: 0)  # past the build check
+    argv = ["finetune", str(SPECS / "tiny-gpt.yaml"), "--data", str(tmp_path / "none.jsonl")]
+    assert main([*argv, "-o", str(tmp_path / "run"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "fine-tuning it (frozen weights, the adapter and its AdamW states" in err
+    assert "this machine has 100.0 KiB available" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_encoder_only_model_is_refused(data: Path, tmp_path: Path, capsys):
     argv = ["finetune", str(SPECS / "tiny-encoder.yaml"), "--data", str(data)]
     assert main([*argv, "-o", str(tmp_path / "run"), "--quiet"]) == 1
