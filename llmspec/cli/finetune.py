@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         required=True,
         metavar="JSONL",
-        help='instruction files: one {"prompt", "response"} or {"messages": [...]} per line',
+        help='instruction files (a directory: its *.jsonl files): one {"prompt", "response"} '
+        'or {"messages": [...]} per line',
     )
     parser.add_argument(
         "--eval-data",

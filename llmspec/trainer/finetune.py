@@ -105,6 +105,7 @@ from llmspec.trainer.instructions import (
     Renderer,
     collate,
     epoch_order,
+    jsonl_files,
     read_conversations,
     response_tokens,
     split_held_out,
@@ -404,10 +405,10 @@ class _Finetune(RunWriter):
         renderer = Renderer(
             source.tokenizer, ids, encoder_decoder, settings.seq_len, template, plain
         )
-        conversations = [c for path in data for c in read_conversations(path)]
+        conversations = [c for path in jsonl_files(data) for c in read_conversations(path)]
         examples, dropped = renderer.examples(conversations)
         if eval_data:
-            held_conv = [c for path in eval_data for c in read_conversations(path)]
+            held_conv = [c for path in jsonl_files(eval_data) for c in read_conversations(path)]
             held_out, _ = renderer.examples(held_conv)
             train = examples
         else:
@@ -440,8 +441,8 @@ class _Finetune(RunWriter):
             "base": {"path": base_path, "weights_sha256": base_sha},
             "settings": asdict(settings),
             "lora": lora.to_json(),
-            "data": [Path(p).name for p in data],
-            "eval_data": [Path(p).name for p in eval_data or []],
+            "data": [p.name for p in jsonl_files(data)],
+            "eval_data": [p.name for p in jsonl_files(eval_data or [])],
             "examples": {"train": len(train), "held_out": len(held_out), "dropped": dropped},
             "template": (
                 CHAT_TEMPLATE_FILE if template is not None else "spec" if own else "plain"

@@ -139,6 +139,22 @@ def _conversation(record: Any) -> list[Message]:
     ]
 
 
+def jsonl_files(data: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The files of ``data``: files as given, a directory as its ``*.jsonl`` files (below it,
+    in name order)."""
+    out: list[Path] = []
+    for item in data:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(path.rglob("*.jsonl"))
+            if not found:
+                raise InstructionError(f"data {path}: a directory without *.jsonl files")
+            out += found
+        else:
+            out.append(path)
+    return out
+
+
 def read_conversations(path: str | os.PathLike[str]) -> list[list[Message]]:
     """The conversations of a JSONL file; :class:`InstructionError` naming ``file:line`` for a
     line that is not UTF-8, not JSON, or not a record (see the module docstring)."""

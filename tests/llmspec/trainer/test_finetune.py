@@ -105,7 +105,7 @@ def test_the_cli_fine_tunes_an_encoder_decoder_with_every_fitting_flag(data: Pat
     argv = ["finetune", str(SPECS / "tiny-bart.yaml"), "--data", str(data), "-o", str(run)]
     argv += ["--lora", "r=4,targets=cross_attn.q_proj,mlp.up_proj", "--steps", "2", "--quiet"]
     argv += ["--batch-size", "4", "--accumulate", "2", "--checkpointing", "--bf16"]
-    argv += ["--eval-data", str(data), "--seq-len", "64"]
+    argv += ["--eval-data", str(data.parent), "--seq-len", "64"]  # a directory of *.jsonl
     assert main(argv) == 0
     record = json.loads((run / "run.json").read_text())
     assert record["settings"]["accumulate"] == 2

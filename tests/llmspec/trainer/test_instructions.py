@@ -23,6 +23,7 @@ from llmspec.trainer.instructions import (
     Renderer,
     collate,
     epoch_order,
+    jsonl_files,
     read_conversations,
 )
 from llmspec.trainer.lora import LoraSettings, parse_lora
@@ -141,6 +142,17 @@ def test_a_malformed_record_is_refused_naming_its_file_and_line(
         read_conversations(path)
     assert f"{path}:3: " in str(caught.value)
     assert says in str(caught.value)
+
+
+def test_a_data_directory_is_its_jsonl_files_and_needs_one(tmp_path: Path):
+    (tmp_path / "b.jsonl").write_text("")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.jsonl").write_text("")
+    (tmp_path / "notes.txt").write_text("")
+    assert jsonl_files([tmp_path]) == [tmp_path / "b.jsonl", tmp_path / "sub" / "a.jsonl"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InstructionError, match="a directory without"):
+        jsonl_files([tmp_path / "empty"])
 
 
 def test_a_line_that_is_not_utf8_is_named(tmp_path: Path):
