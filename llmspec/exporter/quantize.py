@@ -14,12 +14,13 @@ transposed at every step. The manifest's ``quantization`` object records what wa
 bits, block size, accuracy level, the output projection's precision and node names).
 
 The int4 choice, measured with ``bench/quality.py`` (bench/README.md, "int4: block size,
-accuracy level, output projection"): perplexity of the demo's trained decoder on held-out
-standard-library text, and batch-1 decode of the benchmark's 125M Llama-style model, each
-against fp32 in the same run.
+accuracy level, output projection"): perplexity of two trained decoders (the demo's, 0.8M
+parameters, and one twice as wide, 3M) on held-out standard-library text, and batch-1 decode of
+the benchmark's 125M Llama-style model, each against fp32 in the same run.
 
 * ``accuracy_level`` 4 (int8 activations inside MatMulNBits): 9-25x faster decode on CPU than
-  levels 0 and 1 (fp32 compute) at the same perplexity (+0.11% over fp32 at every level).
+  levels 0 and 1 (fp32 compute) at the same perplexity (+0.11% / +0.27% over fp32 at every
+  level on the two decoders).
 * The output projection at int8 (MatMulNBits with 8 bits, same blocks): no consistent decode
   cost against an int4 one on the 125M model (69.9 vs 71.0 tokens/s over 20 rounds), and its
   logits are as close to fp32's as an fp32 projection's (KL to fp32 0.0206, as fp32's 0.0206;
@@ -28,11 +29,11 @@ against fp32 in the same run.
   repetition); its CPU and CUDA kernels (CUDA since 1.22, #24509) run it. An fp32 projection
   costs decode speed for nothing measurable.
 * The block size stays the spec's ``precision.block_size`` (default 32): blocks of 64 and 128
-  decode 1.09-1.36x and 1.17-1.46x faster than 32 but lose more (perplexity +0.37% and +0.45%
-  against +0.11%; KL to fp32 on the 125M model 0.025 and 0.032 against 0.021), and a model of
-  128 dimensions understates what larger blocks lose on real models with outlier features; 16
-  is 1.4-1.5x slower than 32 for no perplexity gain (KL 0.016). A spec trades with
-  ``precision: {block_size: 128}``.
+  decode 1.09-1.36x and 1.17-1.46x faster than 32 but lose 1.4-4x more (perplexity +0.37% to
+  +0.45% against +0.11% / +0.27%; KL to fp32 on the 125M model 0.025 and 0.032 against
+  0.021), and the loss at 32 grows with the width (0.11% to 0.27%): small trained models
+  understate what larger blocks lose on real ones with outlier features. 16 is 1.4-1.5x slower
+  than 32 for little. A spec trades with ``precision: {block_size: 128}``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ INT4_WHY = (
     "accuracy_level 4: 9-25x the CPU decode speed of 0/1 at equal perplexity; output "
     "projection int8: as close to fp32 as an fp32 one at the speed of int4 (int4 loses "
     "accuracy there, onnxruntime#24384); block size: the spec's (32 by default; 64/128 "
-    "decode 1.1-1.5x faster at 4x the perplexity loss); measured with bench/quality.py, "
+    "decode 1.1-1.5x faster at 1.4-4x the perplexity loss); measured with bench/quality.py, "
     "see bench/README.md"
 )
 
