@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,9 @@ from llmspec.files import publishing, write_atomic, writing
 from llmspec.sources import NoSpecInDirectory, resolve_source
 from llmspec.spec.sections import FileTokenizer, ModelSpec
 from llmspec.trainer.cluster import Cluster
+from llmspec.trainer.objectives import Features, to_torch
 from llmspec.trainer.optimization import Precision
-from llmspec.trainer.progress import read_metrics
+from llmspec.trainer.progress import plot_losses, read_metrics
 from llmspec.trainer.settings import TrainError
 from runtime import artifact as fmt
 
@@ -200,6 +201,39 @@ class RunWriter:
 
         self._main_writes(reopen)
         return opened[0] if opened else None
+
+    def _evaluate(
+        self,
+        wrapped: Any,
+        batches: Sequence[Features],
+        precision: Precision,
+        count: Callable[[Features], int],
+    ) -> float | None:
+        """The mean loss over the held-out batches' targets (``count(batch)`` of them per batch;
+        the model's loss is the mean over those). Every process evaluates every batch (FSDP
+        needs all processes in each forward), so no reduction is needed."""
+        import torch
+
+        if not batches:
+            return None
+        wrapped.eval()
+        loss_sum, count_sum = 0.0, 0
+        with torch.no_grad():
+            for batch in batches:
+                targets = count(batch)
+                if not targets:
+                    continue
+                with precision.autocast():
+                    output = wrapped(**to_torch(batch, self.cluster.device))
+                loss_sum += float(output.loss) * targets
+                count_sum += targets
+        wrapped.train()
+        return loss_sum / count_sum if count_sum else None
+
+    def _plot(self, title: str) -> None:
+        """loss.png from metrics.jsonl."""
+        records = read_metrics(self.dir / METRICS_FILE)
+        write_atomic(self.dir / PLOT_FILE, plot_losses(records, title))
 
     def _record(self, metrics: Any, record: dict[str, Any]) -> None:
         """Append one record to metrics.jsonl (rank 0; ``metrics`` is None elsewhere)."""

@@ -82,7 +82,6 @@ from llmspec.spec.sections import ModelSpec
 from llmspec.trainer.checkpoints import (
     CHECKPOINTS,
     METRICS_FILE,
-    PLOT_FILE,
     RUN_FILE,
     SPEC_FILE,
     TOKENIZER_FILE,
@@ -122,7 +121,7 @@ from llmspec.trainer.lora import (
 )
 from llmspec.trainer.objectives import Features, TokenIds, to_torch
 from llmspec.trainer.optimization import BETAS, GRAD_CLIP, Precision, lr_factor, precision_for
-from llmspec.trainer.progress import Progress, human_number, plot_losses, read_metrics
+from llmspec.trainer.progress import Progress, human_number, read_metrics
 from llmspec.trainer.settings import TrainError
 
 BASE_SPEC = "base.yaml"
@@ -550,7 +549,12 @@ class _Finetune(RunWriter):
         last_eval = None
         try:
             if start == 0:
-                last_eval = self._evaluate(wrapped, held_out, precision, setup.encoder_decoder)
+                last_eval = self._evaluate(
+                    wrapped,
+                    held_out,
+                    precision,
+                    functools.partial(response_tokens, encoder_decoder=setup.encoder_decoder),
+                )
                 if last_eval is not None:
                     self._main_writes(self._record, metrics, {"step": 0, "eval_loss": last_eval})
                 first_eval = last_eval
@@ -590,7 +594,12 @@ class _Finetune(RunWriter):
                 }
                 self._main_writes(self._record, metrics, line)
                 if done % settings.eval_every == 0 or done == settings.steps:
-                    last_eval = self._evaluate(wrapped, held_out, precision, setup.encoder_decoder)
+                    last_eval = self._evaluate(
+                        wrapped,
+                        held_out,
+                        precision,
+                        functools.partial(response_tokens, encoder_decoder=setup.encoder_decoder),
+                    )
                     if last_eval is not None:
                         self._main_writes(
                             self._record, metrics, {"step": done, "eval_loss": last_eval}
@@ -608,14 +617,14 @@ class _Finetune(RunWriter):
                     )
                     at = (self.dir, done, adapter_only(model_state), optimizer_state, scheduler)
                     self._main_writes(save_checkpoint, *at, precision, state)
-                    self._main_writes(self._plot, spec)
+                    self._main_writes(self._plot, f"{spec.name}: LoRA fine-tuning")
                     self._together()
             if cluster.strategy is None:  # the trained model itself: no second copy
                 self._main_writes(self._finish, model)
             else:  # every process takes part in gathering the adapter; process 0 merges it
                 final, _ = state_dicts(wrapped, optimizer, trainable_only=True)
                 self._main_writes(self._finish_gathered, setup, final)
-            self._main_writes(self._plot, spec)
+            self._main_writes(self._plot, f"{spec.name}: LoRA fine-tuning")
             self._together()
         finally:
             if metrics is not None:
@@ -713,32 +722,6 @@ class _Finetune(RunWriter):
         optimizer.zero_grad(set_to_none=True)
         (loss_all,) = cluster.all_sum([loss_sum])
         return (loss_all / total if total else 0.0), int(all_tokens)
-
-    def _evaluate(
-        self, wrapped: Any, batches: list[Features], precision: Precision, encoder_decoder: bool
-    ) -> float | None:
-        """The mean loss over the held-out response tokens (every process evaluates all)."""
-        import torch
-
-        if not batches:
-            return None
-        wrapped.eval()
-        loss_sum, count_sum = 0.0, 0
-        with torch.no_grad():
-            for batch in batches:
-                count = response_tokens(batch, encoder_decoder)
-                if not count:
-                    continue
-                with precision.autocast():
-                    output = wrapped(**to_torch(batch, self.cluster.device))
-                loss_sum += float(output.loss) * count
-                count_sum += count
-        wrapped.train()
-        return loss_sum / count_sum if count_sum else None
-
-    def _plot(self, spec: ModelSpec) -> None:
-        records = read_metrics(self.dir / METRICS_FILE)
-        write_atomic(self.dir / PLOT_FILE, plot_losses(records, f"{spec.name}: LoRA fine-tuning"))
 
 
 def checkpoint_layers(model: Any) -> int:

@@ -65,6 +65,7 @@ with the run's own settings, spec, tokenizer and data (which must not have chang
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -117,7 +118,7 @@ from llmspec.trainer.objectives import (
     to_torch,
 )
 from llmspec.trainer.optimization import GRAD_CLIP, Precision, make_optimizer, precision_for
-from llmspec.trainer.progress import Progress, human_number, plot_losses, read_metrics
+from llmspec.trainer.progress import Progress, human_number, read_metrics
 from llmspec.trainer.settings import Settings, TrainError, run_settings
 
 
@@ -387,7 +388,9 @@ class _Run(RunWriter):
                     )
                 self._main_writes(self._record, metrics, record_line)
                 if done % settings.eval_every == 0 or done == settings.steps:
-                    last_eval = self._evaluate(wrapped, evals, precision, causal)
+                    last_eval = self._evaluate(
+                        wrapped, evals, precision, functools.partial(target_count, causal=causal)
+                    )
                     if last_eval is not None:
                         held_out = {"step": done, "eval_loss": last_eval}
                         self._main_writes(self._record, metrics, held_out)
@@ -402,11 +405,11 @@ class _Run(RunWriter):
                     model_state, optimizer_state = state_dicts(wrapped, optimizer)  # collective
                     checkpoint_at = (self.dir, done, model_state, optimizer_state, scheduler)
                     self._main_writes(save_checkpoint, *checkpoint_at, precision, state)
-                    self._main_writes(self._plot, spec)
+                    self._main_writes(self._plot, f"{spec.name}: {spec.objective.type}")
                     self._together()
             final, _ = state_dicts(wrapped, optimizer)
             self._main_writes(write_atomic, self.dir / WEIGHTS_FILE, weights_bytes(final))
-            self._main_writes(self._plot, spec)
+            self._main_writes(self._plot, f"{spec.name}: {spec.objective.type}")
             self._together()
         finally:
             if metrics is not None:
@@ -483,35 +486,6 @@ class _Run(RunWriter):
         optimizer.zero_grad(set_to_none=True)
         (loss_sum,) = cluster.all_sum([float(loss.detach()) * count])
         return (loss_sum / total if total else 0.0), int(all_tokens)
-
-    def _evaluate(
-        self, wrapped: Any, batches: list[Features], precision: Precision, causal: bool
-    ) -> float | None:
-        """The held-out loss: every process evaluates every held-out batch (FSDP needs all
-        processes in each forward), so no reduction is needed."""
-        import torch
-
-        if not batches:
-            return None
-        wrapped.eval()
-        loss_sum, count_sum = 0.0, 0
-        with torch.no_grad():
-            for batch in batches:
-                count = target_count(batch, causal)
-                if not count:
-                    continue
-                with precision.autocast():
-                    output = wrapped(**to_torch(batch, self.cluster.device))
-                loss_sum += float(output.loss) * count
-                count_sum += count
-        wrapped.train()
-        return loss_sum / count_sum if count_sum else None
-
-    def _plot(self, spec: ModelSpec) -> None:
-        records = read_metrics(self.dir / METRICS_FILE)
-        write_atomic(
-            self.dir / PLOT_FILE, plot_losses(records, f"{spec.name}: {spec.objective.type}")
-        )
 
 
 __all__ = ["train"]
