@@ -22,7 +22,7 @@ request's token events), p50 and p99 over all requests / all gaps.
 
 Prints a Markdown table and the ratios (continuous at 16 clients / at 1 client: the issue's
 target is >= 4x; continuous / one at a time at each level) and writes
-``bench/results/serve_load.json`` and ``.md``.
+``bench/results/serve_load.json``, ``.md`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -185,6 +185,33 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[dict], path: Path) -> None:
+    """Aggregate tokens/s and TTFT p50 against the number of clients, one line per server."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (speed, ttft) = plt.subplots(1, 2, figsize=(11, 4))
+    for server in dict.fromkeys(r["server"] for r in rows):
+        mine = [r for r in rows if r["server"] == server]
+        clients = [r["clients"] for r in mine]
+        speed.plot(clients, [r["tokens_per_s"] for r in mine], marker="o", label=server)
+        ttft.plot(clients, [r["ttft_p50_ms"] for r in mine], marker="o", label=server)
+    speed.set(xlabel="concurrent clients", ylabel="aggregate tokens/s", xscale="log")
+    ttft.set(xlabel="concurrent clients", ylabel="time to first token p50 (ms)", xscale="log")
+    ttft.set_yscale("log")
+    for axis in (speed, ttft):
+        axis.set_xticks(sorted({r["clients"] for r in rows}))
+        axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axis.grid(alpha=0.3)
+        axis.legend()
+    fig.suptitle("llmspec serve: continuous batching vs one request at a time")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifact", type=Path, help="a decoder artifact (default: peers')")
@@ -232,6 +259,7 @@ def main() -> int:
     meta = {"artifact": str(artifact), "args": {k: str(v) for k, v in vars(args).items()}}
     (RESULTS / "serve_load.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
     (RESULTS / "serve_load.md").write_text(text)
+    plot(rows, RESULTS / "serve_load.png")
     return 0
 
 
