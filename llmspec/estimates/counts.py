@@ -215,7 +215,12 @@ def weight_bytes(spec: ModelSpec, precision: PrecisionName) -> int:
       everything that is not a linear weight (embeddings, norms, biases) keep the graph's
       float type: fp16 when the spec's dtype is fp16, otherwise fp32.
 
-    A tied output projection is the embedding table and stays unquantized. Buffers (BART's
+    The output projection (``head.lm_head``, or for a tied head the transposed copy of the
+    embedding table that quantization makes it: the exporter unties it so that it can be
+    quantized, and the table itself stays in the graph's float type for the Gather) is
+    quantized as well: at int8 as the other linear weights, at int4 as 8-bit ``MatMulNBits``
+    blocks (1 byte per value plus a scale per block), which keeps its quality (the exporter's
+    default ``Int4Choice``, see :mod:`llmspec.exporter.quantize`). Buffers (BART's
     ``final_logits_bias``, rotary tables) are not parameters and are not counted.
     """
     params = count_parameters(spec)
@@ -224,14 +229,17 @@ def weight_bytes(spec: ModelSpec, precision: PrecisionName) -> int:
     base = FLOAT_BYTES["fp32" if precision == "int8" else _int4_base(spec)]
     block = spec.precision.block_size
 
-    def quantized(out: int, inp: int) -> int:
+    def quantized(out: int, inp: int, bits: int = 4) -> int:
         if precision == "int8":
             return out * inp + out * INT8_SCALE_BYTES
-        return out * math.ceil(inp / block) * (block // 2 + base)
+        return out * math.ceil(inp / block) * (block * bits // 8 + base)
 
     total = 0
     for c in params.components:
-        matrices = sum(quantized(out, inp) for out, inp in c.matrices)
+        bits = 8 if c.name == "head.lm_head" else 4
+        matrices = sum(quantized(out, inp, bits) for out, inp in c.matrices)
         rest = c.per_copy - sum(out * inp for out, inp in c.matrices)
         total += c.copies * (matrices + rest * base)
+    if params.tied_output:  # the untied, quantized copy of the embedding table
+        total += quantized(params.tied_output // spec.d_model, spec.d_model, 8)
     return total
