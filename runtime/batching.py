@@ -483,8 +483,9 @@ class Engine:
                 continue
             scores = logits[index : index + 1]
             try:
-                # a copy: select may change its logits in place, and logprobs read them after
-                choice = request.sampler.select(np.array(scores, np.float32), row.state)
+                # select may change its logits in place: a copy only when logprobs read them
+                keep = request.logprobs is not None
+                choice = request.sampler.select(scores.copy() if keep else scores, row.state)
                 token = int(choice[0])
                 row.state.append(np.array([token], dtype=np.int64))
             except DecodingError as err:

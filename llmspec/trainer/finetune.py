@@ -122,7 +122,8 @@ from llmspec.trainer.lora import (
 from llmspec.trainer.objectives import Features, TokenIds, to_torch
 from llmspec.trainer.optimization import BETAS, GRAD_CLIP, Precision, lr_factor, precision_for
 from llmspec.trainer.progress import Progress, human_number, read_metrics
-from llmspec.trainer.settings import TrainError
+from llmspec.trainer.settings import TrainError, run_settings, step_seed
+from runtime.artifact import sha256_of
 
 BASE_SPEC = "base.yaml"
 
@@ -172,38 +173,6 @@ class FinetuneSettings:
                 f"{self.accumulate} micro-batch(es) (--accumulate)"
             )
         return out
-
-
-def _settings(given: dict[str, Any], saved: FinetuneSettings | None) -> FinetuneSettings:
-    explicit = {k: v for k, v in given.items() if v is not None}
-    if saved is None:
-        return replace(FinetuneSettings(), **explicit)
-    differ = [
-        f"{k.replace('_', '-')} {v} (the run has {getattr(saved, k)})"
-        for k, v in explicit.items()
-        if v != getattr(saved, k)
-    ]
-    if differ:
-        raise TrainError(
-            "--resume continues a run with its own settings; given: "
-            + ", ".join(differ)
-            + ". Omit them, or start a new run from this one (pass RUN_DIR as the model)"
-        )
-    return saved
-
-
-def _step_seed(seed: int, step: int, rank: int) -> int:
-    return int(np.random.SeedSequence([seed, step, rank, 2]).generate_state(1)[0])
-
-
-def _file_sha256(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------
@@ -328,7 +297,12 @@ class _Finetune(RunWriter):
                     f"--resume continues a run with its own --lora ({saved_lora}); omit --lora"
                 )
             lora = saved_lora
-            settings = _settings(given, FinetuneSettings(**record["settings"]))
+            settings = run_settings(
+                given,
+                FinetuneSettings(**record["settings"]),
+                FinetuneSettings(),
+                "pass RUN_DIR as the model",
+            )
             model = record["base"]["path"]
             found = checkpoint_dirs(self.dir)
             checkpoint = found[-1] if found else None
@@ -343,7 +317,7 @@ class _Finetune(RunWriter):
                     f"{self.dir} exists and is not empty; " + (hint or "choose a new run directory")
                 )
             record = {}
-            settings = _settings(given, None)
+            settings = run_settings(given, None, FinetuneSettings())
         source = run_source(model)
         spec = source.spec
         tuning = spec.finetune
@@ -382,7 +356,7 @@ class _Finetune(RunWriter):
                 "llmspec estimate --finetune lora adds the activations)",
                 self.cluster.device,
             )
-        base_sha = _file_sha256(source.weights)
+        base_sha = sha256_of(source.weights) if source.weights is not None else None
         if record and record["base"]["weights_sha256"] != base_sha:
             raise TrainError(
                 f"the base model {record['base']['path']} changed since the run started (its "
@@ -547,14 +521,10 @@ class _Finetune(RunWriter):
             for i in range(0, len(setup.held_out), settings.batch_size)
         ]
         last_eval = None
+        count = functools.partial(response_tokens, encoder_decoder=setup.encoder_decoder)
         try:
             if start == 0:
-                last_eval = self._evaluate(
-                    wrapped,
-                    held_out,
-                    precision,
-                    functools.partial(response_tokens, encoder_decoder=setup.encoder_decoder),
-                )
+                last_eval = self._evaluate(wrapped, held_out, precision, count)
                 if last_eval is not None:
                     self._main_writes(self._record, metrics, {"step": 0, "eval_loss": last_eval})
                 first_eval = last_eval
@@ -594,12 +564,7 @@ class _Finetune(RunWriter):
                 }
                 self._main_writes(self._record, metrics, line)
                 if done % settings.eval_every == 0 or done == settings.steps:
-                    last_eval = self._evaluate(
-                        wrapped,
-                        held_out,
-                        precision,
-                        functools.partial(response_tokens, encoder_decoder=setup.encoder_decoder),
-                    )
+                    last_eval = self._evaluate(wrapped, held_out, precision, count)
                     if last_eval is not None:
                         self._main_writes(
                             self._record, metrics, {"step": done, "eval_loss": last_eval}
@@ -692,7 +657,7 @@ class _Finetune(RunWriter):
         import torch
 
         cluster = self.cluster
-        torch.manual_seed(_step_seed(setup.settings.seed, step, cluster.rank))
+        torch.manual_seed(step_seed(setup.settings.seed, step, cluster.rank, 2))
         counts = [response_tokens(b, setup.encoder_decoder) for b in micro]
         tokens = sum(int(v.sum()) for b in micro for k, v in b.items() if k.endswith("mask"))
         total, all_tokens = cluster.all_sum([float(sum(counts)), float(tokens)])

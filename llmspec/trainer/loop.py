@@ -119,13 +119,7 @@ from llmspec.trainer.objectives import (
 )
 from llmspec.trainer.optimization import GRAD_CLIP, Precision, make_optimizer, precision_for
 from llmspec.trainer.progress import Progress, human_number, read_metrics
-from llmspec.trainer.settings import Settings, TrainError, run_settings
-
-
-def _step_seed(seed: int, step: int, rank: int) -> int:
-    """The seed of dropout at step ``step`` on process ``rank``."""
-    return int(np.random.SeedSequence([seed, step, rank, 1]).generate_state(1)[0])
-
+from llmspec.trainer.settings import Settings, TrainError, run_settings, step_seed
 
 # ----------------------------------------------------------------------------------------
 # The run
@@ -246,7 +240,7 @@ class _Run(RunWriter):
                     f"{self.dir} was trained from a different spec than {spec_or_dir}; resume "
                     "with the spec the run started from"
                 )
-            settings = run_settings(given, Settings(**record["settings"]))
+            settings = run_settings(given, Settings(**record["settings"]), Settings())
             from llmspec.tokenizer import load_for_spec
 
             source = Source(saved_spec, load_for_spec(saved_spec, self.dir), source.weights)
@@ -262,7 +256,7 @@ class _Run(RunWriter):
                 raise TrainError(
                     f"{self.dir} exists and is not empty; " + (hint or "choose a new run directory")
                 )
-            settings = run_settings(given, None).resolved(source.spec)
+            settings = run_settings(given, None, Settings()).resolved(source.spec)
         problems = settings.problems(source.spec)
         if settings.batch_size % self.cluster.world:
             problems.append(
@@ -459,7 +453,7 @@ class _Run(RunWriter):
         import torch
 
         cluster = self.cluster
-        torch.manual_seed(_step_seed(settings.seed, step, cluster.rank))
+        torch.manual_seed(step_seed(settings.seed, step, cluster.rank, 1))
         count = target_count(batch, causal)
         tokens = sum(int(v.sum()) for k, v in batch.items() if k.endswith("attention_mask"))
         total, all_tokens = cluster.all_sum([float(count), float(tokens)])

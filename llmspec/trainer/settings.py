@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
 
 from llmspec.errors import LlmspecError
 from llmspec.spec.sections import ModelSpec
@@ -51,12 +53,24 @@ class Settings:
         return out
 
 
-def run_settings(given: dict[str, Any], saved: Settings | None) -> Settings:
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+SettingsT = TypeVar("SettingsT", bound="DataclassInstance")
+
+
+def run_settings(
+    given: dict[str, Any],
+    saved: SettingsT | None,
+    default: SettingsT,
+    start_over: str = "pass RUN_DIR as the spec",
+) -> SettingsT:
     """The run's settings: the saved ones when resuming (an explicit different value is an
-    error), otherwise the given ones over the defaults."""
+    error), otherwise the given ones over ``default`` (pre-training's :class:`Settings` or
+    fine-tuning's). ``start_over`` says how to begin a new run from this one instead."""
     explicit = {k: v for k, v in given.items() if v is not None}
     if saved is None:
-        return replace(Settings(), **explicit)
+        return replace(default, **explicit)
     differ = [
         f"{k.replace('_', '-')} {v} (the run has {getattr(saved, k)})"
         for k, v in explicit.items()
@@ -66,7 +80,12 @@ def run_settings(given: dict[str, Any], saved: Settings | None) -> Settings:
         raise TrainError(
             "--resume continues a run with its own settings; given: "
             + ", ".join(differ)
-            + ". Omit them, or start a new run from this one's weights (pass RUN_DIR as the "
-            "spec)"
+            + f". Omit them, or start a new run from this one's weights ({start_over})"
         )
     return saved
+
+
+def step_seed(seed: int, step: int, rank: int, stream: int) -> int:
+    """The seed of dropout at step ``step`` on process ``rank``; ``stream`` keeps pre-training
+    (1) and fine-tuning (2) apart."""
+    return int(np.random.SeedSequence([seed, step, rank, stream]).generate_state(1)[0])
