@@ -81,7 +81,12 @@ from runtime.reading import (
     read_text,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# What changed since each older format, for the error that asks to re-export.
+_OLD_FORMATS = {
+    1: "format 1 graphs copy the whole KV cache every step; format 2 writes it in place and "
+    "takes logits_to_keep"
+}
 
 MANIFEST = "manifest.json"
 # The one file allowed beside manifest.json without being listed in it: the Ed25519 signature
@@ -106,6 +111,8 @@ POSITION_IDS = "position_ids"
 TOKEN_TYPE_IDS = "token_type_ids"
 ENCODER_ATTENTION_MASK = "encoder_attention_mask"
 LOGITS = "logits"
+LOGITS_TO_KEEP = "logits_to_keep"
+MAX_LENGTH = "max_length"  # the symbolic length of an in-place cache buffer
 LAST_HIDDEN_STATE = "last_hidden_state"
 
 # The graphs of each architecture (the manifest's ``architecture`` field).
@@ -307,9 +314,11 @@ def parse_manifest(data: bytes, path: Path) -> Manifest:
         raise ArtifactError(f"{path}: expected a JSON object, got {_show(raw)}")
     version = raw.get("format_version")
     if version != FORMAT_VERSION or isinstance(version, bool):
+        why = _OLD_FORMATS.get(version) if isinstance(version, int) else None
         raise ArtifactError(
             f"{path}: format version {_show(version)}, but this runtime reads version "
-            f"{FORMAT_VERSION}; re-export the artifact with a matching llmspec"
+            f"{FORMAT_VERSION}{f' ({why})' if why else ''}; re-export the artifact with a "
+            "matching llmspec (llmspec export SPEC_OR_RUN -o DIR)"
         )
     manifest = _Fields(path).manifest(raw)
     _check_consistent(manifest, path)
@@ -485,7 +494,7 @@ def contract_names(
 
     if manifest.architecture == "decoder-only":
         return (
-            [INPUT_IDS, ATTENTION_MASK, POSITION_IDS, *kv(past_name, None)],
+            [INPUT_IDS, ATTENTION_MASK, POSITION_IDS, *kv(past_name, None), LOGITS_TO_KEEP],
             [LOGITS, *kv(present_name, None)],
         )
     if manifest.architecture == "encoder-only":
@@ -496,7 +505,7 @@ def contract_names(
     inputs = [INPUT_IDS, ENCODER_ATTENTION_MASK, ATTENTION_MASK]
     if has_positions:
         inputs.append(POSITION_IDS)
-    inputs += kv(past_name, "encoder") + kv(past_name, "decoder")
+    inputs += kv(past_name, "encoder") + kv(past_name, "decoder") + [LOGITS_TO_KEEP]
     return inputs, [LOGITS, *kv(present_name, "decoder")]
 
 

@@ -7,9 +7,10 @@ with a finish reason) or hands them to a callback. The loop, one iteration at a 
 
 1. **Admit**: while no group is being prefilled and the batch has room (``max_batch`` rows),
    the waiting requests (up to the room left) become the next *prefill group*.
-2. **Prefill one chunk** of that group: a decoder-only group's left-padded prompts run in chunks
-   of at most ``prefill_chunk_tokens`` tokens over the group (:data:`PREFILL_CHUNK_TOKENS`), one
-   chunk per iteration, so a long prompt delays the running streams by one chunk's time per
+2. **Prefill one chunk** of that group: a decoder-only group's left-padded prompts run at once
+   when they fit in ``prefill_chunk_tokens`` columns (:data:`PREFILL_CHUNK_TOKENS`), else row by
+   row in chunks of that many tokens (:meth:`runtime.graphs.DecoderGraph.prefill_chunks`), one
+   run per iteration, so a long prompt delays the running streams by one chunk's time per
    token instead of its whole prefill (an encoder-decoder group runs its encoder and its
    decoder's first step at once). When the group's prompts are done, each row's first token is
    chosen and the group **joins** the running batch.
@@ -22,16 +23,17 @@ seeded generator, its processors' states, a grammar's included), so a request ge
 tokens whatever else runs beside it: greedy rows exactly what ``model.generate`` gives for the
 prompt alone, and seeded sampling the same draws as ``generate(prompt, seed=...)`` alone.
 
-The batch's KV cache is one array per layer and kind, ``[rows, kv_heads, width, head_dim]``,
-with every row's tokens at the right end (left padding, as the one-call loop's prompts): a
+The batch's KV cache is a :class:`runtime.graphs.KVCache`: one buffer per layer and kind,
+``[rows, kv_heads, max_length, head_dim]``, written in place by every step, whose first
+``width`` columns hold every row's tokens at the right end (left padding, as the one-call loop's prompts): a
 joining group is padded on the left to the batch's width (or the batch to the group's), a
 leaving row is dropped, and columns that no remaining row uses are trimmed from the left, so the
 width stays the longest running row's. Positions come from each row's count of real tokens, so
 padding never shifts them (the graphs' relative and ALiBi biases depend on column distances,
 which left padding keeps for each row's contiguous tokens). An encoder-decoder batch also holds
 the cross-attention keys/values, right padded to the longest source with the encoder mask.
-Joining and leaving copy the cache (through the host under CUDA): a cost per join or leave, not
-per step.
+Joining and leaving copy the cache into new buffers (through the host under CUDA): a cost per
+join or leave, not per step; a step only writes its new column.
 
 Not here: beam search (it reorders its own rows; ``model.generate`` runs it), and memory
 planning beyond ``max_batch`` (the cache of ``max_batch`` rows at the context window must fit).
@@ -53,7 +55,7 @@ import numpy as np
 from runtime.decoding import DecodingError
 from runtime.errors import LlmspecError, RuntimeInputError
 from runtime.generation import RowText
-from runtime.graphs import Cache, Encoded, left_padded, positions, right_padded
+from runtime.graphs import Cache, Encoded, KVCache, left_padded, right_padded
 from runtime.logits import token_logprobs
 from runtime.memory import machine_memory
 from runtime.results import TokenLogprob
@@ -189,15 +191,16 @@ class _Batch:
     (``None`` once the group decodes)."""
 
     rows: list[_Row]
-    cache: Cache
+    cache: KVCache | None
     mask: np.ndarray  # [rows, width]: 1 where the cache column is a real token of the row
     next_tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     # An encoder-decoder batch: the cross-attention keys/values and the encoder mask
     cross: Cache | None = None
     source_mask: np.ndarray | None = None
-    # A decoder-only group in prefill: its padded prompts and how many columns are done
+    # A group in prefill: its padded prompts (the source of an encoder-decoder) and, for a
+    # decoder-only group, its prefill's runs (DecoderGraph.prefill_chunks)
     ids: np.ndarray | None = None
-    prefilled: int = 0
+    prefill: Iterator[tuple[np.ndarray, KVCache] | None] | None = None
 
 
 class Engine:
@@ -416,10 +419,13 @@ class Engine:
         if self.seq2seq:
             source, source_mask = right_padded(prompts, model.pad_id)
             return _Batch(
-                rows, {}, np.zeros((len(rows), 0), np.int64), ids=source, source_mask=source_mask
+                rows, None, np.zeros((len(rows), 0), np.int64), ids=source, source_mask=source_mask
             )
         ids, mask = left_padded(prompts, model.pad_id)
-        return _Batch(rows, self.feeder.empty_cache(len(rows)), mask, ids=ids)
+        room = ids.shape[1] + max(t.request.max_new_tokens for t in tickets)
+        group = _Batch(rows, None, mask, ids=ids)
+        group.prefill = self.feeder.prefill_chunks(ids, mask, self.chunk_tokens, room)
+        return group
 
     def _prefill_chunk(self) -> None:
         group = self._group
@@ -430,21 +436,17 @@ class Engine:
             rows = len(group.rows)
             start = np.full((rows, 1), self.model.special_tokens["decoder_start"], np.int64)
             mask = np.ones((rows, 1), dtype=np.int64)
-            logits, cache = self.feeder.decode(start, encoded, mask)
+            room = 1 + max(row.ticket.request.max_new_tokens for row in group.rows)
+            logits, cache = self.feeder.decode(start, encoded, mask, keep=1, max_length=room)
             group.cache, group.mask, group.cross = cache, mask, encoded.cross
             logits = logits[:, -1, :]
         else:
-            width = group.ids.shape[1]
-            chunk = max(1, self.chunk_tokens // len(group.rows))
-            begin, end = group.prefilled, min(width, group.prefilled + chunk)
-            position_ids = positions(group.mask)[:, begin:end]
-            out, group.cache = self.feeder.run(
-                group.ids[:, begin:end], group.mask[:, :end], group.cache, position_ids
-            )
-            group.prefilled = end
-            if end < width:
+            assert group.prefill is not None
+            result = next(group.prefill)
+            if result is None:
                 return
-            logits = out[:, -1, :]
+            logits, group.cache = result
+            group.prefill = None
         group.ids = None
         tokens = self._select(group, logits)
         with self._lock:
@@ -458,10 +460,12 @@ class Engine:
         if self.seq2seq:
             assert batch.cross is not None and batch.source_mask is not None
             encoded = Encoded(mask=batch.source_mask, cross=batch.cross, outputs={})
+            assert batch.cache is not None
             logits, batch.mask, batch.cache = self.feeder.step(
                 batch.next_tokens, encoded, batch.mask, batch.cache, padded=True
             )
         else:
+            assert batch.cache is not None
             logits, batch.mask, batch.cache = self.feeder.step(
                 batch.next_tokens, batch.mask, batch.cache
             )
@@ -531,7 +535,8 @@ class Engine:
         used = batch.mask[rows].any(axis=0)
         first = int(np.argmax(used))  # the first column any remaining row uses
         batch.mask = np.ascontiguousarray(batch.mask[rows, first:])
-        batch.cache = self._take(batch.cache, rows, first)
+        assert batch.cache is not None
+        batch.cache = self.feeder.take(batch.cache, rows, first)
         if batch.cross is not None:
             assert batch.source_mask is not None
             source = int(batch.source_mask[rows].any(axis=0).sum())  # right padded
@@ -551,8 +556,8 @@ class Engine:
         if batch is None:
             return group
         width = max(batch.mask.shape[1], group.mask.shape[1])
-
-        batch.cache = self._stacked(batch.cache, group.cache, width, left=True)
+        assert batch.cache is not None and group.cache is not None
+        batch.cache = self.feeder.stack(batch.cache, group.cache)
         batch.mask = np.concatenate(
             [_padded(batch.mask, width, True), _padded(group.mask, width, True)]
         )

@@ -395,7 +395,7 @@ class Run:
             seed=request.seed,
             pad_id=model.pad_id,
         )
-        stepper = model._stepper(request.prompts)
+        stepper = model._stepper(request.prompts, request.max_new_tokens)
         logits = stepper.first(1)
         top = request.logprobs
         for step in range(request.max_new_tokens):
@@ -459,7 +459,7 @@ class Run:
             stop_ids=self.stop_ids,
         )
         beams = searcher.beams
-        stepper = model._stepper(request.prompts)
+        stepper = model._stepper(request.prompts, request.max_new_tokens)
         logits = stepper.first(beams)
         identity = np.arange(rows * beams)
         history: list[_BeamStep] = []  # each step's log-probs of the tokens that can be chosen

@@ -20,10 +20,23 @@ runs it.
   start token), :meth:`~Seq2SeqGraphs.step` one token per row. The decoder's positions are
   absolute (its sequences are not padded on the left): ``past .. past + n - 1``.
 
-A cache is a ``dict`` from the graph's ``past_key_values.*`` input names to values where the
-graph keeps them (numpy arrays on the CPU, ``OrtValue`` s with IOBinding on CUDA, see
-:mod:`runtime.session`); ``None`` for a cache means an empty one (past length 0). Every class
-has ``reorder`` for beam search (row ``i`` becomes the old row ``rows[i]``).
+The self-attention cache is a :class:`KVCache` (format 2, see
+:mod:`llmspec.exporter.rewrites.kv_cache`): one buffer per ``past_key_values.*`` input,
+``[rows, kv_heads, max_length, head_dim]``, allocated once per batch and written in place by
+the graph; its first :attr:`KVCache.length` columns are in use, left padded like the prompts.
+``None`` for a cache means an empty one. A run that needs more columns than the buffers have
+grows them (a copy, doubling, so rare); callers that know their need pass ``max_length``. The
+encoder-decoder's cross-attention keys/values are a plain ``dict`` (:class:`Encoded`), computed
+once and only read. Every class has ``reorder`` for beam search (row ``i`` becomes the old row
+``rows[i]``), in place when the row count stays.
+
+Logits: the graphs compute the output projection only for the last ``logits_to_keep``
+positions; prefill and steps ask for the last one, :meth:`DecoderGraph.run` and
+:meth:`Seq2SeqGraphs.decode` for every position unless told otherwise (``llmspec eval``).
+
+GroupQueryAttention runs a chunk of several tokens after a cache only for one row at a time, so
+a prompt longer than a prefill chunk is prefilled row by row (each row's chunks in order); on
+the CPU each row writes straight into its rows of the batch's buffers.
 
 Only token ids, masks and positions are built here from host arrays; nothing is copied back to
 the host but what ``host`` names (the logits by default).
@@ -31,19 +44,45 @@ the host but what ``host`` names (the logits by default).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
 from runtime import artifact as fmt
 from runtime.artifact import ArtifactError
-from runtime.session import Graph
+from runtime.session import Buffer, Graph
 
 KINDS = ("key", "value")
 
-Cache = dict[str, Any]
+Cache = dict[str, Any]  # cross-attention keys/values by input name
+
+
+class KVCache:
+    """A batch's self-attention cache, written in place by the graph: ``buffers`` maps each
+    ``past_key_values.*`` input to its ``present.*`` output and the :class:`Buffer` both are
+    bound to, ``[rows, kv_heads, max_length, head_dim]``. Columns ``0 .. length - 1`` hold the
+    cache (left padded); the rest are room for the next positions."""
+
+    def __init__(self, buffers: dict[str, tuple[str, Buffer]], rows: int, length: int) -> None:
+        self.buffers = buffers
+        self.rows = rows
+        self.length = length
+
+    @property
+    def max_length(self) -> int:
+        for _, buffer in self.buffers.values():
+            return buffer.shape[2]
+        return 0
+
+    def host(self) -> dict[str, np.ndarray]:
+        """The used part of every buffer by input name, ``[rows, kv, length, hd]``, on the host
+        (views on the CPU, copies from the device)."""
+        return {
+            name: buffer.host()[:, :, : self.length] for name, (_, buffer) in self.buffers.items()
+        }
 
 
 def positions(mask: np.ndarray) -> np.ndarray:
@@ -98,14 +137,6 @@ def require(graph: Graph, names: Iterable[str]) -> Graph:
     return graph
 
 
-def _past_length(cache: Cache) -> int:
-    """How many tokens ``cache`` holds (axis 2 of any of its values)."""
-    for value in cache.values():
-        shape = value.shape() if callable(value.shape) else value.shape  # OrtValue: a method
-        return int(shape[2])
-    return 0
-
-
 class _CachedGraph:
     """A graph with a self-attention cache of ``layers`` x (key, value)
     ``[batch, kv_heads, past, head_dim]``."""
@@ -136,19 +167,96 @@ class _CachedGraph:
     def _feeds(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {name: value for name, value in values.items() if name in self.graph.inputs}
 
-    def empty_cache(self, rows: int) -> Cache:
-        """The cache of ``rows`` rows before any token (past length 0)."""
-        shape = (rows, self.kv_heads, 0, self.head_dim)
-        if self.cache_dtype is not None:
-            return {past: np.zeros(shape, dtype=self.cache_dtype) for past, _ in self.names}
-        return {past: self.graph.empty(past, shape) for past, _ in self.names}
+    def empty_cache(self, rows: int, max_length: int = 1) -> KVCache:
+        """The cache of ``rows`` rows before any token, with room for ``max_length`` positions
+        (it grows when a run needs more)."""
+        shape = (rows, self.kv_heads, max(1, max_length), self.head_dim)
+        buffers = {
+            past: (present, self.graph.buffer(past, shape, self.cache_dtype))
+            for past, present in self.names
+        }
+        return KVCache(buffers, rows, 0)
 
-    def reorder(self, cache: Cache, rows: np.ndarray) -> Cache:
-        """``cache`` with row ``i`` taken from the old row ``rows[i]`` (beam search)."""
-        return {name: self.graph.reorder(value, rows) for name, value in cache.items()}
+    def _with(self, cache: KVCache, arrays: dict[str, np.ndarray], max_length: int) -> KVCache:
+        """A new cache holding ``arrays`` ``[rows, kv, length, hd]`` by input name."""
+        rows, length = 0, 0
+        for array in arrays.values():
+            rows, length = array.shape[0], array.shape[2]
+        fresh = self.empty_cache(rows, max(max_length, length))
+        for name, (_, buffer) in fresh.buffers.items():
+            if buffer.array is not None:
+                buffer.array[:, :, :length] = arrays[name]
+            else:
+                whole = np.zeros(buffer.shape, dtype=arrays[name].dtype)
+                whole[:, :, :length] = arrays[name]
+                buffer.load(whole)
+        fresh.length = length
+        return fresh
 
-    def _cache_out(self, out: dict[str, Any]) -> Cache:
-        return {past: out[present] for past, present in self.names}
+    def reserve(self, cache: KVCache, length: int) -> KVCache:
+        """``cache`` itself when it has room for ``length`` positions, else a copy with at
+        least twice the room."""
+        if length <= cache.max_length:
+            return cache
+        return self._with(cache, cache.host(), max(length, 2 * cache.max_length))
+
+    def reorder(self, cache: KVCache, rows: np.ndarray) -> KVCache:
+        """``cache`` with row ``i`` taken from the old row ``rows[i]`` (beam search; repeating
+        prompts for beams); in place when the row count stays."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) != cache.rows:
+            taken = {name: np.take(a, rows, axis=0) for name, a in cache.host().items()}
+            return self._with(cache, taken, cache.max_length)
+        for _, buffer in cache.buffers.values():
+            if buffer.array is not None:
+                used = buffer.array[:, :, : cache.length]
+                used[...] = used[rows]
+            else:
+                whole = buffer.host()
+                whole[:, :, : cache.length] = whole[rows, :, : cache.length]
+                buffer.load(whole)
+        return cache
+
+    def take(self, cache: KVCache, rows: np.ndarray, first: int) -> KVCache:
+        """The rows ``rows`` of ``cache`` without its first ``first`` columns (continuous
+        batching: finished rows leave, and the columns no remaining row uses go)."""
+        taken = {name: a[rows, :, first:] for name, a in cache.host().items()}
+        return self._with(cache, taken, cache.max_length - first)
+
+    def stack(self, first: KVCache, second: KVCache) -> KVCache:
+        """The rows of ``first`` then ``second``, each left padded to the longer one's length
+        (continuous batching: a prefilled group joins the running batch)."""
+        width = max(first.length, second.length)
+        a, b = first.host(), second.host()
+        joined = {
+            name: np.concatenate([_left(a[name], width), _left(b[name], width)]) for name in a
+        }
+        return self._with(first, joined, max(first.max_length, second.max_length, width))
+
+    def _row(self, cache: KVCache, row: int) -> KVCache:
+        """Row ``row`` of ``cache`` as a one-row cache over the same memory (CPU buffers)."""
+        buffers = {}
+        for past, (present, buffer) in cache.buffers.items():
+            assert buffer.array is not None
+            view = buffer.array[row : row + 1]
+            value = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+                view.view(np.uint16)
+                if view.dtype.itemsize == 2 and view.dtype != np.float16
+                else view,
+                buffer.value.element_type(),
+            )
+            buffers[past] = (present, Buffer(value, view))
+        return KVCache(buffers, 1, cache.length)
+
+
+def _left(array: np.ndarray, width: int) -> np.ndarray:
+    """``array`` ``[rows, kv, length, hd]`` padded with zeros on the left to ``width``."""
+    pad = width - array.shape[2]
+    return np.pad(array, ((0, 0), (0, 0), (pad, 0), (0, 0))) if pad else array
+
+
+def _keep(count: int) -> np.ndarray:
+    return np.array(count, dtype=np.int64)
 
 
 class DecoderGraph(_CachedGraph):
@@ -170,54 +278,102 @@ class DecoderGraph(_CachedGraph):
         self,
         ids: np.ndarray,
         mask: np.ndarray,
-        cache: Cache | None = None,
+        cache: KVCache | None = None,
         position_ids: np.ndarray | None = None,
         host: tuple[str, ...] = (fmt.LOGITS,),
-    ) -> tuple[np.ndarray, Cache]:
+        keep: int = 0,
+    ) -> tuple[np.ndarray, KVCache]:
         """Run ``ids`` ``[batch, n]`` after the ``cache`` (None: empty). ``mask`` ``[batch,
         past + n]`` covers the cached and the new tokens; ``position_ids`` default to
-        :func:`positions` of ``mask`` (its last ``n`` columns). Returns the logits ``[batch, n,
-        vocab]`` and the cache after the new tokens."""
-        if cache is None:
-            cache = self.empty_cache(len(ids))
+        :func:`positions` of ``mask`` (its last ``n`` columns). Returns the logits of the last
+        ``keep`` positions (0: all) ``[batch, keep or n, vocab]`` and the cache after the new
+        tokens (``cache`` itself, written in place, unless it had to grow)."""
+        width = mask.shape[1]
+        cache = self.empty_cache(len(ids), width) if cache is None else self.reserve(cache, width)
+        if cache.length + ids.shape[1] != width or cache.rows != len(ids):
+            raise ValueError(
+                f"a cache of {cache.rows} rows x {cache.length} positions, {ids.shape} new "
+                f"tokens and a mask of {width} columns do not fit together"
+            )
         if position_ids is None:
-            position_ids = positions(mask)[:, mask.shape[1] - ids.shape[1] :]
-        inputs = {fmt.INPUT_IDS: ids, fmt.ATTENTION_MASK: mask, fmt.POSITION_IDS: position_ids}
-        out = self.graph.run(self._feeds(inputs), cache, host=host)
-        return out[fmt.LOGITS], self._cache_out(out)
+            position_ids = positions(mask)[:, width - ids.shape[1] :]
+        inputs = {
+            fmt.INPUT_IDS: ids,
+            fmt.ATTENTION_MASK: mask,
+            fmt.POSITION_IDS: position_ids,
+            fmt.LOGITS_TO_KEEP: _keep(keep),
+        }
+        out = self.graph.run(self._feeds(inputs), {}, host=host, buffers=cache.buffers)
+        cache.length = width
+        return out[fmt.LOGITS], cache
+
+    def prefill_chunks(
+        self,
+        ids: np.ndarray,
+        mask: np.ndarray,
+        chunk_tokens: int | None = None,
+        max_length: int | None = None,
+    ) -> Iterator[tuple[np.ndarray, KVCache] | None]:
+        """Prefill the (left padded) prompts ``ids`` with their ``mask`` one run at a time:
+        yields None after every run but the last, then (the last position's logits ``[batch,
+        vocab]``, the cache). One run when the prompts fit in ``chunk_tokens`` columns (or no
+        chunking is asked); else each row's chunks of at most ``chunk_tokens`` tokens, row by
+        row (module docstring). ``max_length``: the room to allocate (default the prompts')."""
+        rows, width = ids.shape
+        cache = self.empty_cache(rows, max(width, max_length or 0))
+        if chunk_tokens is None or width <= chunk_tokens:
+            logits, cache = self.run(ids, mask, cache, keep=1)
+            yield logits[:, -1, :], cache
+            return
+        position_ids = positions(mask)
+        last = np.empty((rows, 0), dtype=np.float32)
+        for row in range(rows):
+            alone = self._row(cache, row) if cache.buffers and self.graph.bind is None else None
+            one = alone if alone is not None else self.empty_cache(1, width)
+            for start in range(0, width, chunk_tokens):
+                stop = min(width, start + chunk_tokens)
+                span = slice(row, row + 1)
+                out, one = self.run(
+                    ids[span, start:stop],
+                    mask[span, :stop],
+                    one,
+                    position_ids[span, start:stop],
+                    keep=1,
+                )
+                if stop < width or row < rows - 1:
+                    yield None
+            if alone is None:  # a device buffer: the row comes through the host
+                for name, (_, buffer) in cache.buffers.items():
+                    whole = buffer.host()
+                    whole[row, :, :width] = one.host()[name][0]
+                    buffer.load(whole)
+            if last.shape[1] == 0:
+                last = np.empty((rows, out.shape[-1]), dtype=out.dtype)
+            last[row] = out[0, -1]
+        cache.length = width
+        yield last, cache
 
     def prefill(
-        self, ids: np.ndarray, mask: np.ndarray, chunk_tokens: int | None = None
-    ) -> tuple[np.ndarray, Cache]:
-        """Run the (left padded) prompts ``ids`` with their ``mask`` from an empty cache.
-
-        Without ``chunk_tokens``: one run, the logits of every position ``[batch, seq, vocab]``.
-        With it: chunks of at most ``chunk_tokens`` tokens over the batch (at least one column),
-        each attending to the cache of the ones before; only the last position's logits
-        ``[batch, vocab]`` are kept (a long prompt's logits are the memory chunking saves)."""
-        if chunk_tokens is None:
-            return self.run(ids, mask)
-        rows, width = ids.shape
-        position_ids = positions(mask)
-        cache = self.empty_cache(rows)
-        chunk = max(1, chunk_tokens // rows)
-        logits: np.ndarray | None = None
-        for start in range(0, width, chunk):
-            stop = min(width, start + chunk)
-            out, cache = self.run(
-                ids[:, start:stop], mask[:, :stop], cache, position_ids[:, start:stop]
-            )
-            logits = out[:, -1, :]
-        assert logits is not None  # width >= 1
-        return logits, cache
+        self,
+        ids: np.ndarray,
+        mask: np.ndarray,
+        chunk_tokens: int | None = None,
+        max_length: int | None = None,
+    ) -> tuple[np.ndarray, KVCache]:
+        """:meth:`prefill_chunks` run to the end: the last position's logits ``[batch, vocab]``
+        and the cache."""
+        for result in self.prefill_chunks(ids, mask, chunk_tokens, max_length):
+            if result is not None:
+                return result
+        raise AssertionError("prefill_chunks ends with its result")
 
     def step(
         self,
         tokens: np.ndarray,
         mask: np.ndarray,
-        cache: Cache,
+        cache: KVCache,
         alive: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, np.ndarray, Cache]:
+    ) -> tuple[np.ndarray, np.ndarray, KVCache]:
         """Feed one token per row after ``cache``, whose tokens ``mask`` ``[batch, past]``
         covers. ``alive`` False masks a row's token out (a finished row keeps feeding the pad
         token); its position is the count of the row's real tokens so far. Returns the logits
@@ -226,7 +382,7 @@ class DecoderGraph(_CachedGraph):
         column = np.ones(len(mask), dtype=np.int64) if alive is None else alive.astype(np.int64)
         mask = np.concatenate([mask, column[:, None]], axis=1)
         ids = np.ascontiguousarray(np.asarray(tokens).reshape(-1, 1), dtype=np.int64)
-        logits, cache = self.run(ids, mask, cache, position_ids)
+        logits, cache = self.run(ids, mask, cache, position_ids, keep=1)
         return logits[:, -1, :], mask, cache
 
 
@@ -325,21 +481,32 @@ class Seq2SeqGraphs(_CachedGraph):
         ids: np.ndarray,
         encoded: Encoded,
         mask: np.ndarray | None = None,
-        cache: Cache | None = None,
+        cache: KVCache | None = None,
         host: tuple[str, ...] = (fmt.LOGITS,),
         position_ids: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, Cache]:
-        """Run decoder tokens ``ids`` ``[batch, n]`` after the ``cache`` (None: empty).
-        ``mask`` ``[batch, past + n]`` (default all ones) covers the cached and new tokens; the
-        positions are ``past .. past + n - 1`` unless ``position_ids`` ``[batch, n]`` are given
-        (rows whose cache is left padded, as continuous batching makes them). Returns the
-        logits ``[batch, n, vocab]`` and the cache after the new tokens."""
+        keep: int = 0,
+        max_length: int | None = None,
+    ) -> tuple[np.ndarray, KVCache]:
+        """Run decoder tokens ``ids`` ``[batch, n]`` after the ``cache`` (None: empty, with
+        room for ``max_length`` positions). ``mask`` ``[batch, past + n]`` (default all ones)
+        covers the cached and new tokens; the positions are ``past .. past + n - 1`` unless
+        ``position_ids`` ``[batch, n]`` are given (rows whose cache is left padded, as
+        continuous batching makes them). Returns the logits of the last ``keep`` positions (0:
+        all) ``[batch, keep or n, vocab]`` and the cache after the new tokens."""
         batch, length = ids.shape
-        if cache is None:
-            cache = self.empty_cache(batch)
+        past = 0 if cache is None else cache.length
         if mask is None:
-            mask = np.ones((batch, _past_length(cache) + length), dtype=np.int64)
-        done = mask.shape[1] - length
+            mask = np.ones((batch, past + length), dtype=np.int64)
+        width = mask.shape[1]
+        if cache is None:
+            cache = self.empty_cache(batch, max(width, max_length or 0))
+        cache = self.reserve(cache, width)
+        if cache.length + length != width or cache.rows != batch:
+            raise ValueError(
+                f"a cache of {cache.rows} rows x {cache.length} positions, {ids.shape} new "
+                f"tokens and a mask of {width} columns do not fit together"
+            )
+        done = width - length
         inputs = {
             fmt.INPUT_IDS: ids,
             fmt.ENCODER_ATTENTION_MASK: encoded.mask,
@@ -349,19 +516,21 @@ class Seq2SeqGraphs(_CachedGraph):
             ).copy()
             if position_ids is None
             else position_ids,
+            fmt.LOGITS_TO_KEEP: _keep(keep),
         }
-        out = self.graph.run(self._feeds(inputs), {**encoded.cross, **cache}, host=host)
-        return out[fmt.LOGITS], self._cache_out(out)
+        out = self.graph.run(self._feeds(inputs), encoded.cross, host=host, buffers=cache.buffers)
+        cache.length = width
+        return out[fmt.LOGITS], cache
 
     def step(
         self,
         tokens: np.ndarray,
         encoded: Encoded,
         mask: np.ndarray,
-        cache: Cache,
+        cache: KVCache,
         alive: np.ndarray | None = None,
         padded: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray, Cache]:
+    ) -> tuple[np.ndarray, np.ndarray, KVCache]:
         """Feed one decoder token per row after ``cache``, whose tokens ``mask`` ``[batch,
         past]`` covers (``alive`` False masks a finished row's token out). ``padded``: the
         rows' caches are left padded to a common width (continuous batching), so each row's
@@ -371,13 +540,14 @@ class Seq2SeqGraphs(_CachedGraph):
         column = np.ones(len(mask), dtype=np.int64) if alive is None else alive.astype(np.int64)
         mask = np.concatenate([mask, column[:, None]], axis=1)
         ids = np.ascontiguousarray(np.asarray(tokens).reshape(-1, 1), dtype=np.int64)
-        logits, cache = self.decode(ids, encoded, mask, cache, position_ids=position_ids)
+        logits, cache = self.decode(ids, encoded, mask, cache, position_ids=position_ids, keep=1)
         return logits[:, -1, :], mask, cache
 
 
 __all__ = [
     "Cache",
     "DecoderGraph",
+    "KVCache",
     "Encoded",
     "EncoderGraph",
     "Seq2SeqGraphs",

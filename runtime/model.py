@@ -269,7 +269,9 @@ class GenerativeModel(_Model):
         """What the decoding state sees as each row's sequence so far."""
         raise NotImplementedError
 
-    def _stepper(self, prompts: list[list[int]]) -> Stepper:
+    def _stepper(self, prompts: list[list[int]], new_tokens: int) -> Stepper:
+        """The request's stepper; ``new_tokens``: the most tokens it will generate per row
+        (the room its cache is allocated with)."""
         raise NotImplementedError
 
     # -- the request
@@ -428,8 +430,8 @@ class DecoderModel(GenerativeModel):
     def _cache_positions(self, prompt_width: int, max_new_tokens: int) -> int:
         return prompt_width + max_new_tokens
 
-    def _stepper(self, prompts: list[list[int]]) -> Stepper:
-        return DecoderStepper(self, prompts)
+    def _stepper(self, prompts: list[list[int]], new_tokens: int) -> Stepper:
+        return DecoderStepper(self, prompts, new_tokens)
 
 
 class Seq2SeqModel(GenerativeModel):
@@ -470,8 +472,8 @@ class Seq2SeqModel(GenerativeModel):
         # keys/values of the source, which every beam row holds a copy of
         return 1 + max_new_tokens + prompt_width
 
-    def _stepper(self, prompts: list[list[int]]) -> Stepper:
-        return Seq2SeqStepper(self, prompts)
+    def _stepper(self, prompts: list[list[int]], new_tokens: int) -> Stepper:
+        return Seq2SeqStepper(self, prompts, new_tokens)
 
 
 # ----------------------------------------------------------------------------------------

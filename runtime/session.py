@@ -11,9 +11,11 @@ really uses (``session.get_providers()``), probed once per process on a 69-byte 
   (``warnings``), and the model's ``device`` attribute says what is in use.
 
 On CUDA, :class:`Graph` runs with IOBinding: the KV cache (and the encoder's cross keys/values)
-stay on the device as ``OrtValue`` s, fed back as the next step's inputs; only the small inputs
-(token ids, masks, positions) go to the device and only the logits come back to the host.
-On the CPU, plain ``session.run`` with numpy arrays is already copy-free.
+stay on the device as ``OrtValue`` s; only the small inputs (token ids, masks, positions) go to
+the device and only the logits come back to the host. The self-attention cache is a
+:class:`Buffer` allocated once per batch and bound as both the graph's ``past_key_values.*``
+input and its ``present.*`` output (on the CPU too), so the graph writes the new positions into
+it in place (format 2, see :mod:`llmspec.exporter.rewrites.kv_cache`).
 """
 
 from __future__ import annotations
@@ -128,6 +130,49 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     return options
 
 
+# ONNX element type numbers of the cache types, for OrtValues over numpy memory.
+_ONNX_TYPES = {"float": 1, "float16": 10, "bfloat16": 16}
+
+
+class Buffer:
+    """A cache buffer bound in place: the graph reads it as a ``past_key_values.*`` input and
+    writes its new positions into the same memory as the matching ``present.*`` output.
+
+    On the CPU, :attr:`array` is the numpy array that owns the memory (bfloat16 as
+    ``ml_dtypes.bfloat16``) and :attr:`value` an ``OrtValue`` over it, so host code reads and
+    changes the cache without copies. On CUDA only :attr:`value` exists (device memory);
+    :meth:`host` and :meth:`load` copy through the host."""
+
+    def __init__(self, value: ort.OrtValue, array: np.ndarray | None) -> None:
+        self.value = value
+        self.array = array
+
+    @classmethod
+    def zeros(cls, shape: tuple[int, ...], onnx_type: str, dtype: Any, device: str) -> Buffer:
+        array = np.zeros(shape, dtype=dtype)
+        if device == "cpu":
+            raw = array.view(np.uint16) if onnx_type == "bfloat16" else array
+            value = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(raw, _ONNX_TYPES[onnx_type])
+            return cls(value, array)
+        return cls(ort.OrtValue.ortvalue_from_numpy(array, device, 0), None)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.value.shape())
+
+    def host(self) -> np.ndarray:
+        """The buffer's contents: the array itself on the CPU, a copy from the device."""
+        return self.array if self.array is not None else self.value.numpy()
+
+    def load(self, array: np.ndarray) -> None:
+        """Overwrite the whole buffer with ``array`` (same shape and type)."""
+        if self.array is not None:
+            if array is not self.array:
+                self.array[...] = array
+        else:
+            self.value.update_inplace(np.ascontiguousarray(array))
+
+
 @dataclass(frozen=True)
 class Tensor:
     """What the artifact's manifest says of a graph input: ONNX element type and shape."""
@@ -189,8 +234,25 @@ class Graph:
             )
         return np.zeros(shape, dtype=dtype)
 
+    def buffer(self, name: str, shape: tuple[int, ...], dtype: Any = None) -> Buffer:
+        """A zero-filled in-place :class:`Buffer` for cache input ``name`` where this graph's
+        cache lives; ``dtype`` overrides the numpy type (bfloat16 from ml_dtypes)."""
+        onnx_type = self.inputs[name].dtype
+        if dtype is None:
+            dtype = NUMPY_DTYPES.get(onnx_type)
+        if dtype is None or onnx_type not in _ONNX_TYPES:
+            raise DeviceError(
+                f"{self.path}: input {name} is {onnx_type}, which this runtime cannot feed "
+                "from numpy"
+            )
+        return Buffer.zeros(shape, onnx_type, dtype, self.bind or "cpu")
+
     def run(
-        self, inputs: Mapping[str, np.ndarray], cache: Mapping[str, Any], host: tuple[str, ...]
+        self,
+        inputs: Mapping[str, np.ndarray],
+        cache: Mapping[str, Any],
+        host: tuple[str, ...],
+        buffers: Mapping[str, tuple[str, Buffer]] | None = None,
     ) -> dict[str, Any]:
         """Run once. ``inputs`` are host arrays; ``cache`` are values from an earlier run (numpy
         on the CPU, ``OrtValue`` on CUDA) or :meth:`empty` ones. Returns every output by name:
@@ -199,11 +261,15 @@ class Graph:
         The runtime checks every request before it runs (token ids, lengths, the cache's shape
         from the manifest), so ONNX Runtime refusing an input means the graph disagrees with
         the manifest (a context_length beyond the graph's position table, say): that raises
-        :class:`ArtifactError` naming the graph, not ONNX Runtime's own exception."""
+        :class:`ArtifactError` naming the graph, not ONNX Runtime's own exception.
+
+        ``buffers`` maps cache inputs to (output, :class:`Buffer`): each buffer is bound as the
+        input and as the output, so the graph updates it in place (the output is not returned).
+        """
         if not self.translate_errors:
-            return self._run(inputs, cache, host)
+            return self._run(inputs, cache, host, buffers or {})
         try:
-            return self._run(inputs, cache, host)
+            return self._run(inputs, cache, host, buffers or {})
         except InvalidArgument as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else "invalid argument"
             raise ArtifactError(
@@ -212,9 +278,13 @@ class Graph:
             ) from None
 
     def _run(
-        self, inputs: Mapping[str, np.ndarray], cache: Mapping[str, Any], host: tuple[str, ...]
+        self,
+        inputs: Mapping[str, np.ndarray],
+        cache: Mapping[str, Any],
+        host: tuple[str, ...],
+        buffers: Mapping[str, tuple[str, Buffer]],
     ) -> dict[str, Any]:
-        if self.bind is None:
+        if self.bind is None and not buffers:
             values = self.session.run(self.outputs, {**inputs, **cache})
             return dict(zip(self.outputs, values, strict=True))
         binding = self.session.io_binding()
@@ -225,13 +295,21 @@ class Graph:
                 binding.bind_cpu_input(name, value)
             else:
                 binding.bind_ortvalue_input(name, value)
-        for name in self.outputs:
-            binding.bind_output(name, "cpu" if name in host else self.bind)
+        in_place = {}
+        for name, (output, buffer) in buffers.items():
+            binding.bind_ortvalue_input(name, buffer.value)
+            in_place[output] = buffer
+        returned = [name for name in self.outputs if name not in in_place]
+        for name in self.outputs:  # in order: get_outputs() lists them as bound
+            if name in in_place:
+                binding.bind_ortvalue_output(name, in_place[name].value)
+            else:
+                binding.bind_output(name, "cpu" if name in host or not self.bind else self.bind)
         self.session.run_with_iobinding(binding)
-        values = binding.get_outputs()
+        values = dict(zip(self.outputs, binding.get_outputs(), strict=True))
         return {
-            name: value.numpy() if name in host else value
-            for name, value in zip(self.outputs, values, strict=True)
+            name: values[name].numpy() if name in host or self.bind is None else values[name]
+            for name in returned
         }
 
     def to_host(self, value: Any) -> np.ndarray:

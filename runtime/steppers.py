@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from runtime.generation import Stepper
-from runtime.graphs import Cache, Encoded, left_padded, right_padded
+from runtime.graphs import Encoded, KVCache, left_padded, right_padded
 
 if TYPE_CHECKING:
     from runtime.model import DecoderModel, Seq2SeqModel
 
-# A decoder-only prompt is run in chunks of at most this many tokens (over the batch), each
-# chunk using the cache of the ones before it. The result is the same as one run, but the logits
+# A decoder-only prompt longer than this many tokens is run in chunks of this many tokens (row by
+# row: see runtime.graphs), each chunk using the cache of the ones before it. The result is the same as one run, but the logits
 # ([batch, chunk, vocabulary]) and attention scores of a long batched prompt never exist at once
 # (at batch 8 x 1024 tokens x 32000 the logits alone would be 1 GiB of float32), and the smaller
 # working set is faster too. Measured on the 124.7M Llama-style benchmark model (bench/peers.py,
@@ -34,16 +34,20 @@ PREFILL_CHUNK_TOKENS = 256
 class DecoderStepper(Stepper):
     """A decoder-only model's side of a request: its one graph, on left-padded prompts."""
 
-    def __init__(self, model: DecoderModel, prompts: list[list[int]]) -> None:
+    def __init__(self, model: DecoderModel, prompts: list[list[int]], new_tokens: int) -> None:
         self.graph = model.feeder
         self.rows = len(prompts)
         self.ids, self.mask = left_padded(prompts, model.pad_id)
-        self.cache: Cache = {}
+        self.room = self.ids.shape[1] + new_tokens
+        self.cache: KVCache | None = None
 
     def first(self, beams: int) -> np.ndarray:
-        """Prefill: the prompts in chunks of at most :data:`PREFILL_CHUNK_TOKENS` tokens over
-        the batch, each chunk attending to the cache of the ones before it."""
-        logits, self.cache = self.graph.prefill(self.ids, self.mask, PREFILL_CHUNK_TOKENS)
+        """Prefill: the prompts, in chunks of at most :data:`PREFILL_CHUNK_TOKENS` tokens when
+        they are longer, each chunk attending to the cache of the ones before it; the cache has
+        room for every token the request can generate."""
+        logits, self.cache = self.graph.prefill(
+            self.ids, self.mask, PREFILL_CHUNK_TOKENS, self.room
+        )
         if beams > 1:
             rows = np.repeat(np.arange(self.rows), beams)
             self.reorder(rows)
@@ -51,10 +55,12 @@ class DecoderStepper(Stepper):
         return logits
 
     def next(self, tokens: np.ndarray, alive: np.ndarray) -> np.ndarray:
+        assert self.cache is not None  # first() ran
         logits, self.mask, self.cache = self.graph.step(tokens, self.mask, self.cache, alive)
         return logits
 
     def reorder(self, rows: np.ndarray) -> None:
+        assert self.cache is not None
         self.cache = self.graph.reorder(self.cache, rows)
         self.mask = self.mask[rows]
 
@@ -62,14 +68,15 @@ class DecoderStepper(Stepper):
 class Seq2SeqStepper(Stepper):
     """An encoder-decoder model's side of a request: the encoder once, then the decoder."""
 
-    def __init__(self, model: Seq2SeqModel, prompts: list[list[int]]) -> None:
+    def __init__(self, model: Seq2SeqModel, prompts: list[list[int]], new_tokens: int) -> None:
         self.graphs = model.feeder
+        self.room = 1 + new_tokens
         self.start = model.special_tokens["decoder_start"]
         self.rows = len(prompts)
         # Right padding: the encoder has no position ids, so real tokens start at position 0.
         self.source, self.source_mask = right_padded(prompts, model.pad_id)
         self.mask = np.ones((self.rows, 0), dtype=np.int64)
-        self.cache: Cache = {}
+        self.cache: KVCache | None = None
         self.encoded: Encoded | None = None
 
     def first(self, beams: int) -> np.ndarray:
@@ -81,16 +88,19 @@ class Seq2SeqStepper(Stepper):
         self.encoded = encoded
         self.mask = np.ones((rows, 1), dtype=np.int64)
         start = np.full((rows, 1), self.start, dtype=np.int64)
-        logits, self.cache = self.graphs.decode(start, encoded, self.mask)
+        logits, self.cache = self.graphs.decode(
+            start, encoded, self.mask, keep=1, max_length=self.room
+        )
         return logits[:, -1, :]
 
     def next(self, tokens: np.ndarray, alive: np.ndarray) -> np.ndarray:
-        assert self.encoded is not None  # first() ran
+        assert self.encoded is not None and self.cache is not None  # first() ran
         logits, self.mask, self.cache = self.graphs.step(
             tokens, self.encoded, self.mask, self.cache, alive
         )
         return logits
 
     def reorder(self, rows: np.ndarray) -> None:
+        assert self.cache is not None
         self.cache = self.graphs.reorder(self.cache, rows)
         self.mask = self.mask[rows]

@@ -31,7 +31,7 @@ import torch
 from llmspec.exporter.graphs import ExportError
 from llmspec.spec.sections import ModelSpec
 from runtime import artifact as fmt
-from runtime.graphs import Cache, DecoderGraph, EncoderGraph, Seq2SeqGraphs, positions
+from runtime.graphs import DecoderGraph, EncoderGraph, KVCache, Seq2SeqGraphs, positions
 from runtime.session import Graph
 
 DECODE_STEPS = 8
@@ -189,13 +189,24 @@ def check_decoder_only(
         spec.head_dim,
     )
     graph.cache_dtype = _kv_dtype(graph.cache_type)
-    cache: Cache | None = None
+    cache: KVCache | None = None
     torch_past: list[torch.Tensor] | None = None
     position_ids = positions(mask)  # the reference's, as the feeder computes the graph's
     real = mask.astype(bool)
+    # the runtime's prefill: the last position's logits only, in one run and row by row in
+    # chunks (GroupQueryAttention's path for a chunk after a cache)
+    with torch.no_grad():
+        whole = _np(model(*(torch.from_numpy(a) for a in (ids, mask, position_ids))).logits)
+    rows = np.ones((len(ids), 1), dtype=bool)
+    for chunk in (None, 3):
+        last, _ = graph.prefill(ids, mask, chunk, max_length=ids.shape[1] + DECODE_STEPS)
+        name = "prefill, last position" + (f", chunks of {chunk}" if chunk else "")
+        report.checks.append(
+            compare(name, whole[:, -1:], last[:, None], rows, report.relative_tolerance)
+        )
     for step in range(DECODE_STEPS + 1):
         if cache is None:
-            logits, cache = graph.prefill(ids, mask)
+            logits, cache = graph.run(ids, mask)
         else:
             last, mask, cache = graph.step(ids[:, 0], mask, cache)
             logits = last[:, None, :]
@@ -280,7 +291,7 @@ def check_encoder_decoder(
     )
     ids = np.full((2, 1), start_id, dtype=np.int64)
     mask = np.ones((2, 1), dtype=np.int64)
-    cache: Cache | None = None
+    cache: KVCache | None = None
     torch_past: list[torch.Tensor] | None = None
     every = np.ones((2, 1), dtype=bool)
     for step in range(DECODE_STEPS + 1):

@@ -72,6 +72,7 @@ from llmspec.exporter.quantize import (
     quantize_int8,
 )
 from llmspec.exporter.rewrites.attention import FUSE_ATTENTION, SEQUENCE_MAJOR
+from llmspec.exporter.rewrites.kv_cache import IN_PLACE_CACHE, SELECT_LOGITS
 from llmspec.exporter.rewrites.matmul_packing import PACK_MATMULS
 from llmspec.exporter.rewrites.ort_optimizer import optimize_graph, rewrite_graph_file
 from llmspec.exporter.rewrites.rotary import FUSE_ROTARY
@@ -190,7 +191,14 @@ def _export_graphs(
             say(f"exporting {plan.file} ({precision})")
             path = export_graph(plan, staged)
             with quiet(), _stage(plan.file, "optimizing"):
-                rewrites = (PACK_MATMULS, FUSE_ROTARY, FUSE_ATTENTION, SEQUENCE_MAJOR)
+                rewrites = (
+                    PACK_MATMULS,
+                    FUSE_ROTARY,
+                    SELECT_LOGITS,
+                    FUSE_ATTENTION,
+                    SEQUENCE_MAJOR,
+                    IN_PLACE_CACHE,
+                )
                 fusions[plan.file] = optimize_graph(path, spec, *rewrites).fused
             paths.append(path)
         return paths, fusions, {}
@@ -219,12 +227,12 @@ def quantize_graph(
     as :func:`export` does (bench/quality.py times variants with it).
 
     Returns the fused-operator counts and the graph's quantization record."""
-    done = optimize_graph(fp32, spec, PACK_MATMULS, FUSE_ROTARY)
+    done = optimize_graph(fp32, spec, PACK_MATMULS, FUSE_ROTARY, SELECT_LOGITS)
     if quantize == "int8":
         record = quantize_int8(fp32, target)
     else:
         record = quantize_int4(fp32, target, int4)
-    after = rewrite_graph_file(target, FUSE_ATTENTION, SEQUENCE_MAJOR)
+    after = rewrite_graph_file(target, FUSE_ATTENTION, SEQUENCE_MAJOR, IN_PLACE_CACHE)
     for operator, count in after.fused.items():
         done.add(operator, count)
     return done.fused, record
