@@ -12,7 +12,12 @@
 #    kind of node really ran (ONNX Runtime's per-node profile): a MatMul, Attention,
 #    RotaryEmbedding or norm left on the CPU fails the check (the CUDA provider lacking a
 #    kernel for the export's opset-23 fusions would show here);
-# 5. the comparison (peers.py --device cuda): ours fp16, onnxruntime-genai-cuda fp16 and int4,
+# 5. the format-2 KV cache on CUDA (buffers in device memory bound as past and present):
+#    batched ragged prompts equal each prompt alone, a prompt longer than a prefill chunk
+#    (row-by-row chunks, each row copied through the host into the batch's buffers), beam
+#    search (rows reordered through the host), and the continuous-batching engine (rows
+#    joining and leaving) giving model.generate's tokens;
+# 6. the comparison (peers.py --device cuda): ours fp16, onnxruntime-genai-cuda fp16 and int4,
 #    Optimum fp16 on CUDAExecutionProvider, transformers fp16. Peers whose environment pip
 #    cannot create (no package index there) are reported as failed, and the rest goes on.
 #
@@ -116,11 +121,12 @@ session = ort.InferenceSession(
     str(artifact / "decoder.onnx"), options, providers=["CUDAExecutionProvider"]
 )
 batch, length = 2, 16
-shape = (batch, manifest.kv_heads, 0, manifest.head_dim)
+shape = (batch, manifest.kv_heads, length, manifest.head_dim)  # format 2: the whole buffer
 feed = {
     "input_ids": np.full((batch, length), 5, np.int64),
     "attention_mask": np.ones((batch, length), np.int64),
     "position_ids": np.tile(np.arange(length, dtype=np.int64), (batch, 1)),
+    "logits_to_keep": np.array(1, np.int64),
 }
 for i in range(manifest.layers):
     for kind in ("key", "value"):
@@ -134,11 +140,43 @@ where = collections.Counter(
 )
 for (op, provider), count in sorted(where.items()):
     print(f"  {op:40s} {provider:28s} {count}")
-heavy = {"MatMul", "Attention", "RotaryEmbedding", "SkipSimplifiedLayerNormalization"}
+heavy = {
+    "MatMul",
+    "GroupQueryAttention",
+    "Attention",
+    "TensorScatter",
+    "RotaryEmbedding",
+    "SkipSimplifiedLayerNormalization",
+}
 on_cpu = sorted({op for (op, provider), _ in where.items() if op in heavy and "CPU" in provider})
 if on_cpu:
     raise SystemExit(f"on the CPU although the session is on CUDA: {', '.join(on_cpu)}")
-print("every MatMul, Attention, RotaryEmbedding and norm ran on CUDA")
+print("every MatMul, attention, cache write, RotaryEmbedding and norm ran on CUDA")
+EOF
+
+step "the in-place KV cache on CUDA" 120 "$PYTHON" - <<'EOF'
+import numpy as np
+
+import runtime
+from runtime.batching import Engine, EngineRequest
+from runtime.sampling import SamplerChain
+
+model = runtime.load("bench/results/peers/ours/cuda-fp16", device="cuda")
+rng = np.random.default_rng(0)
+prompts = [rng.integers(300, 30000, size=n).tolist() for n in (5, 40, 300)]  # 300 > a chunk
+batched = model.generate(prompts, max_new_tokens=12, chain="greedy").tokens
+alone = [model.generate([p], max_new_tokens=12, chain="greedy").tokens[0] for p in prompts]
+print("batched == alone:", [a == b for a, b in zip(batched, alone)])
+beams = model.generate(prompts[:2], max_new_tokens=8, chain="beam_search=3")
+print("beam search on CUDA:", [len(t) for t in beams.tokens], "tokens per prompt")
+engine = Engine(model, max_batch=4)
+greedy = SamplerChain("greedy")
+tickets = [engine.submit(EngineRequest(p, 12, greedy)) for p in prompts]
+served = [[e.token for e in ticket if e.token is not None] for ticket in tickets]
+engine.close()
+print("engine == generate:", [a == b for a, b in zip(served, alone)])
+if batched != alone or served != alone:
+    raise SystemExit("the in-place cache on CUDA gave different tokens")
 EOF
 
 # Peer environments get 100 s of pip each: without a package index they fail fast and are

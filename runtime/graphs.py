@@ -24,7 +24,8 @@ The self-attention cache is a :class:`KVCache` (format 2, see
 :mod:`llmspec.exporter.rewrites.kv_cache`): one buffer per ``past_key_values.*`` input,
 ``[rows, kv_heads, max_length, head_dim]``, allocated once per batch and written in place by
 the graph; its first :attr:`KVCache.length` columns are in use, left padded like the prompts.
-``None`` for a cache means an empty one. A run that needs more columns than the buffers have
+``None`` for a cache means an empty one. A run extends the cache it is given (the object and
+its buffers): keep no other reference to it expecting the old contents. A run that needs more columns than the buffers have
 grows them (a copy, doubling, so rare); callers that know their need pass ``max_length``. The
 encoder-decoder's cross-attention keys/values are a plain ``dict`` (:class:`Encoded`), computed
 once and only read. Every class has ``reorder`` for beam search (row ``i`` becomes the old row

@@ -278,14 +278,14 @@ class GenerativeModel(_Model):
 
     def request_bytes(self, prompts: list[list[int]], max_new_tokens: int, beams: int) -> int:
         """A lower estimate of the memory a request takes: its KV cache at full length
-        (``batch x beams`` rows; twice, as each step's new cache is made while the old one
-        lives) and three ``[rows, vocab]`` float32 arrays of logits."""
+        (``batch x beams`` rows, allocated once and written in place) and three ``[rows,
+        vocab]`` float32 arrays of logits."""
         manifest = self.manifest
         element = 2 if manifest.precision in ("fp16", "bf16") else 4
         per_position = 2 * manifest.layers * manifest.kv_heads * manifest.head_dim * element
         rows = len(prompts) * beams
         positions = self._cache_positions(max(len(p) for p in prompts), max_new_tokens)
-        return rows * (2 * positions * per_position + 3 * self.vocab_size * 4)
+        return rows * (positions * per_position + 3 * self.vocab_size * 4)
 
     def _cache_positions(self, prompt_width: int, max_new_tokens: int) -> int:
         """The cached positions of one row at the end of a request."""

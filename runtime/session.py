@@ -130,6 +130,9 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     return options
 
 
+# How ONNX Runtime's IOBinding path words an input the graph refuses.
+_REFUSED_INPUT = ("Invalid rank for input", "Got invalid dimensions for input", "Unexpected input")
+
 # ONNX element type numbers of the cache types, for OrtValues over numpy memory.
 _ONNX_TYPES = {"float": 1, "float16": 10, "bfloat16": 16}
 
@@ -240,6 +243,13 @@ class Graph:
         onnx_type = self.inputs[name].dtype
         if dtype is None:
             dtype = NUMPY_DTYPES.get(onnx_type)
+        if dtype is None and onnx_type == "bfloat16":
+            try:
+                import ml_dtypes  # numpy's bfloat16, where onnx brought it
+            except ImportError:
+                pass
+            else:
+                dtype = ml_dtypes.bfloat16
         if dtype is None or onnx_type not in _ONNX_TYPES:
             raise DeviceError(
                 f"{self.path}: input {name} is {onnx_type}, which this runtime cannot feed "
@@ -305,7 +315,14 @@ class Graph:
                 binding.bind_ortvalue_output(name, in_place[name].value)
             else:
                 binding.bind_output(name, "cpu" if name in host or not self.bind else self.bind)
-        self.session.run_with_iobinding(binding)
+        try:
+            self.session.run_with_iobinding(binding)
+        except RuntimeError as err:
+            # IOBinding reports refused inputs as a bare RuntimeError; session.run as
+            # InvalidArgument, which callers (and the translation above) know
+            if any(why in str(err) for why in _REFUSED_INPUT):
+                raise InvalidArgument(str(err)) from None
+            raise
         values = dict(zip(self.outputs, binding.get_outputs(), strict=True))
         return {
             name: values[name].numpy() if name in host or self.bind is None else values[name]

@@ -16,6 +16,10 @@ falsifying example, which is reported:
 * **cached steps equal a full pass**: prefill ``k`` tokens, then decode the rest one at a
   time with the KV cache; every step's logits equal the full pass's at that position
   (decoder-only: in a left-padded batch; encoder-decoder: the decoder, over a padded source).
+  The decoder-only property also covers the rest of the format-2 cache contract: the same
+  prompt prefilled the runtime's way (last position's logits only, in chunks of a drawn size,
+  row by row, into buffers with no room for the steps, which therefore grow) gives the full
+  pass's logits at its last position and at every step after it.
 
 Tolerances (:data:`RELATIVE_TOLERANCE`) are relative to the scale of the compared outputs,
 ``tolerance = rel x max(1, max |reference|)``, as in the export gate. Here a graph is compared
@@ -80,16 +84,10 @@ RELATIVE_TOLERANCE = {
 # An encoder's output "changes" when it moves by more than this fraction of its scale.
 CHANGE_FLOOR = 1e-5
 
-_NUMPY_TYPES = {"float32": np.float32, "float16": np.float16}
 
 
 # ---------------------------------------------------------------------------------------------
 # Running the graphs
-
-
-def _cache_dtype(element_type: str) -> Any:
-    """The numpy type an empty cache is made of (float32 for a type numpy lacks: bf16)."""
-    return _NUMPY_TYPES.get(fmt.ORT_TYPES.get(f"tensor({element_type})", ""), np.float32)
 
 
 def _ids(rows: Sequence[Sequence[int]]) -> np.ndarray:
@@ -300,7 +298,6 @@ class GraphProperties:
         from hypothesis import strategies as st
 
         graph = DecoderGraph.of(_graph(self.sessions, fmt.DECODER_GRAPH), self.manifest)
-        graph.cache_dtype = _cache_dtype(graph.cache_type)
 
         @st.composite
         def causal_case(draw: Any) -> dict[str, Any]:
@@ -352,6 +349,9 @@ class GraphProperties:
                 "prefill": prefill,
                 "padding": filler,
                 "neighbour": neighbour,
+                # the runtime's prefill: chunks of this many tokens (row by row), into a cache
+                # allocated with too little room, so that the steps make it grow
+                "chunk": draw(st.integers(1, prefill + padding)),
             }
 
         def cache(case: dict[str, Any]) -> _Measure:
@@ -361,16 +361,26 @@ class GraphProperties:
             mask[0, :pad] = 0
             full = _f64(graph.run(ids, mask)[0])
             split = pad + case["prefill"]
-            prefill, past = graph.prefill(ids[:, :split], mask[:, :split])
+            prefill, past = graph.run(ids[:, :split], mask[:, :split])
             logits = _f64(prefill)
+            last, chunked = graph.prefill(
+                ids[:, :split], mask[:, :split], case["chunk"], max_length=split
+            )
             measures = [
                 self.equal(full[0, pad:split], logits[0, pad:], "prefill of row 0", start=pad),
                 self.equal(full[1, :split], logits[1], "prefill of row 1"),
+                self.equal(
+                    full[:, split - 1], _f64(last), f"prefill in chunks of {case['chunk']}", ("row",)
+                ),
             ]
             seen = mask[:, :split]
             for at in range(split, ids.shape[1]):
-                step, seen, past = graph.step(ids[:, at], seen, past)
+                step, after, past = graph.step(ids[:, at], seen, past)
                 measures.append(self.equal(full[:, at], _f64(step), f"decode step {at}", ("row",)))
+                step, seen, chunked = graph.step(ids[:, at], seen, chunked)
+                measures.append(
+                    self.equal(full[:, at], _f64(step), f"step {at} after chunks", ("row",))
+                )
             return self.worst(*measures)
 
         yield self.run_property("decoder cache == full pass", cache_case(), cache)
@@ -462,7 +472,6 @@ class GraphProperties:
             _graph(self.sessions, fmt.DECODER_GRAPH),
             self.manifest,
         )
-        graphs.cache_dtype = _cache_dtype(graphs.cache_type)
         start = self.manifest.special_tokens.get("decoder_start", 0)
         yield self._bidirectional("encoder bidirectional", graphs.encoder)
 

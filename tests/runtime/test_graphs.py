@@ -91,11 +91,58 @@ def test_a_graph_lacking_a_contract_input_is_refused_naming_it(bert) -> None:
 
 def test_decoder_empty_cache_has_past_length_zero_for_every_layer(gpt) -> None:
     feeder = gpt.feeder
-    cache = feeder.empty_cache(3)
+    cache = feeder.empty_cache(3, max_length=10)
     manifest = gpt.manifest
-    assert sorted(cache) == sorted(past for past, _ in cache_names(manifest.layers))
-    for value in cache.values():
+    names = cache_names(manifest.layers)
+    assert sorted(cache.buffers) == sorted(past for past, _ in names)
+    assert {cache.buffers[past][0] for past, _ in names} == {present for _, present in names}
+    assert (cache.rows, cache.length, cache.max_length) == (3, 0, 10)
+    for value in cache.host().values():
         assert value.shape == (3, manifest.kv_heads, 0, manifest.head_dim)
+
+
+def test_decoder_steps_write_the_cache_in_place(gpt) -> None:
+    """Format 2: the graph writes each step's keys and values into the buffers it was given
+    (bound as past and present), so a step with room allocates and copies nothing."""
+    feeder = gpt.feeder
+    ids, mask = left_padded(_rows(gpt.vocab_size, [5, 3], seed=13), gpt.pad_id)
+    _, cache = feeder.prefill(ids, mask, max_length=ids.shape[1] + 4)
+    arrays = {name: buffer.array for name, (_, buffer) in cache.buffers.items()}
+    before = {name: array.copy() for name, array in arrays.items()}
+    width = ids.shape[1]
+    for _ in range(4):
+        _, mask, after = feeder.step(np.array([3, 4]), mask, cache)
+        assert after is cache
+    assert cache.length == width + 4
+    for name, (_, buffer) in cache.buffers.items():
+        assert buffer.array is arrays[name]
+        # the prompt's columns are untouched, the four new ones written
+        np.testing.assert_array_equal(buffer.array[:, :, :width], before[name][:, :, :width])
+        assert np.abs(buffer.array[:, :, width : width + 4]).sum() > 0
+
+
+def test_decoder_cache_grows_when_a_run_needs_more_room(gpt) -> None:
+    feeder = gpt.feeder
+    ids, mask = left_padded(_rows(gpt.vocab_size, [4, 2], seed=14), gpt.pad_id)
+    _, small = feeder.prefill(ids, mask, max_length=4)
+    _, roomy = feeder.prefill(ids, mask, max_length=12)
+    assert small.max_length == 4
+    for _ in range(5):
+        a, _, small = feeder.step(np.array([1, 2]), mask, small)
+        b, mask, roomy = feeder.step(np.array([1, 2]), mask, roomy)
+        np.testing.assert_allclose(a, b, atol=ATOL)
+    assert small.max_length >= 9 and small.length == roomy.length == 9
+
+
+def test_decoder_logits_to_keep_selects_the_last_positions(gpt) -> None:
+    feeder = gpt.feeder
+    ids, mask = left_padded(_rows(gpt.vocab_size, [6, 4], seed=15), gpt.pad_id)
+    every, _ = feeder.run(ids, mask)
+    assert every.shape == (2, 6, gpt.vocab_size)
+    for keep in (1, 3):
+        kept, _ = feeder.run(ids, mask, keep=keep)
+        assert kept.shape == (2, keep, gpt.vocab_size)
+        np.testing.assert_allclose(kept, every[:, -keep:], atol=ATOL)
 
 
 def test_decoder_prefill_then_cached_steps_equals_one_full_pass(gpt) -> None:
@@ -104,7 +151,7 @@ def test_decoder_prefill_then_cached_steps_equals_one_full_pass(gpt) -> None:
     ids, mask = left_padded(rows, gpt.pad_id)
     full, _ = feeder.run(ids, mask)
     split = 5
-    logits, cache = feeder.prefill(ids[:, :split], mask[:, :split])
+    logits, cache = feeder.run(ids[:, :split], mask[:, :split])
     real = mask[:, :split].astype(bool)
     np.testing.assert_allclose(logits[real], full[:, :split][real], atol=ATOL)
     step_mask = mask[:, :split]
@@ -127,12 +174,15 @@ def test_decoder_left_padded_row_equals_the_row_alone(gpt) -> None:
 def test_decoder_chunked_prefill_gives_the_one_run_last_logits_and_cache(gpt, chunk_tokens) -> None:
     feeder = gpt.feeder
     ids, mask = left_padded(_rows(gpt.vocab_size, [7, 2, 5], seed=2), gpt.pad_id)
-    full, full_cache = feeder.prefill(ids, mask)
+    full, full_cache = feeder.run(ids, mask)
     last, cache = feeder.prefill(ids, mask, chunk_tokens=chunk_tokens)
     assert last.shape == (3, gpt.vocab_size)
     np.testing.assert_allclose(last, full[:, -1], atol=ATOL)
-    for name, value in full_cache.items():
-        assert cache[name].shape == value.shape
+    assert cache.length == full_cache.length == ids.shape[1]
+    real = mask.astype(bool)  # what padding columns hold is never read
+    for name, value in full_cache.host().items():
+        chunked = cache.host()[name].transpose(0, 2, 1, 3)[real]
+        np.testing.assert_allclose(chunked, value.transpose(0, 2, 1, 3)[real], atol=ATOL)
     tokens = np.array([1, 2, 3])
     after_full, _, _ = feeder.step(tokens, mask, full_cache)
     after_chunks, _, _ = feeder.step(tokens, mask, cache)
@@ -157,12 +207,15 @@ def test_decoder_cache_reorder_permutes_rows(gpt) -> None:
     feeder = gpt.feeder
     ids, mask = left_padded(_rows(gpt.vocab_size, [5, 3, 6], seed=4), gpt.pad_id)
     _, cache = feeder.prefill(ids, mask)
+    _, other = feeder.prefill(ids, mask)  # a run extends its cache in place: one for each side
     tokens = np.array([4, 5, 6])
-    step, _, _ = feeder.step(tokens, mask, cache)
+    before = {name: value.copy() for name, value in cache.host().items()}
+    step, _, _ = feeder.step(tokens, mask, other)
     order = np.array([2, 0, 0])
     moved = feeder.reorder(cache, order)
-    for name, value in cache.items():
-        np.testing.assert_array_equal(moved[name], value[order])
+    assert moved is cache  # as many rows: in place
+    for name, value in before.items():
+        np.testing.assert_array_equal(moved.host()[name], value[order])
     reordered, _, _ = feeder.step(tokens[order], mask[order], moved)
     np.testing.assert_allclose(reordered, step[order], atol=ATOL)
 
@@ -251,9 +304,10 @@ def test_seq2seq_reorder_permutes_the_source_and_the_cache(t5) -> None:
     start = t5.special_tokens["decoder_start"]
     first = np.full((2, 1), start, dtype=np.int64)
     _, cache = feeder.decode(first, encoded)
+    _, other = feeder.decode(first, encoded)  # a run extends its cache in place
     mask = np.ones((2, 1), dtype=np.int64)
     tokens = np.array([3, 8])
-    step, _, _ = feeder.step(tokens, encoded, mask, cache)
+    step, _, _ = feeder.step(tokens, encoded, mask, other)
     order = np.array([1, 1, 0])
     moved = feeder.reorder_encoded(encoded, order)
     assert moved.mask.tolist() == source_mask[order].tolist()
@@ -291,9 +345,9 @@ def test_an_adopted_session_keeps_onnx_runtimes_own_errors(gpt) -> None:
         fmt.POSITION_IDS: np.zeros((1, 3), dtype=np.int64),
     }
     with pytest.raises(ArtifactError, match="decoder.onnx: ONNX Runtime refused"):
-        graph.run(wrong_rank, cache, host=())
+        graph.run(wrong_rank, {}, host=(), buffers=cache.buffers)
     with pytest.raises(InvalidArgument):
-        Graph.adopt(graph.session, graph.path).run(wrong_rank, cache, host=())
+        Graph.adopt(graph.session, graph.path).run(wrong_rank, {}, host=(), buffers=cache.buffers)
 
 
 def test_only_runtime_graphs_feeds_our_graphs() -> None:

@@ -57,8 +57,21 @@ def test_another_format_version_is_refused(gpt_copy):
     manifest = json.loads((gpt_copy / fmt.MANIFEST).read_text())
     manifest["format_version"] = fmt.FORMAT_VERSION + 1
     (gpt_copy / fmt.MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(runtime.ArtifactError, match="format version 2, but this runtime reads"):
+    with pytest.raises(runtime.ArtifactError, match="format version 3, but this runtime reads"):
         runtime.load(gpt_copy, device="cpu")
+
+
+def test_a_format_1_artifact_is_told_to_re_export(gpt_copy):
+    """Format 1 graphs returned a new cache every step; this runtime binds one buffer as past
+    and present, which a format-1 graph would not write: the manifest's version stops it."""
+    manifest = json.loads((gpt_copy / fmt.MANIFEST).read_text())
+    manifest["format_version"] = 1
+    (gpt_copy / fmt.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(runtime.ArtifactError) as caught:
+        runtime.load(gpt_copy, device="cpu")
+    message = str(caught.value)
+    assert "format version 1" in message and "in place" in message
+    assert "re-export the artifact" in message and "llmspec export" in message
 
 
 def test_not_an_artifact(tmp_path):
