@@ -25,14 +25,14 @@ prompt alone, and seeded sampling the same draws as ``generate(prompt, seed=...)
 
 The batch's KV cache is a :class:`runtime.graphs.KVCache`: one buffer per layer and kind,
 ``[rows, kv_heads, max_length, head_dim]``, written in place by every step, whose first
-``width`` columns hold every row's tokens at the right end (left padding, as the one-call loop's prompts): a
-joining group is padded on the left to the batch's width (or the batch to the group's), a
-leaving row is dropped, and columns that no remaining row uses are trimmed from the left, so the
-width stays the longest running row's. Positions come from each row's count of real tokens, so
-padding never shifts them (the graphs' relative and ALiBi biases depend on column distances,
-which left padding keeps for each row's contiguous tokens). An encoder-decoder batch also holds
-the cross-attention keys/values, right padded to the longest source with the encoder mask.
-Joining and leaving copy the cache into new buffers (through the host under CUDA): a cost per
+``width`` columns hold every row's tokens at the right end (left padding, as the one-call
+loop's prompts): a joining group is padded on the left to the batch's width (or the batch to
+the group's), a leaving row is dropped, and columns that no remaining row uses are trimmed from
+the left, so the width stays the longest running row's. Positions come from each row's count
+of real tokens, so padding never shifts them (the graphs' relative and ALiBi biases depend on
+column distances, which left padding keeps for each row's contiguous tokens). An
+encoder-decoder batch also holds the cross-attention keys/values, right padded to the longest
+source with the encoder mask. Joining and leaving copy the cache into new buffers (through the host under CUDA): a cost per
 join or leave, not per step; a step only writes its new column.
 
 Not here: beam search (it reorders its own rows; ``model.generate`` runs it), and memory

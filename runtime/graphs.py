@@ -25,8 +25,9 @@ The self-attention cache is a :class:`KVCache` (format 2, see
 ``[rows, kv_heads, max_length, head_dim]``, allocated once per batch and written in place by
 the graph; its first :attr:`KVCache.length` columns are in use, left padded like the prompts.
 ``None`` for a cache means an empty one. A run extends the cache it is given (the object and
-its buffers): keep no other reference to it expecting the old contents. A run that needs more columns than the buffers have
-grows them (a copy, doubling, so rare); callers that know their need pass ``max_length``. The
+its buffers): keep no other reference to it expecting the old contents. A run that needs more
+columns than the buffers have grows them (a copy, doubling, so rare); callers that know their
+need pass ``max_length``. The
 encoder-decoder's cross-attention keys/values are a plain ``dict`` (:class:`Encoded`), computed
 once and only read. Every class has ``reorder`` for beam search (row ``i`` becomes the old row
 ``rows[i]``), in place when the row count stays.
@@ -548,9 +549,9 @@ class Seq2SeqGraphs(_CachedGraph):
 __all__ = [
     "Cache",
     "DecoderGraph",
-    "KVCache",
     "Encoded",
     "EncoderGraph",
+    "KVCache",
     "Seq2SeqGraphs",
     "cache_names",
     "left_padded",

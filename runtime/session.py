@@ -131,7 +131,12 @@ def session_options(threads: int | None) -> ort.SessionOptions:
 
 
 # How ONNX Runtime's IOBinding path words an input the graph refuses.
-_REFUSED_INPUT = ("Invalid rank for input", "Got invalid dimensions for input", "Unexpected input")
+_REFUSED_INPUT = (
+    "Invalid rank for input",
+    "Got invalid dimensions for input",
+    "Unexpected input",
+    "indices element out of data bounds",  # a Gather: positions beyond the graph's table
+)
 
 # ONNX element type numbers of the cache types, for OrtValues over numpy memory.
 _ONNX_TYPES = {"float": 1, "float16": 10, "bfloat16": 16}

@@ -19,15 +19,13 @@ from runtime.graphs import Encoded, KVCache, left_padded, right_padded
 if TYPE_CHECKING:
     from runtime.model import DecoderModel, Seq2SeqModel
 
-# A decoder-only prompt longer than this many tokens is run in chunks of this many tokens (row by
-# row: see runtime.graphs), each chunk using the cache of the ones before it. The result is the same as one run, but the logits
-# ([batch, chunk, vocabulary]) and attention scores of a long batched prompt never exist at once
-# (at batch 8 x 1024 tokens x 32000 the logits alone would be 1 GiB of float32), and the smaller
-# working set is faster too. Measured on the 124.7M Llama-style benchmark model (bench/peers.py,
-# 2 CPU threads), time to first token / peak RSS: batch 1 x 1024 tokens 1063 ms / 756 MiB in one
-# run, 827 ms / 659 MiB in chunks of 256; batch 8 x 1024 8.8 s / 2467 MiB in one run, 6.8 s /
-# 1076 MiB in chunks of 256 (32 tokens per row: the weights are read once per chunk, which is
-# what smaller chunks would pay for: 16 per row took 8.3 s).
+# A decoder-only prompt longer than this many tokens is prefilled row by row in chunks of this
+# many tokens (GroupQueryAttention runs a chunk after a cache for one row at a time, see
+# runtime.graphs), each chunk using the cache of the ones before it. The result is the same as
+# one run, but the attention scores of a long batched prompt never exist at once, and only the
+# last position's logits are computed (logits_to_keep). Chunks of 256 were chosen when chunks
+# ran over the whole batch (format 1: batch 8 x 1024 tokens took 8.8 s / 2467 MiB in one run,
+# 6.8 s / 1076 MiB in chunks); bench/peers.py measures the row-by-row prefill.
 PREFILL_CHUNK_TOKENS = 256
 
 

@@ -85,7 +85,6 @@ RELATIVE_TOLERANCE = {
 CHANGE_FLOOR = 1e-5
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Running the graphs
 
@@ -370,12 +369,15 @@ class GraphProperties:
                 self.equal(full[0, pad:split], logits[0, pad:], "prefill of row 0", start=pad),
                 self.equal(full[1, :split], logits[1], "prefill of row 1"),
                 self.equal(
-                    full[:, split - 1], _f64(last), f"prefill in chunks of {case['chunk']}", ("row",)
+                    full[:, split - 1],
+                    _f64(last),
+                    f"prefill in chunks of {case['chunk']}",
+                    ("row",),
                 ),
             ]
             seen = mask[:, :split]
             for at in range(split, ids.shape[1]):
-                step, after, past = graph.step(ids[:, at], seen, past)
+                step, _, past = graph.step(ids[:, at], seen, past)
                 measures.append(self.equal(full[:, at], _f64(step), f"decode step {at}", ("row",)))
                 step, seen, chunked = graph.step(ids[:, at], seen, chunked)
                 measures.append(

@@ -249,7 +249,7 @@ CASES: list[tuple[str, Callable[[Path], None], str | tuple[str, str]]] = [
         "kv_heads, consistently",
         lambda r: _edit(_every_cache(1, 8))(r) or _edit(_set("kv_heads", value=8))(r),
         (  # load compares the graph with the manifest; verify first the spec
-            "input past_key_values.0.key is float32 ['batch', 4, 'past_sequence', 16]",
+            "input past_key_values.0.key is float32 ['batch', 4, 'max_length', 16]",
             "spec.yaml: disagrees with the manifest: kv_heads is 4, the manifest says 8",
         ),
     ),

@@ -39,11 +39,13 @@ def _reference(model: Any, prompt: list[int], tokens: list[int]) -> np.ndarray:
         "input_ids": ids,
         "attention_mask": np.ones_like(ids),
         "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None],
+        "logits_to_keep": np.array(0, dtype=np.int64),  # every position
     }
     for graph_input in session.get_inputs():
         if graph_input.name.startswith("past_key_values."):
+            # format 2: a buffer with room for the run, nothing cached yet
             _, heads, _, size = graph_input.shape
-            feeds[graph_input.name] = np.zeros((1, heads, 0, size), dtype=np.float32)
+            feeds[graph_input.name] = np.zeros((1, heads, ids.shape[1], size), dtype=np.float32)
     logits = session.run(["logits"], feeds)[0][0].astype(np.float64)
     shifted = logits - logits.max(axis=-1, keepdims=True)
     logprobs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))

@@ -27,6 +27,8 @@ class Rewrite:
 
     run: Callable[[ir.Model], int]
     fuses: str | None
+    # the operator an earlier pass fused that each of this pass's places turns into ``fuses``
+    replaces: str | None = None
 
 
 @dataclass
@@ -38,7 +40,7 @@ class Rewritten:
     def add(self, operator: str | None, count: int) -> None:
         if operator is not None and count:
             self.fused[operator] = self.fused.get(operator, 0) + count
-            self.fused = dict(sorted(self.fused.items()))
+            self.fused = dict(sorted((op, n) for op, n in self.fused.items() if n))
 
     def apply(self, model: ir.Model, rewrites: tuple[Rewrite, ...]) -> int:
         """Run ``rewrites`` on ``model`` in order, counting what they fuse; return how many
@@ -47,6 +49,7 @@ class Rewritten:
         for rewrite in rewrites:
             count = rewrite.run(model)
             self.add(rewrite.fuses, count)
+            self.add(rewrite.replaces, -count)
             changed += count
         return changed
 

@@ -39,6 +39,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
+from llmspec.exporter.graphs import ExportError
 from llmspec.exporter.rewrites.ir import Rewrite, take_over
 from runtime import artifact as fmt
 
@@ -51,12 +52,15 @@ _SELF_CACHE = re.compile(r"past_key_values\.\d+\.(?:decoder\.)?(?:key|value)")
 # Position-wise operators between the output projection and ``logits`` (a soft cap, a cast).
 _POSITIONWISE = ("Cast", "Tanh", "Mul", "Div", "Add")
 _PROJECTIONS = ("MatMul", "MatMulNBits", "Gemm")
+# The symbolic length of ``logits``: the positions logits_to_keep selects.
+KEPT = "kept"
 # In the names of the Shape nodes that read a buffer's batch, head and head-size axes.
 _OTHER_AXES = "kv_cache_other_axes"
 
 
-class ContractError(RuntimeError):
-    """The exported graph does not have the shape the format-2 contract is built from."""
+class ContractError(ExportError):
+    """The exported graph does not have the shape the format-2 contract is built from (a bug
+    in llmspec's templates or rewrites, not in a spec)."""
 
 
 def _self_pasts(graph: ir.Graph) -> dict[str, ir.Value]:
@@ -126,8 +130,20 @@ def _gqa(graph: ir.Graph, node: ir.Node, lengths: _Lengths) -> ir.Node:
     fused = ir.Node(
         CONTRIB,
         "GroupQueryAttention",
-        [query, key, value, past_key, past_value, lengths.seqlens, lengths.total32]
-        + [None, None, None, bias],
+        # cos/sin caches and position ids unused: rotary runs before (RotaryEmbedding)
+        [
+            query,
+            key,
+            value,
+            past_key,
+            past_value,
+            lengths.seqlens,
+            lengths.total32,
+            None,
+            None,
+            None,
+            bias,
+        ],
         attributes=[
             ir.AttrInt64("num_heads", attrs.get_int("q_num_heads")),
             ir.AttrInt64("kv_num_heads", attrs.get_int("kv_num_heads")),
@@ -163,7 +179,8 @@ def _scatter(
     axis = _const(graph, "kv_cache_axis", np.full(1, 2, np.int64))
     used = ir.Node("", "Slice", [write.outputs[0], zero, lengths.total64, axis])
     for created in (write, used):
-        created.outputs[0].dtype = past.dtype
+        if past.dtype is not None:
+            created.outputs[0].dtype = past.dtype
         graph.insert_before(before, created)
     write.outputs[0].shape = past.shape
     return write.outputs[0], used.outputs[0]
@@ -177,7 +194,8 @@ def _heads_first(graph: ir.Graph, flat: ir.Value, heads: int, before: ir.Node) -
         "", "Transpose", [split.outputs[0]], attributes=[ir.AttrInt64s("perm", [0, 2, 1, 3])]
     )
     for node in (split, transpose):
-        node.outputs[0].dtype = flat.dtype
+        if flat.dtype is not None:
+            node.outputs[0].dtype = flat.dtype
         graph.insert_before(before, node)
     return transpose.outputs[0]
 
@@ -239,9 +257,14 @@ def use_in_place_cache(model: ir.Model) -> int:
                 _scattered_attention(graph, node, lengths)
                 scattered += 1
             continue
-        if node.op_type == "Concat" and len(node.inputs) == 2 and node.inputs[0] is not None:
+        if node.op_type == "Concat" and len(node.inputs) == 2:
             old, new = node.inputs
-            if old.name in pasts and new is not None and node.attributes.get_int("axis") == 2:
+            if (
+                old is not None
+                and new is not None
+                and old.name in pasts
+                and node.attributes.get_int("axis") == 2
+            ):
                 present, used = _scatter(graph, old, new, lengths, node)
                 concat = node.outputs[0]
                 name = concat.name
@@ -342,12 +365,16 @@ def select_logits(model: ir.Model) -> int:
     negate = ir.Node("", "Neg", [keep])
     start = ir.Node("", "Reshape", [negate.outputs[0], shape])
     kept = ir.Node("", "Slice", [hidden, start.outputs[0], end, axis], name="logits_to_keep")
-    kept.outputs[0].dtype = hidden.dtype
+    if hidden.dtype is not None:
+        kept.outputs[0].dtype = hidden.dtype
     for created in (negate, start, kept):
         graph.insert_before(node, created)
     node.replace_input_with(0, kept.outputs[0])
+    assert logits is not None
+    if logits.shape is not None and len(logits.shape) == 3:
+        logits.shape = ir.Shape([logits.shape[0], KEPT, logits.shape[2]])
     return 1
 
 
-IN_PLACE_CACHE = Rewrite(use_in_place_cache, fuses="GroupQueryAttention")
+IN_PLACE_CACHE = Rewrite(use_in_place_cache, fuses="GroupQueryAttention", replaces="Attention")
 SELECT_LOGITS = Rewrite(select_logits, fuses=None)

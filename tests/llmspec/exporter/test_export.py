@@ -61,10 +61,13 @@ def test_decoder_graph_follows_the_optimum_contract(tiny_artifact):
         "past_key_values.1.key",
         "past_key_values.1.value",
     ]
+    assert names[-1] == "logits_to_keep"  # format 2: the positions whose logits are computed
     past = graph.inputs[3]
-    assert past.shape == ["batch", 2, "past_sequence", 32]  # kv_heads 2, head_dim 32
+    # format 2: a buffer allocated once, written in place (kv_heads 2, head_dim 32)
+    assert past.shape == ["batch", 2, "max_length", 32]
     assert [t.name for t in graph.outputs][:3] == ["logits", "present.0.key", "present.0.value"]
-    assert graph.outputs[0].shape == ["batch", "sequence", 260]
+    assert graph.outputs[1].shape == past.shape
+    assert graph.outputs[0].shape == ["batch", "kept", 260]
 
 
 def test_encoder_decoder_graphs_pass_cross_attention_once(tiny_artifact):
@@ -247,6 +250,8 @@ def test_cli_export_reports_bad_inputs_with_exit_one(tmp_path, capsys):
 # count L, and the attention sub-graphs fused into ONNX's Attention
 # (llmspec.exporter.rewrites.attention):
 # every one except T5's self-attention, whose relative position bias is added to the scores;
+# a decoder's self-attention with its cache then becomes GroupQueryAttention on the in-place
+# cache (llmspec.exporter.rewrites.kv_cache), cross-attention stays Attention;
 # and the MatMuls that read the same input packed into one
 # (llmspec.exporter.rewrites.matmul_packing): q|k|v,
 # gate|up of gated feed-forwards, every decoder layer's cross-attention k|v from the encoder.
@@ -255,8 +260,8 @@ EXPECTED_FUSIONS = {
     # pre-norm LayerNorm: two per layer and the final norm; tanh GELU once per layer
     "tiny-gpt": {
         "decoder.onnx": {
-            "Attention": 2,
             "FastGelu": 2,
+            "GroupQueryAttention": 2,
             "PackedMatMul": 2,
             "SkipLayerNormalization": 2 * 2 + 1,
         }
@@ -264,7 +269,7 @@ EXPECTED_FUSIONS = {
     # RMSNorm: the first norm stands alone, the others follow a residual add
     "tiny-decoder": {
         "decoder.onnx": {
-            "Attention": 4,
+            "GroupQueryAttention": 4,
             "PackedMatMul": 4 * 2,  # q|k|v and gate|up
             "RotaryEmbedding": 4 * 2,  # queries and keys (llmspec.exporter.rewrites.rotary)
             "SimplifiedLayerNormalization": 1,
@@ -306,9 +311,10 @@ EXPECTED_FUSIONS = {
             "SkipLayerNormalization": 4,
         },
         "decoder.onnx": {
-            "Attention": 3 * 2,
+            "Attention": 3,  # cross-attention
             "BiasGelu": 3,
             "EmbedLayerNormalization": 1,
+            "GroupQueryAttention": 3,  # self-attention
             "PackedMatMul": 3,  # self q|k|v
             "SkipLayerNormalization": 9,
         },
