@@ -32,8 +32,8 @@ the left, so the width stays the longest running row's. Positions come from each
 of real tokens, so padding never shifts them (the graphs' relative and ALiBi biases depend on
 column distances, which left padding keeps for each row's contiguous tokens). An
 encoder-decoder batch also holds the cross-attention keys/values, right padded to the longest
-source with the encoder mask. Joining and leaving copy the cache into new buffers (through the host under CUDA): a cost per
-join or leave, not per step; a step only writes its new column.
+source with the encoder mask. Joining and leaving copy the cache into new buffers (through the
+host under CUDA): a cost per join or leave, not per step; a step only writes its new column.
 
 Not here: beam search (it reorders its own rows; ``model.generate`` runs it), and memory
 planning beyond ``max_batch`` (the cache of ``max_batch`` rows at the context window must fit).
