@@ -19,14 +19,22 @@ Graph input and output names follow Hugging Face Optimum, so other tools recogni
 
 * decoder-only ``decoder.onnx``: ``input_ids`` [batch, seq], ``attention_mask``
   [batch, past+seq], ``position_ids`` [batch, seq], ``past_key_values.{i}.key|value``
-  [batch, kv_heads, past, head_dim] -> ``logits`` [batch, seq, vocab], ``present.{i}.key|value``.
+  [batch, kv_heads, max_length, head_dim], ``logits_to_keep`` [] -> ``logits`` [batch, kept,
+  vocab], ``present.{i}.key|value`` [batch, kv_heads, max_length, head_dim].
 * encoder-only ``encoder.onnx``: ``input_ids``, ``attention_mask`` (and ``token_type_ids`` when
   the model has token types) -> ``last_hidden_state``, ``logits``.
 * encoder-decoder ``encoder.onnx``: ``input_ids``, ``attention_mask`` -> ``last_hidden_state``
   and each decoder layer's cross-attention ``present.{i}.encoder.key|value``, computed once per
   request; ``decoder.onnx``: ``input_ids``, ``encoder_attention_mask``, ``attention_mask``,
   ``position_ids``, ``past_key_values.{i}.encoder.key|value``,
-  ``past_key_values.{i}.decoder.key|value`` -> ``logits``, ``present.{i}.decoder.key|value``.
+  ``past_key_values.{i}.decoder.key|value``, ``logits_to_keep`` -> ``logits``,
+  ``present.{i}.decoder.key|value``.
+
+Format 2 (:data:`FORMAT_VERSION`): the self-attention caches are in place. ``past_key_values``
+and ``present`` are one buffer of ``max_length`` positions, allocated once per batch by the
+runtime and bound as both (the first ``past`` positions hold the cache, left padded like the
+prompts; the graph writes the ``seq`` new ones after them); ``logits_to_keep`` selects the last
+positions whose logits are computed (0: all). See :mod:`llmspec.exporter.rewrites.kv_cache`.
 
 Integrity (DESIGN.md, "Trust"). An artifact comes from someone else, so every check here names
 the file or field it refuses and never trusts the manifest further than it has checked it:

@@ -266,7 +266,7 @@ def test_gemma_onnx_runtime_greedy_tokens_are_transformers(family: str, tmp_path
         print(f"{family} row {row}: {len(result.tokens[row])} tokens through the runtime")
         assert result.tokens[row] == theirs[0, ids.shape[1] :].tolist()
     print(f"{family} fusions: {manifest['fusions']}")
-    assert manifest["fusions"]["decoder.onnx"]["Attention"] == hf.config.num_hidden_layers
+    assert manifest["fusions"]["decoder.onnx"]["GroupQueryAttention"] == hf.config.num_hidden_layers
 
 
 def test_a_transformers_4_gemma2_config_imports_with_parity(tmp_path: Path) -> None:

@@ -219,7 +219,7 @@ def test_onnx_runtime_greedy_tokens_are_transformers_with_the_stop_ids(
         assert result.tokens[row] == theirs
     assert any(len(tokens) == NEW_TOKENS for tokens in result.tokens)
     print(f"llama3 fusions: {manifest['fusions']}")
-    assert manifest["fusions"]["decoder.onnx"]["Attention"] == hf.config.num_hidden_layers
+    assert manifest["fusions"]["decoder.onnx"]["GroupQueryAttention"] == hf.config.num_hidden_layers
 
 
 @pytest.mark.slow

@@ -259,7 +259,7 @@ def test_neox_phi_onnx_runtime_greedy_tokens_are_transformers(family: str, tmp_p
         print(f"{family} row {row}: {len(result.tokens[row])} tokens through the runtime")
         assert result.tokens[row] == theirs[0, ids.shape[1] :].tolist()
     print(f"{family} fusions: {manifest['fusions']}")
-    assert manifest["fusions"]["decoder.onnx"]["Attention"] == hf.config.num_hidden_layers
+    assert manifest["fusions"]["decoder.onnx"]["GroupQueryAttention"] == hf.config.num_hidden_layers
 
 
 def test_a_pythia_state_dict_naming_the_output_projection_lm_head_imports_it(

@@ -383,7 +383,9 @@ def test_onnx_runtime_greedy_tokens_are_transformers(family: str, tmp_path: Path
         assert result.tokens[row] == new.tolist()
     print(f"{family} fusions: {manifest['fusions']}")
     if not config.is_encoder_decoder:
-        assert manifest["fusions"]["decoder.onnx"]["Attention"] == config.num_hidden_layers
+        assert (
+            manifest["fusions"]["decoder.onnx"]["GroupQueryAttention"] == config.num_hidden_layers
+        )
 
 
 ONNX_ENCODERS: dict[str, Callable[[Path], Any]] = {
