@@ -104,8 +104,7 @@ def _decode(
     mask = np.ones((batch, prompt), np.int64)
     # fed as the runtime feeds it (runtime.graphs), on this profiling session
     graph = DecoderGraph.of(Graph.adopt(session, Path(fmt.DECODER_GRAPH)), manifest, cache_dtype)
-    logits, cache = graph.prefill(ids, mask)
-    last = logits[:, -1]
+    last, cache = graph.prefill(ids, mask, max_length=prompt + steps)  # last position's logits
     for _ in range(steps):
         last, mask, cache = graph.step(last.argmax(-1), mask, cache)
 

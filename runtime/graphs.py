@@ -51,7 +51,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from runtime import artifact as fmt
 from runtime.artifact import ArtifactError
@@ -235,19 +234,15 @@ class _CachedGraph:
         }
         return self._with(first, joined, max(first.max_length, second.max_length, width))
 
-    def _row(self, cache: KVCache, row: int) -> KVCache:
-        """Row ``row`` of ``cache`` as a one-row cache over the same memory (CPU buffers)."""
+    def _row(self, cache: KVCache, row: int) -> KVCache | None:
+        """Row ``row`` of ``cache`` as a one-row cache over the same memory, or None when the
+        buffers are device memory."""
         buffers = {}
         for past, (present, buffer) in cache.buffers.items():
-            assert buffer.array is not None
-            view = buffer.array[row : row + 1]
-            value = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
-                view.view(np.uint16)
-                if view.dtype.itemsize == 2 and view.dtype != np.float16
-                else view,
-                buffer.value.element_type(),
-            )
-            buffers[past] = (present, Buffer(value, view))
+            view = buffer.rows(row, row + 1)
+            if view is None:
+                return None
+            buffers[past] = (present, view)
         return KVCache(buffers, 1, cache.length)
 
 
@@ -330,7 +325,7 @@ class DecoderGraph(_CachedGraph):
         position_ids = positions(mask)
         last = np.empty((rows, 0), dtype=np.float32)
         for row in range(rows):
-            alone = self._row(cache, row) if cache.buffers and self.graph.bind is None else None
+            alone = self._row(cache, row)
             one = alone if alone is not None else self.empty_cache(1, width)
             for start in range(0, width, chunk_tokens):
                 stop = min(width, start + chunk_tokens)

@@ -142,6 +142,14 @@ _REFUSED_INPUT = (
 _ONNX_TYPES = {"float": 1, "float16": 10, "bfloat16": 16}
 
 
+def _raw(array: np.ndarray) -> np.ndarray:
+    """``array`` as numpy types ONNX Runtime's Python API takes: bfloat16 (ml_dtypes, 2 bytes
+    but not float16) as its bits, uint16."""
+    if array.dtype.itemsize == 2 and array.dtype != np.float16:
+        return array.view(np.uint16)
+    return array
+
+
 class Buffer:
     """A cache buffer bound in place: the graph reads it as a ``past_key_values.*`` input and
     writes its new positions into the same memory as the matching ``present.*`` output.
@@ -157,16 +165,31 @@ class Buffer:
 
     @classmethod
     def zeros(cls, shape: tuple[int, ...], onnx_type: str, dtype: Any, device: str) -> Buffer:
-        array = np.zeros(shape, dtype=dtype)
         if device == "cpu":
-            raw = array.view(np.uint16) if onnx_type == "bfloat16" else array
-            value = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(raw, _ONNX_TYPES[onnx_type])
+            array = np.zeros(shape, dtype=dtype)
+            value = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+                _raw(array), _ONNX_TYPES[onnx_type]
+            )
             return cls(value, array)
-        return cls(ort.OrtValue.ortvalue_from_numpy(array, device, 0), None)
+        # device memory, typed by its ONNX type number (numpy has no bfloat16), zero-filled
+        value = ort.OrtValue.ortvalue_from_shape_and_type(shape, _ONNX_TYPES[onnx_type], device, 0)
+        value.update_inplace(np.zeros(shape, dtype=np.uint16 if onnx_type == "bfloat16" else dtype))
+        return cls(value, None)
 
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.value.shape())
+
+    def rows(self, start: int, stop: int) -> Buffer | None:
+        """Rows ``start .. stop - 1`` as a buffer over the same memory (their rows of a C-ordered
+        array are contiguous), or None for device memory."""
+        if self.array is None:
+            return None
+        view = self.array[start:stop]
+        value = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+            _raw(view), self.value.element_type()
+        )
+        return Buffer(value, view)
 
     def host(self) -> np.ndarray:
         """The buffer's contents: the array itself on the CPU, a copy from the device."""
@@ -178,7 +201,7 @@ class Buffer:
             if array is not self.array:
                 self.array[...] = array
         else:
-            self.value.update_inplace(np.ascontiguousarray(array))
+            self.value.update_inplace(_raw(np.ascontiguousarray(array)))
 
 
 @dataclass(frozen=True)
