@@ -252,6 +252,15 @@ def _left(array: np.ndarray, width: int) -> np.ndarray:
     return np.pad(array, ((0, 0), (0, 0), (pad, 0), (0, 0))) if pad else array
 
 
+def _check_fits(cache: KVCache, ids: np.ndarray, width: int) -> None:
+    """A run's new tokens ``ids`` must follow ``cache`` exactly in a mask of ``width``."""
+    if cache.length + ids.shape[1] != width or cache.rows != len(ids):
+        raise ValueError(
+            f"a cache of {cache.rows} rows x {cache.length} positions, {ids.shape} new "
+            f"tokens and a mask of {width} columns do not fit together"
+        )
+
+
 def _keep(count: int) -> np.ndarray:
     return np.array(count, dtype=np.int64)
 
@@ -287,11 +296,7 @@ class DecoderGraph(_CachedGraph):
         tokens (``cache`` itself, written in place, unless it had to grow)."""
         width = mask.shape[1]
         cache = self.empty_cache(len(ids), width) if cache is None else self.reserve(cache, width)
-        if cache.length + ids.shape[1] != width or cache.rows != len(ids):
-            raise ValueError(
-                f"a cache of {cache.rows} rows x {cache.length} positions, {ids.shape} new "
-                f"tokens and a mask of {width} columns do not fit together"
-            )
+        _check_fits(cache, ids, width)
         if position_ids is None:
             position_ids = positions(mask)[:, width - ids.shape[1] :]
         inputs = {
@@ -498,11 +503,7 @@ class Seq2SeqGraphs(_CachedGraph):
         if cache is None:
             cache = self.empty_cache(batch, max(width, max_length or 0))
         cache = self.reserve(cache, width)
-        if cache.length + length != width or cache.rows != batch:
-            raise ValueError(
-                f"a cache of {cache.rows} rows x {cache.length} positions, {ids.shape} new "
-                f"tokens and a mask of {width} columns do not fit together"
-            )
+        _check_fits(cache, ids, width)
         done = width - length
         inputs = {
             fmt.INPUT_IDS: ids,

@@ -42,7 +42,13 @@ import onnx_ir as ir
 from onnx_ir.convenience import get_const_tensor
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from llmspec.exporter.rewrites.ir import Rewrite, producer, require_opset, take_over
+from llmspec.exporter.rewrites.ir import (
+    Rewrite,
+    initializer,
+    producer,
+    require_opset,
+    take_over,
+)
 
 
 @dataclass
@@ -267,8 +273,8 @@ def fuse_attention(model: ir.Model) -> int:
 
 def _additive_mask(graph: ir.Graph, mask: ir.Value, dtype: ir.DataType) -> ir.Value:
     """``Where(mask, 0, lowest)`` in ``dtype``, inserted right after the mask is produced."""
-    zero = _initializer(graph, f"{mask.name}_zero", np.zeros((), dtype.numpy()))
-    lowest = _initializer(graph, f"{mask.name}_lowest", np.array(_lowest(dtype), dtype.numpy()))
+    zero = initializer(graph, f"{mask.name}_zero", np.zeros((), dtype.numpy()))
+    lowest = initializer(graph, f"{mask.name}_lowest", np.array(_lowest(dtype), dtype.numpy()))
     node = ir.Node("", "Where", [mask, zero, lowest], name=f"{mask.name}_additive")
     node.outputs[0].name = f"{mask.name}_additive"
     node.outputs[0].dtype = dtype
@@ -291,8 +297,8 @@ def _expand_over_queries(
 ) -> ir.Value:
     """``bias`` expanded to one row per query: ``Attention`` does not broadcast the mask's query
     axis (ONNX Runtime 1.31 checks that it equals the query length)."""
-    ones = _initializer(graph, "attention_fusion_ones", np.ones(2, np.int64))
-    one = _initializer(graph, "attention_fusion_one", np.ones(1, np.int64))
+    ones = initializer(graph, "attention_fusion_ones", np.ones(2, np.int64))
+    one = initializer(graph, "attention_fusion_one", np.ones(1, np.int64))
     queries = ir.Node(
         "", "Shape", [query], attributes=[ir.AttrInt64("start", 2), ir.AttrInt64("end", 3)]
     )
@@ -305,16 +311,6 @@ def _expand_over_queries(
     for node in (queries, target, expand):
         graph.insert_before(anchor, node)
     return expand.outputs[0]
-
-
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    """The graph's initializer ``name``, registered with ``array`` if it is new."""
-    if name in graph.initializers:
-        return graph.initializers[name]
-    value = ir.Value(name=name, const_value=ir.tensor(array))
-    value.shape, value.dtype = ir.Shape(array.shape), ir.DataType.from_numpy(array.dtype)
-    graph.register_initializer(value)
-    return value
 
 
 def _heads_split(value: ir.Value | None) -> tuple[ir.Value, int] | None:

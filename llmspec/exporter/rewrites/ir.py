@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -62,6 +63,16 @@ def producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
     if node is None or node.op_type != op_type or node.domain not in ("", "ai.onnx"):
         return None
     return node
+
+
+def initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    """The graph's initializer ``name``, registered with ``array`` if it is new."""
+    if name in graph.initializers:
+        return graph.initializers[name]
+    value = ir.Value(name=name, const_value=ir.tensor(array))
+    value.shape, value.dtype = ir.Shape(array.shape), ir.DataType.from_numpy(array.dtype)
+    graph.register_initializer(value)
+    return value
 
 
 def require_opset(model: ir.Model) -> None:

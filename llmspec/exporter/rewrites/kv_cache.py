@@ -40,7 +40,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from llmspec.exporter.graphs import ExportError
-from llmspec.exporter.rewrites.ir import Rewrite, take_over
+from llmspec.exporter.rewrites.ir import Rewrite, initializer, take_over
 from runtime import artifact as fmt
 
 CONTRIB = "com.microsoft"
@@ -74,15 +74,6 @@ def _input(graph: ir.Graph, name: str) -> ir.Value:
     raise ContractError(f"the graph has no input {name}")
 
 
-def _const(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    if name in graph.initializers:
-        return graph.initializers[name]
-    value = ir.Value(name=name, const_value=ir.tensor(array))
-    value.shape, value.dtype = ir.Shape(array.shape), ir.DataType.from_numpy(array.dtype)
-    graph.register_initializer(value)
-    return value
-
-
 class _Lengths:
     """The length inputs every cache writer shares, built once at the top of the graph from
     ``attention_mask`` (its width is the used length ``past + seq``) and ``input_ids``."""
@@ -91,7 +82,7 @@ class _Lengths:
         self.graph = graph
         first = next(iter(graph))
         mask, ids = _input(graph, fmt.ATTENTION_MASK), _input(graph, fmt.INPUT_IDS)
-        one = _const(graph, "kv_cache_one", np.ones(1, np.int64))
+        one = initializer(graph, "kv_cache_one", np.ones(1, np.int64))
 
         def add(op: str, inputs: list[ir.Value], dtype: ir.DataType, **attrs: int) -> ir.Value:
             node = ir.Node(
@@ -175,8 +166,8 @@ def _scatter(
         attributes=[ir.AttrInt64("axis", 2)],
         name=f"{past.name}_write",
     )
-    zero = _const(graph, "kv_cache_zero", np.zeros(1, np.int64))
-    axis = _const(graph, "kv_cache_axis", np.full(1, 2, np.int64))
+    zero = initializer(graph, "kv_cache_zero", np.zeros(1, np.int64))
+    axis = initializer(graph, "kv_cache_axis", np.full(1, 2, np.int64))
     used = ir.Node("", "Slice", [write.outputs[0], zero, lengths.total64, axis])
     for created in (write, used):
         if past.dtype is not None:
@@ -188,7 +179,7 @@ def _scatter(
 
 def _heads_first(graph: ir.Graph, flat: ir.Value, heads: int, before: ir.Node) -> ir.Value:
     """(B, S, heads * hs) -> (B, heads, S, hs)."""
-    shape = _const(graph, f"kv_cache_split_{heads}", np.array([0, 0, heads, -1], np.int64))
+    shape = initializer(graph, f"kv_cache_split_{heads}", np.array([0, 0, heads, -1], np.int64))
     split = ir.Node("", "Reshape", [flat, shape])
     transpose = ir.Node(
         "", "Transpose", [split.outputs[0]], attributes=[ir.AttrInt64s("perm", [0, 2, 1, 3])]
@@ -227,7 +218,7 @@ def _scattered_attention(graph: ir.Graph, node: ir.Node, lengths: _Lengths) -> N
     output = attend.outputs[0]
     if sequence_major:  # back to (B, S, heads * hs)
         back = ir.Node("", "Transpose", [output], attributes=[ir.AttrInt64s("perm", [0, 2, 1, 3])])
-        flat_shape = _const(graph, "kv_cache_merge", np.array([0, 0, -1], np.int64))
+        flat_shape = initializer(graph, "kv_cache_merge", np.array([0, 0, -1], np.int64))
         merge = ir.Node("", "Reshape", [back.outputs[0], flat_shape])
         for created in (back, merge):
             graph.insert_before(node, created)
@@ -325,7 +316,7 @@ def _cache_shape(graph: ir.Graph, node: ir.Node, lengths: _Lengths) -> None:
     start = node.attributes.get_int("start", 0)
     end = node.attributes.get_int("end", 4)
     bounds = [
-        _const(graph, f"kv_cache_shape_{what}_{value}", np.array([value], np.int64))
+        initializer(graph, f"kv_cache_shape_{what}_{value}", np.array([value], np.int64))
         for what, value in (("start", start), ("end", end))
     ]
     part = ir.Node("", "Slice", [whole.outputs[0], *bounds])
@@ -359,9 +350,9 @@ def select_logits(model: ir.Model) -> int:
         name=fmt.LOGITS_TO_KEEP, shape=ir.Shape([]), type=ir.TensorType(ir.DataType.INT64)
     )
     graph.inputs.append(keep)
-    shape = _const(graph, "logits_to_keep_shape", np.ones(1, np.int64))
-    end = _const(graph, "logits_to_keep_end", np.array([np.iinfo(np.int64).max], np.int64))
-    axis = _const(graph, "logits_to_keep_axis", np.ones(1, np.int64))
+    shape = initializer(graph, "logits_to_keep_shape", np.ones(1, np.int64))
+    end = initializer(graph, "logits_to_keep_end", np.array([np.iinfo(np.int64).max], np.int64))
+    axis = initializer(graph, "logits_to_keep_axis", np.ones(1, np.int64))
     negate = ir.Node("", "Neg", [keep])
     start = ir.Node("", "Reshape", [negate.outputs[0], shape])
     kept = ir.Node("", "Slice", [hidden, start.outputs[0], end, axis], name="logits_to_keep")
