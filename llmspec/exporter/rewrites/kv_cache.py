@@ -115,9 +115,42 @@ class _Lengths:
         self.write = add("Expand", [self.past, batch], i64)
 
 
-def _gqa(graph: ir.Graph, node: ir.Node, lengths: _Lengths) -> ir.Node:
+def _static_heads(node: ir.Node) -> tuple[int, int] | None:
+    """(query heads, key/value heads) of a fused ``Attention``: its attributes in the
+    (B, S, heads * hs) layout, else its 4-D inputs' static head axes, else None."""
+    if "q_num_heads" in node.attributes:
+        return node.attributes.get_int("q_num_heads"), node.attributes.get_int("kv_num_heads")
+    query, key = node.inputs[0], node.inputs[1]
+    heads = [v.shape[1] if v is not None and v.shape is not None else None for v in (query, key)]
+    if all(isinstance(h, int) for h in heads) and all(
+        v is not None and v.shape is not None and len(v.shape) == 4 for v in (query, key)
+    ):
+        return heads[0], heads[1]  # type: ignore[return-value]
+    return None
+
+
+def _sequence_major(graph: ir.Graph, value: ir.Value, before: ir.Node) -> ir.Value:
+    """(B, heads, S, hs) -> (B, S, heads * hs), GroupQueryAttention's layout."""
+    transpose = ir.Node("", "Transpose", [value], attributes=[ir.AttrInt64s("perm", [0, 2, 1, 3])])
+    shape = initializer(graph, "kv_cache_merge", np.array([0, 0, -1], np.int64))
+    merge = ir.Node("", "Reshape", [transpose.outputs[0], shape])
+    for created in (transpose, merge):
+        if value.dtype is not None:
+            created.outputs[0].dtype = value.dtype
+        graph.insert_before(before, created)
+    return merge.outputs[0]
+
+
+def _gqa(graph: ir.Graph, node: ir.Node, lengths: _Lengths, heads: tuple[int, int]) -> ir.Node:
+    """``node`` as GroupQueryAttention on the shared buffer; an ``Attention`` still in the
+    (B, heads, S, hs) layout (QK-norm, partial rotary) gets transposes around it, which cost
+    far less than a copy of the cache."""
     attrs = node.attributes
     query, key, value, bias, past_key, past_value = node.inputs[:6]
+    assert query is not None and key is not None and value is not None
+    four_d = "q_num_heads" not in attrs
+    if four_d:
+        query, key, value = (_sequence_major(graph, v, node) for v in (query, key, value))
     fused = ir.Node(
         CONTRIB,
         "GroupQueryAttention",
@@ -136,8 +169,8 @@ def _gqa(graph: ir.Graph, node: ir.Node, lengths: _Lengths) -> ir.Node:
             bias,
         ],
         attributes=[
-            ir.AttrInt64("num_heads", attrs.get_int("q_num_heads")),
-            ir.AttrInt64("kv_num_heads", attrs.get_int("kv_num_heads")),
+            ir.AttrInt64("num_heads", heads[0]),
+            ir.AttrInt64("kv_num_heads", heads[1]),
             ir.AttrFloat32("scale", attrs.get_float("scale", 0.0)),
             *(
                 [ir.AttrFloat32("softcap", attrs.get_float("softcap"))]
@@ -149,7 +182,20 @@ def _gqa(graph: ir.Graph, node: ir.Node, lengths: _Lengths) -> ir.Node:
         name=f"{node.name}_gqa",
     )
     graph.insert_before(node, fused)
-    for old, new in zip(node.outputs, fused.outputs, strict=True):
+    output = fused.outputs[0]
+    if four_d:  # back to (B, heads, S, hs) for the nodes after
+        split = initializer(
+            graph, f"kv_cache_split_{heads[0]}", np.array([0, 0, heads[0], -1], np.int64)
+        )
+        reshape = ir.Node("", "Reshape", [output, split])
+        transpose = ir.Node(
+            "", "Transpose", [reshape.outputs[0]], attributes=[ir.AttrInt64s("perm", [0, 2, 1, 3])]
+        )
+        for created in (reshape, transpose):
+            graph.insert_before(node, created)
+        output = transpose.outputs[0]
+    take_over(graph, node.outputs[0], output)
+    for old, new in zip(node.outputs[1:], fused.outputs[1:], strict=True):
         take_over(graph, old, new)
     return fused
 
@@ -241,8 +287,9 @@ def use_in_place_cache(model: ir.Model) -> int:
     for node in list(graph):
         past = node.inputs[4] if len(node.inputs) >= 6 else None
         if node.op_type == "Attention" and past is not None and past.name in pasts:
-            if "q_num_heads" in node.attributes and past.dtype in _GQA_TYPES:
-                _gqa(graph, node, lengths)
+            heads = _static_heads(node)
+            if heads is not None and past.dtype in _GQA_TYPES:
+                _gqa(graph, node, lengths, heads)
                 fused += 1
             else:
                 _scattered_attention(graph, node, lengths)
