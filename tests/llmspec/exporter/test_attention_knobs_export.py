@@ -168,7 +168,16 @@ def test_export_of_the_knobs_passes_the_gate_and_the_graph_properties(tmp_path: 
     artifact = export(spec_path, tmp_path / "artifact", progress=lambda line: None)
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["parity"]["passed"]
-    assert manifest["fusions"]["decoder.onnx"]["Attention"] == SPEC["layers"]
+    # format 2: each fused attention runs as GroupQueryAttention on the in-place cache, the
+    # banded mask as its attention_bias, the cap and the scale as its attributes
+    assert manifest["fusions"]["decoder.onnx"]["GroupQueryAttention"] == SPEC["layers"]
+    gqa = [
+        {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        for n in onnx.load(str(artifact / "decoder.onnx"), load_external_data=False).graph.node
+        if n.op_type == "GroupQueryAttention"
+    ]
+    assert len(gqa) == SPEC["layers"]
+    assert all(g["softcap"] == pytest.approx(1.5) and g["scale"] == pytest.approx(0.3) for g in gqa)
     # decoder causal, left padding, cache == full pass: on the runtime's own feeder
     report = verify(artifact, examples=4)
     assert report.passed, report.render()
