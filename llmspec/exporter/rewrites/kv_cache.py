@@ -13,7 +13,8 @@ format-2 contract, which the runtime feeds (:mod:`runtime.graphs`):
   ``present.*``: the runtime binds both to the same memory (IOBinding, on the CPU too), so the
   write is in place and nothing is copied. ``attention_mask`` ``[batch, past + seq]`` still says
   how many columns are used (its width) and which are padding.
-* Each fused attention (:mod:`~llmspec.exporter.rewrites.attention`) becomes ONNX Runtime's
+* Each fused attention (:mod:`~llmspec.exporter.rewrites.attention`; one still in the
+  heads-first layout, as with QK-norm, through transposes) becomes ONNX Runtime's
   ``GroupQueryAttention`` (contrib domain) with its past and present on the shared buffer, the
   lengths as inputs (every row's total length ``past + seq``, derived from the mask's width), and
   the fused node's additive mask (padding, sliding window) as its ``attention_bias``. Attention
@@ -26,9 +27,11 @@ format-2 contract, which the runtime feeds (:mod:`runtime.graphs`):
   ``llmspec eval`` asks for 0. The selection sits on the output projection's input, before any
   quantization of it, so a quantized projection sees exactly the rows it multiplies.
 
-Both passes check what they leave: a past input used by anything but the new writers (a shape
-taken from it, say) would read the buffer's length instead of the cache's, so the export fails
-naming the node rather than producing a graph that is wrong.
+A ``Shape`` taken of a past input (T5's bias counts the cached positions) is answered with the
+cache's shape, ``past`` and not ``max_length``; a past input read by anything else would read
+the buffer instead of the cache, so the export fails naming the node (:class:`ContractError`)
+rather than producing a graph that is wrong. The export's parity gate and ``llmspec verify`` then
+run the result through the runtime's own feeder.
 """
 
 from __future__ import annotations
@@ -79,10 +82,10 @@ class _Lengths:
     ``attention_mask`` (its width is the used length ``past + seq``) and ``input_ids``."""
 
     def __init__(self, graph: ir.Graph) -> None:
-        self.graph = graph
         first = next(iter(graph))
         mask, ids = _input(graph, fmt.ATTENTION_MASK), _input(graph, fmt.INPUT_IDS)
         one = initializer(graph, "kv_cache_one", np.ones(1, np.int64))
+        self._nodes: list[ir.Node] = []
 
         def add(op: str, inputs: list[ir.Value], dtype: ir.DataType, **attrs: int) -> ir.Value:
             node = ir.Node(
@@ -97,7 +100,6 @@ class _Lengths:
             graph.insert_before(first, node)
             return node.outputs[0]
 
-        self._nodes: list[ir.Node] = []
         i64, i32 = ir.DataType.INT64, ir.DataType.INT32
         total = add("Shape", [mask], i64, start=1, end=2)  # (1,) past + seq
         batch = add("Shape", [ids], i64, start=0, end=1)  # (1,)
