@@ -17,10 +17,12 @@ format-2 contract, which the runtime feeds (:mod:`runtime.graphs`):
   heads-first layout, as with QK-norm, through transposes) becomes ONNX Runtime's
   ``GroupQueryAttention`` (contrib domain) with its past and present on the shared buffer, the
   lengths as inputs (every row's total length ``past + seq``, derived from the mask's width), and
-  the fused node's additive mask (padding, sliding window) as its ``attention_bias``. Attention
-  that did not fuse (T5's and ALiBi's position biases), or a cache type the contrib kernel lacks
-  (bfloat16), writes with the standard ``TensorScatter`` (opset 24, in place when past and
-  present share memory) and reads the used columns with a ``Slice``: correct, only slower.
+  the fused node's additive mask (padding, sliding window) as its ``attention_bias``. ONNX
+  Runtime has it for float32 and float16 on the CPU and for float16 and bfloat16 on CUDA, which
+  is where each precision runs (bf16 is CUDA-only; an fp32 graph on CUDA would run these nodes
+  on the CPU: export fp16 for a GPU). Attention that did not fuse (T5's and ALiBi's position
+  biases) writes with the standard ``TensorScatter`` (opset 24, in place when past and present
+  share memory) and reads the used columns with a ``Slice``: correct, only slower.
 * ``logits_to_keep`` (int64 scalar) selects the positions whose logits are computed: the last
   ``logits_to_keep``, or all of them for 0 (transformers' convention). Prefill asks for 1, so
   the vocabulary projection runs for one position per row instead of every prompt token;
@@ -49,8 +51,9 @@ from runtime import artifact as fmt
 CONTRIB = "com.microsoft"
 # The first opset with TensorScatter (the in-place write of caches GroupQueryAttention cannot hold).
 SCATTER_OPSET = 24
-# The element types ONNX Runtime's GroupQueryAttention kernels take (CPU and CUDA share float16).
-_GQA_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16)
+# The element types ONNX Runtime's GroupQueryAttention kernels take: float32 and float16 on the
+# CPU, float16 and bfloat16 on CUDA (the only provider that runs bf16 graphs).
+_GQA_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 _SELF_CACHE = re.compile(r"past_key_values\.\d+\.(?:decoder\.)?(?:key|value)")
 # Position-wise operators between the output projection and ``logits`` (a soft cap, a cast).
 _POSITIONWISE = ("Cast", "Tanh", "Mul", "Div", "Add")
