@@ -54,7 +54,7 @@ import numpy as np
 
 from runtime import artifact as fmt
 from runtime.artifact import ArtifactError
-from runtime.session import Buffer, Graph
+from runtime.session import NUMPY_DTYPES, Buffer, Graph
 
 KINDS = ("key", "value")
 
@@ -71,6 +71,8 @@ class KVCache:
         self.buffers = buffers
         self.rows = rows
         self.length = length
+        # each graph's IOBinding with these buffers bound (runtime.session.Graph.run)
+        self.bindings: dict[int, Any] = {}
 
     @property
     def max_length(self) -> int:
@@ -265,6 +267,23 @@ def _keep(count: int) -> np.ndarray:
     return np.array(count, dtype=np.int64)
 
 
+def _logits_into(
+    graph: Graph, host: tuple[str, ...], rows: int, kept: int
+) -> dict[str, np.ndarray] | None:
+    """A host array for the run's logits ``[rows, kept, vocab]`` when the logits are all the
+    caller wants back and their vocabulary and type are known; else None."""
+    info = graph.output_info.get(fmt.LOGITS)
+    dtype = NUMPY_DTYPES.get(info.dtype) if info is not None else None
+    if (
+        host != (fmt.LOGITS,)
+        or info is None
+        or dtype is None
+        or not isinstance(info.shape[-1], int)
+    ):
+        return None
+    return {fmt.LOGITS: np.empty((rows, kept, info.shape[-1]), dtype=dtype)}
+
+
 class DecoderGraph(_CachedGraph):
     """A decoder-only ``decoder.onnx``: ``input_ids``, ``attention_mask`` (past and new
     tokens), ``position_ids`` and the cache -> ``logits`` and the new cache."""
@@ -305,7 +324,10 @@ class DecoderGraph(_CachedGraph):
             fmt.POSITION_IDS: position_ids,
             fmt.LOGITS_TO_KEEP: _keep(keep),
         }
-        out = self.graph.run(self._feeds(inputs), {}, host=host, buffers=cache.buffers)
+        into = _logits_into(self.graph, host, len(ids), keep or ids.shape[1])
+        out = self.graph.run(
+            self._feeds(inputs), {}, host, cache.buffers, into=into, bindings=cache.bindings
+        )
         cache.length = width
         return out[fmt.LOGITS], cache
 
@@ -516,7 +538,15 @@ class Seq2SeqGraphs(_CachedGraph):
             else position_ids,
             fmt.LOGITS_TO_KEEP: _keep(keep),
         }
-        out = self.graph.run(self._feeds(inputs), encoded.cross, host=host, buffers=cache.buffers)
+        into = _logits_into(self.graph, host, batch, keep or length)
+        out = self.graph.run(
+            self._feeds(inputs),
+            encoded.cross,
+            host,
+            cache.buffers,
+            into=into,
+            bindings=cache.bindings,
+        )
         cache.length = width
         return out[fmt.LOGITS], cache
 

@@ -278,9 +278,9 @@ def test_the_encoder_runs_once_per_request(t5, monkeypatch):
     runs = []
     original = Graph.run
 
-    def counting(self, inputs, cache, host, buffers=None):
+    def counting(self, inputs, cache, host, buffers=None, **kept):
         runs.append(self.path.name)
-        return original(self, inputs, cache, host, buffers)
+        return original(self, inputs, cache, host, buffers, **kept)
 
     monkeypatch.setattr(Graph, "run", counting)
     t5.generate(PROMPTS, max_new_tokens=10)

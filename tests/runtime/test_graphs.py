@@ -121,6 +121,31 @@ def test_decoder_steps_write_the_cache_in_place(gpt) -> None:
         assert np.abs(buffer.array[:, :, width : width + 4]).sum() > 0
 
 
+def test_a_caches_binding_is_kept_across_steps_and_gives_the_plain_runs_logits(gpt) -> None:
+    """Steps reuse one IOBinding per cache (its buffers bound once, the logits written to a
+    fresh host array): the logits equal a run that binds everything anew."""
+    feeder = gpt.feeder
+    ids, mask = left_padded(_rows(gpt.vocab_size, [4, 6], seed=16), gpt.pad_id)
+    _, kept = feeder.prefill(ids, mask, max_length=ids.shape[1] + 3)
+    _, plain = feeder.prefill(ids, mask, max_length=ids.shape[1] + 3)
+    (binding,) = kept.bindings.values()
+    seen = mask
+    for token in (5, 6, 7):
+        tokens = np.array([token, token + 1])
+        step, new_mask, kept = feeder.step(tokens, seen, kept)
+        inputs = {
+            fmt.INPUT_IDS: tokens[:, None],
+            fmt.ATTENTION_MASK: new_mask,
+            fmt.POSITION_IDS: seen.sum(axis=1, keepdims=True),
+            fmt.LOGITS_TO_KEEP: np.array(1, dtype=np.int64),
+        }
+        out = feeder.graph.run(inputs, {}, (fmt.LOGITS,), plain.buffers)  # a fresh binding
+        plain.length += 1
+        np.testing.assert_array_equal(step, out[fmt.LOGITS][:, -1])
+        seen = new_mask
+    assert list(kept.bindings.values()) == [binding]
+
+
 def test_decoder_cache_grows_when_a_run_needs_more_room(gpt) -> None:
     feeder = gpt.feeder
     ids, mask = left_padded(_rows(gpt.vocab_size, [4, 2], seed=14), gpt.pad_id)

@@ -84,8 +84,8 @@ def test_prompt_plus_new_tokens_may_fill_the_context_window_exactly(gpt):
 def test_nan_logits_are_an_error_naming_the_row(gpt, monkeypatch):
     original = Graph.run
 
-    def poisoned(self, inputs, cache, host, buffers=None):
-        out = original(self, inputs, cache, host, buffers)
+    def poisoned(self, inputs, cache, host, buffers=None, **kept):
+        out = original(self, inputs, cache, host, buffers, **kept)
         out[fmt.LOGITS] = out[fmt.LOGITS].copy()
         out[fmt.LOGITS][1, -1, 3] = np.nan
         return out
@@ -98,8 +98,8 @@ def test_nan_logits_are_an_error_naming_the_row(gpt, monkeypatch):
 def test_all_masked_logits_are_an_error(gpt, monkeypatch):
     original = Graph.run
 
-    def masked(self, inputs, cache, host, buffers=None):
-        out = original(self, inputs, cache, host, buffers)
+    def masked(self, inputs, cache, host, buffers=None, **kept):
+        out = original(self, inputs, cache, host, buffers, **kept)
         out[fmt.LOGITS] = np.full_like(out[fmt.LOGITS], -np.inf)
         return out
 
