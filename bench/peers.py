@@ -25,7 +25,9 @@ the CPU build on disk) and pinned to this environment's ONNX Runtime version; a 
 environment or model cannot be made is reported as failed, with the reason and its log, and
 the others go on.
 
-Each contestant runs each (batch, prompt) cell in a process of its own
+Every contestant's model is prepared first; then the (batch, prompt) cells run one after the
+other, every contestant in turn within a cell, so that a cell's figures are minutes apart on this
+shared machine, not a whole run apart. Each contestant runs each cell in a process of its own
 (``bench/peers_worker.py``), so that the reported peak RSS (VmHWM) is its own: a warm-up
 generate, then greedy and ``top_p=0.9,sample`` on the same seeded random prompts, every row
 making exactly the asked number of tokens (eos does not stop it). Steps are time-stamped when
@@ -780,9 +782,10 @@ def main() -> int:
     failures: list[Failure] = []
     results: dict[tuple[str, str, int, int], dict[str, Any]] = {}
     entries: dict[str, dict[str, Any]] = {}
+    prepared = []
     for contestant in [c for c in CONTESTANTS if c in args.only]:
         for precision in PRECISIONS[device][contestant]:
-            say(f"{LABELS[contestant]}, {precision}")
+            say(f"{LABELS[contestant]}, {precision}: preparing")
             try:
                 entry = prepare(contestant, precision, device, key, args.setup_timeout)
             except PeerError as err:
@@ -791,34 +794,40 @@ def main() -> int:
                 continue
             facts = {"model": str(entry.model.relative_to(ROOT)), "python": str(entry.python)}
             entries[f"{contestant} {precision}"] = facts | asdict(entry.footprint) | entry.facts
-            for batch in matrix.batches:
-                for prompt in matrix.prompts:
-                    try:
-                        result = run_cell(entry, device, args.threads, batch, prompt, matrix)
-                    except PeerError as err:
-                        say(f"  FAILED: {err}")
-                        failures.append(Failure(contestant, precision, str(err)))
-                        continue
-                    results[(contestant, precision, batch, prompt)] = result
-                    entries[f"{contestant} {precision}"].update(result["facts"])
-                    roofline = roofline_ms(entry.footprint, batch, prompt, matrix, bandwidth)
-                    cell = [
-                        PeerRun(
-                            **run,
-                            prompt=prompt,
-                            new_tokens=matrix.new_tokens,
-                            peak_rss_mib=result["peak_rss_mib"],
-                            roofline_ms=roofline,
-                        )
-                        for run in result["runs"]
-                    ]
-                    runs += cell
-                    say(
-                        f"  batch {batch} prompt {prompt}: "
-                        + ", ".join(f"{r.chain} {r.ms_per_step:.1f} ms/step" for r in cell)
-                        + f" (roofline {roofline:.1f}), prefill {cell[0].prefill_ms:.0f} ms, "
-                        f"peak RSS {result['peak_rss_mib']:.0f} MiB"
+            prepared.append((contestant, precision, entry))
+    # Cell by cell, every contestant in turn: the machine is shared and its speed drifts over
+    # minutes (the bandwidth probe gave 36 and 61 GiB/s an hour apart), so the contestants of a
+    # cell run minutes apart, not a whole run apart.
+    for batch in matrix.batches:
+        for prompt in matrix.prompts:
+            for contestant, precision, entry in prepared:
+                say(f"{LABELS[contestant]}, {precision}")
+                try:
+                    result = run_cell(entry, device, args.threads, batch, prompt, matrix)
+                except PeerError as err:
+                    say(f"  FAILED: {err}")
+                    failures.append(Failure(contestant, precision, str(err)))
+                    continue
+                results[(contestant, precision, batch, prompt)] = result
+                entries[f"{contestant} {precision}"].update(result["facts"])
+                roofline = roofline_ms(entry.footprint, batch, prompt, matrix, bandwidth)
+                cell = [
+                    PeerRun(
+                        **run,
+                        prompt=prompt,
+                        new_tokens=matrix.new_tokens,
+                        peak_rss_mib=result["peak_rss_mib"],
+                        roofline_ms=roofline,
                     )
+                    for run in result["runs"]
+                ]
+                runs += cell
+                say(
+                    f"  batch {batch} prompt {prompt}: "
+                    + ", ".join(f"{r.chain} {r.ms_per_step:.1f} ms/step" for r in cell)
+                    + f" (roofline {roofline:.1f}), prefill {cell[0].prefill_ms:.0f} ms, "
+                    f"peak RSS {result['peak_rss_mib']:.0f} MiB"
+                )
 
     runs.sort(key=lambda r: (r.batch, r.prompt, CONTESTANTS.index(r.contestant)))
     agreement = greedy_agreement(results, matrix, device)
