@@ -403,7 +403,12 @@ def export(
 
     with publishing(target, replace=force) as staged:
         graphs, fusions, quantization = _export_graphs(spec, reference, staged, say, int4)
-        say(f"parity gate: prefill, {DECODE_STEPS} cached decode steps, a padded batch")
+        prefill = (
+            "prefill (whole, and the last position in one run and in chunks)"
+            if spec.architecture == "decoder-only"
+            else "prefill"
+        )
+        say(f"parity gate: {prefill}, {DECODE_STEPS} cached decode steps, a padded batch")
         report = run_gate(
             spec,
             reference,
