@@ -55,7 +55,7 @@ import numpy as np
 from runtime.decoding import DecodingError
 from runtime.errors import LlmspecError, RuntimeInputError
 from runtime.generation import RowText
-from runtime.graphs import Cache, Encoded, KVCache, left_padded, right_padded
+from runtime.graphs import Cache, Encoded, KVCache, left_padded, padded, right_padded
 from runtime.logits import token_logprobs
 from runtime.memory import machine_memory
 from runtime.results import TokenLogprob
@@ -559,7 +559,7 @@ class Engine:
         assert batch.cache is not None and group.cache is not None
         batch.cache = self.feeder.stack(batch.cache, group.cache)
         batch.mask = np.concatenate(
-            [_padded(batch.mask, width, True), _padded(group.mask, width, True)]
+            [padded(batch.mask, width, True), padded(group.mask, width, True)]
         )
         if batch.cross is not None:
             assert group.cross is not None
@@ -568,8 +568,8 @@ class Engine:
             batch.cross = self._stacked(batch.cross, group.cross, source, left=False)
             batch.source_mask = np.concatenate(
                 [
-                    _padded(batch.source_mask, source, False),
-                    _padded(group.source_mask, source, False),
+                    padded(batch.source_mask, source, False),
+                    padded(group.source_mask, source, False),
                 ]
             )
         batch.rows = batch.rows + group.rows
@@ -585,8 +585,8 @@ class Engine:
             name: graph.to_device(
                 np.concatenate(
                     [
-                        _padded(graph.to_host(value), width, left),
-                        _padded(graph.to_host(second[name]), width, left),
+                        padded(graph.to_host(value), width, left),
+                        padded(graph.to_host(second[name]), width, left),
                     ]
                 )
             )
@@ -614,16 +614,6 @@ class Engine:
         while self._waiting:
             self._waiting.popleft()._emit(EngineEvent(None, "", "cancelled"))
         self._group = self._running = None
-
-
-def _padded(array: np.ndarray, width: int, left: bool) -> np.ndarray:
-    """``array`` (a mask ``[rows, positions]`` or a cache ``[rows, heads, positions, dim]``)
-    with zeros added on the ``left`` or the right of its positions up to ``width``."""
-    axis = 1 if array.ndim == 2 else 2
-    pad = [(0, 0)] * array.ndim
-    extra = width - array.shape[axis]
-    pad[axis] = (extra, 0) if left else (0, extra)
-    return np.pad(array, pad)
 
 
 def _check_memory(model: GenerativeModel, max_batch: int) -> None:

@@ -232,7 +232,8 @@ class _CachedGraph:
         width = max(first.length, second.length)
         a, b = first.host(), second.host()
         joined = {
-            name: np.concatenate([_left(a[name], width), _left(b[name], width)]) for name in a
+            name: np.concatenate([padded(a[name], width, True), padded(b[name], width, True)])
+            for name in a
         }
         return self._with(first, joined, max(first.max_length, second.max_length, width))
 
@@ -248,10 +249,16 @@ class _CachedGraph:
         return KVCache(buffers, 1, cache.length)
 
 
-def _left(array: np.ndarray, width: int) -> np.ndarray:
-    """``array`` ``[rows, kv, length, hd]`` padded with zeros on the left to ``width``."""
-    pad = width - array.shape[2]
-    return np.pad(array, ((0, 0), (0, 0), (pad, 0), (0, 0))) if pad else array
+def padded(array: np.ndarray, width: int, left: bool) -> np.ndarray:
+    """``array`` (a mask ``[rows, positions]`` or a cache ``[rows, heads, positions, dim]``)
+    with zeros added on the ``left`` or the right of its positions up to ``width``."""
+    axis = 1 if array.ndim == 2 else 2
+    extra = width - array.shape[axis]
+    if not extra:
+        return array
+    pad = [(0, 0)] * array.ndim
+    pad[axis] = (extra, 0) if left else (0, extra)
+    return np.pad(array, pad)
 
 
 def _check_fits(cache: KVCache, ids: np.ndarray, width: int) -> None:
@@ -350,7 +357,8 @@ class DecoderGraph(_CachedGraph):
             yield logits[:, -1, :], cache
             return
         position_ids = positions(mask)
-        last = np.empty((rows, 0), dtype=np.float32)
+        last = []
+        on_device = []  # rows prefilled in caches of their own (device buffers have no row views)
         for row in range(rows):
             alone = self._row(cache, row)
             one = alone if alone is not None else self.empty_cache(1, width)
@@ -366,16 +374,17 @@ class DecoderGraph(_CachedGraph):
                 )
                 if stop < width or row < rows - 1:
                     yield None
-            if alone is None:  # a device buffer: the row comes through the host
-                for name, (_, buffer) in cache.buffers.items():
-                    whole = buffer.host()
-                    whole[row, :, :width] = one.host()[name][0]
-                    buffer.load(whole)
-            if last.shape[1] == 0:
-                last = np.empty((rows, out.shape[-1]), dtype=out.dtype)
-            last[row] = out[0, -1]
+            last.append(out[0, -1])
+            if alone is None:
+                on_device.append(one)
+        if on_device:  # the rows come through the host, each buffer loaded once
+            for name, (_, buffer) in cache.buffers.items():
+                whole = buffer.host()
+                for row, one in enumerate(on_device):
+                    whole[row, :, :width] = one.buffers[name][1].host()[0, :, :width]
+                buffer.load(whole)
         cache.length = width
-        yield last, cache
+        yield np.stack(last), cache
 
     def prefill(
         self,
@@ -581,6 +590,7 @@ __all__ = [
     "Seq2SeqGraphs",
     "cache_names",
     "left_padded",
+    "padded",
     "positions",
     "require",
     "right_padded",

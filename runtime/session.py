@@ -150,6 +150,17 @@ def _raw(array: np.ndarray) -> np.ndarray:
     return array
 
 
+def _bind_inputs(binding: Any, inputs: Mapping[str, np.ndarray], cache: Mapping[str, Any]) -> None:
+    """Bind a run's host arrays and its cache values (numpy, or OrtValues where they live)."""
+    for name, array in inputs.items():
+        binding.bind_cpu_input(name, array)
+    for name, value in cache.items():
+        if isinstance(value, np.ndarray):
+            binding.bind_cpu_input(name, value)
+        else:
+            binding.bind_ortvalue_input(name, value)
+
+
 class Buffer:
     """A cache buffer bound in place: the graph reads it as a ``past_key_values.*`` input and
     writes its new positions into the same memory as the matching ``present.*`` output.
@@ -258,17 +269,6 @@ class Graph:
         graph._describe()
         return graph
 
-    def empty(self, name: str, shape: tuple[int, ...]) -> Any:
-        """A zero-filled value for input ``name`` (an empty cache for a prefill), placed where
-        this graph's cache lives."""
-        dtype = NUMPY_DTYPES.get(self.inputs[name].dtype)
-        if dtype is None:
-            raise DeviceError(
-                f"{self.path}: input {name} is {self.inputs[name].dtype}, which this runtime "
-                "cannot feed from numpy"
-            )
-        return np.zeros(shape, dtype=dtype)
-
     def buffer(self, name: str, shape: tuple[int, ...], dtype: Any = None) -> Buffer:
         """A zero-filled in-place :class:`Buffer` for cache input ``name`` where this graph's
         cache lives; ``dtype`` overrides the numpy type (bfloat16 from ml_dtypes)."""
@@ -342,13 +342,7 @@ class Graph:
         if into is not None and bindings is not None and all(n in into for n in returned):
             return self._run_kept(inputs, cache, buffers, into, bindings)
         binding = self.session.io_binding()
-        for name, array in inputs.items():
-            binding.bind_cpu_input(name, array)
-        for name, value in cache.items():
-            if isinstance(value, np.ndarray):
-                binding.bind_cpu_input(name, value)
-            else:
-                binding.bind_ortvalue_input(name, value)
+        _bind_inputs(binding, inputs, cache)
         by_output = {}
         for name, (output, buffer) in buffers.items():
             binding.bind_ortvalue_input(name, buffer.value)
@@ -381,13 +375,7 @@ class Graph:
             for name, (output, buffer) in buffers.items():
                 binding.bind_ortvalue_input(name, buffer.value)
                 binding.bind_ortvalue_output(output, buffer.value)
-        for name, array in inputs.items():
-            binding.bind_cpu_input(name, array)
-        for name, value in cache.items():
-            if isinstance(value, np.ndarray):
-                binding.bind_cpu_input(name, value)
-            else:
-                binding.bind_ortvalue_input(name, value)
+        _bind_inputs(binding, inputs, cache)
         for name, array in into.items():
             binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(array))
         self._run_binding(binding)

@@ -189,16 +189,7 @@ def _gqa(graph: ir.Graph, node: ir.Node, lengths: _Lengths, heads: tuple[int, in
     graph.insert_before(node, fused)
     output = fused.outputs[0]
     if four_d:  # back to (B, heads, S, hs) for the nodes after
-        split = initializer(
-            graph, f"kv_cache_split_{heads[0]}", np.array([0, 0, heads[0], -1], np.int64)
-        )
-        reshape = ir.Node("", "Reshape", [output, split])
-        transpose = ir.Node(
-            "", "Transpose", [reshape.outputs[0]], attributes=[ir.AttrInt64s("perm", [0, 2, 1, 3])]
-        )
-        for created in (reshape, transpose):
-            graph.insert_before(node, created)
-        output = transpose.outputs[0]
+        output = _heads_first(graph, output, heads[0], node)
     take_over(graph, node.outputs[0], output)
     for old, new in zip(node.outputs[1:], fused.outputs[1:], strict=True):
         take_over(graph, old, new)
@@ -268,12 +259,7 @@ def _scattered_attention(graph: ir.Graph, node: ir.Node, lengths: _Lengths) -> N
     graph.insert_before(node, attend)
     output = attend.outputs[0]
     if sequence_major:  # back to (B, S, heads * hs)
-        back = ir.Node("", "Transpose", [output], attributes=[ir.AttrInt64s("perm", [0, 2, 1, 3])])
-        flat_shape = initializer(graph, "kv_cache_merge", np.array([0, 0, -1], np.int64))
-        merge = ir.Node("", "Reshape", [back.outputs[0], flat_shape])
-        for created in (back, merge):
-            graph.insert_before(node, created)
-        output = merge.outputs[0]
+        output = _sequence_major(graph, output, node)
     take_over(graph, node.outputs[0], output)
     take_over(graph, node.outputs[1], present_key)
     take_over(graph, node.outputs[2], present_value)
